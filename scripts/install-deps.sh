@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Makes a fresh Debian 12 machine ready to build, test and run the project.
+# Idempotent: when everything is present it only checks, in a second or two.
+set -euo pipefail
+
+CRIU_VERSION=4.2.1
+CRIU_MIN=40200          # CRIU's own version number: 4.2.0 and newer work on this kernel
+PREFIX=/usr/local
+
+log() { echo "install-deps: $*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  log "must run as root (apt-get, CRIU in $PREFIX)"; exit 1
+fi
+
+# Build and runtime packages, all from Debian 12.
+PACKAGES=(
+  build-essential cmake pkg-config git
+  # control plane, data plane, storage formats
+  cppzmq-dev libzmq3-dev capnproto libcapnp-dev libarchive-dev libzstd-dev zstd
+  libssl-dev libselinux1-dev nlohmann-json3-dev catch2 libsqlite3-dev
+  # container runtime parts
+  runc conmon containernetworking-plugins busybox-static iproute2 nftables
+  iputils-arping procps psmisc util-linux
+  # benchmarks
+  podman gnuplot-nox
+  # CRIU's build dependencies
+  libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  python3-protobuf libnl-3-dev libnl-route-3-dev libcap-dev libnet1-dev libaio-dev
+  libgnutls28-dev libnftables-dev libbsd-dev uuid-dev libdrm-dev xz-utils curl
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# CRIU: Debian 12's 3.17 fails on this kernel ([vvar_vclock]) and 4.1 fails on
+# any TCP socket (SO_PASSCRED change in Linux 6.16), so build 4.2.1 from the
+# upstream tarball of Debian's source package in sid. Its .debian.tar.xz is
+# missing on the mirror, so we fetch only the orig tarball and build that.
+criu_ok() {
+  local v
+  v=$(criu --version 2>/dev/null | awk '/^Version:/{print $2}') || return 1
+  [ -n "$v" ] || return 1
+  IFS=. read -r a b c <<<"$v"
+  [ $((a * 10000 + b * 100 + ${c:-0})) -ge $CRIU_MIN ]
+}
+
+if criu_ok; then
+  log "criu $(criu --version | awk '/^Version:/{print $2}') present"
+else
+  work=$(mktemp -d /tmp/migrate-deps.XXXXXX)
+  trap 'rm -rf "$work"' EXIT
+  # The mirror this machine already uses for Debian, read from apt's own config.
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)
+  mkdir -p "$work/etc" "$work/lists/partial"
+  chmod 755 "$work"; chown -R _apt "$work/lists" 2>/dev/null || true
+  cat >"$work/etc/sid.sources" <<SRC
+Types: deb-src
+URIs: $mirror
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  aptopts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/etc"
+           -o "Dir::State::Lists=$work/lists")
+  log "fetching CRIU $CRIU_VERSION source"
+  apt-get "${aptopts[@]}" update -qq
+  line=$(apt-get "${aptopts[@]}" source --print-uris criu 2>/dev/null | grep "criu_${CRIU_VERSION}.orig.tar" | head -1)
+  [ -n "$line" ] || { log "criu ${CRIU_VERSION} orig tarball not listed in sid sources"; exit 1; }
+  url=$(echo "$line" | awk '{print $1}' | tr -d "'")
+  sum=$(echo "$line" | awk '{print $4}' | sed 's/^SHA256://')
+  curl -fsSL -o "$work/criu.tar.xz" "$url"
+  echo "$sum  $work/criu.tar.xz" | sha256sum -c --quiet
+  tar -C "$work" -xf "$work/criu.tar.xz"
+  src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'criu-[0-9]*' | head -1)
+  log "building CRIU (about 30 s)"
+  make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
+  install -m 0755 "$src/criu/criu" "$PREFIX/sbin/criu"
+  criu_ok || { log "built criu does not report version >= 4.2"; exit 1; }
+  log "installed $(criu --version | head -1) in $PREFIX/sbin"
+fi
+
+# cgroup v1 hybrid: runc needs the controllers mounted; they are on this machine.
+# Nothing to start: agents and coordinator are started by the lab and tests.
+log "ready"
