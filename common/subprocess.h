@@ -27,6 +27,12 @@ struct SubprocessOptions {
   // Borrowed fds that the child gets as 3, 4, ... in this order.
   std::vector<int> passFds;
   bool newSession = false;  // setsid(): the child outlives our process group.
+
+  static SubprocessOptions of(std::vector<std::string> args) {
+    SubprocessOptions o;
+    o.args = std::move(args);
+    return o;
+  }
 };
 
 class Subprocess {

@@ -19,9 +19,10 @@ PACKAGES=(
   # control plane, data plane, storage formats
   cppzmq-dev libzmq3-dev capnproto libcapnp-dev libarchive-dev libzstd-dev zstd
   libssl-dev libselinux1-dev nlohmann-json3-dev catch2 libsqlite3-dev
+  libcpp-httplib-dev libcli11-dev
   # container runtime parts
   runc conmon containernetworking-plugins busybox-static iproute2 nftables
-  iputils-arping procps psmisc util-linux
+  iputils-arping iputils-ping procps psmisc util-linux
   # benchmarks
   podman gnuplot-nox
   # CRIU's build dependencies

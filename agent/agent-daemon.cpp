@@ -1,0 +1,682 @@
+#include "agent/agent-daemon.h"
+
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/log.h"
+#include "common/subprocess.h"
+#include "net/data-listener.h"
+#include "net/tls-stream.h"
+
+namespace migrate {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr const char* kAgentVersion = "0.1.0";
+constexpr milliseconds kDefaultAcceptTimeout{60000};
+
+uint64_t nanosSince(Clock::time_point start) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+}
+
+proto::ContainerState stateOf(ContainerStatus status) {
+  switch (status) {
+    case ContainerStatus::Created: return proto::ContainerState::CREATED;
+    case ContainerStatus::Running: return proto::ContainerState::RUNNING;
+    case ContainerStatus::Stopped: return proto::ContainerState::STOPPED;
+    case ContainerStatus::Checkpointed: return proto::ContainerState::CHECKPOINTED;
+  }
+  return proto::ContainerState::UNKNOWN;
+}
+
+void fillContainer(proto::ContainerInfo::Builder out, const Container& c) {
+  out.setId(c.config.id);
+  out.setName(c.config.name);
+  out.setImage(c.config.imageName);
+  out.setImageDigest(c.config.imageDigest);
+  out.setState(stateOf(c.state.status));
+  out.setPid(c.state.pid);
+  out.setIp(c.state.ip);
+  out.setMac(c.state.mac);
+  out.setExitCode(c.state.exitCode.value_or(0));
+}
+
+void fillContainers(capnp::List<proto::ContainerInfo>::Builder out, const std::vector<Container>& list) {
+  for (size_t i = 0; i < list.size(); ++i) fillContainer(out[static_cast<unsigned>(i)], list[i]);
+}
+
+void fillImages(capnp::List<proto::ImageInfo>::Builder out, const std::vector<ImageInfo>& images) {
+  for (size_t i = 0; i < images.size(); ++i) {
+    auto b = out[static_cast<unsigned>(i)];
+    b.setDigest(images[i].digest);
+    auto names = b.initNames(static_cast<unsigned>(images[i].names.size()));
+    for (size_t k = 0; k < images[i].names.size(); ++k) names.set(static_cast<unsigned>(k), images[i].names[k]);
+    b.setSizeBytes(images[i].size);
+  }
+}
+
+std::vector<uint8_t> bytesOf(capnp::Data::Reader data) { return {data.begin(), data.end()}; }
+
+uint64_t meminfoField(const std::string& field) {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kib;
+  std::string unit;
+  while (in >> key >> kib) {
+    std::getline(in, unit);
+    if (key == field + ":") return kib * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string dumpCpuInfo() {
+  TempDir dir("/tmp", "migrate-cpuinfo");
+  run({"criu", "cpuinfo", "dump", "-D", dir.path().string()});
+  return readFile(dir.path() / "cpuinfo.img");
+}
+
+void checkCpuInfoCompatible(const std::string& cpuInfoImage) {
+  TempDir dir("/tmp", "migrate-cpuinfo");
+  writeFileAtomic(dir.path() / "cpuinfo.img", cpuInfoImage);
+  auto r = runCapture(SubprocessOptions::of({"criu", "cpuinfo", "check", "-D", dir.path().string(), "-v2"}));
+  if (r.status != 0) {
+    fail(ErrorKind::Conflict, "criu cpuinfo check: this CPU cannot run what the source dumped: " + r.err + r.out);
+  }
+}
+
+struct AgentDaemon::Receiver {
+  std::string migrationId;
+  std::string containerName;
+  std::vector<uint8_t> psk;
+  std::string expectedImage;
+  std::unique_ptr<DataListener> listener;
+  std::thread thread;
+
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+  std::string sha256;
+  std::string containerId;
+  std::atomic<int> socketFd{-1};
+  std::atomic<bool> aborted{false};
+
+  // Blocks until the stream was fully imported (or failed).
+  void wait(milliseconds timeout) {
+    std::unique_lock lock(mutex);
+    if (!cv.wait_for(lock, timeout, [&] { return done; })) {
+      fail(ErrorKind::Disconnected, "bundle for `" + containerName + "` still not received after " +
+                                        std::to_string(timeout.count() / 1000) + " s");
+    }
+    if (error) std::rethrow_exception(error);
+  }
+};
+
+AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options) : agent_(agent), options_(std::move(options)) {
+  try {
+    cpuInfo_ = dumpCpuInfo();
+  } catch (const std::exception& e) {
+    logWarn(std::string("criu cpuinfo dump failed; prechecks will not compare CPUs: ") + e.what());
+  }
+}
+
+AgentDaemon::~AgentDaemon() {
+  {
+    std::lock_guard lock(receiversMutex_);
+    for (auto& [id, r] : receivers_) {
+      r->aborted = true;
+      int fd = r->socketFd.load();
+      if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    }
+  }
+  for (auto& [id, r] : receivers_) {
+    if (r->thread.joinable()) r->thread.join();
+  }
+  std::lock_guard lock(workersMutex_);
+  for (auto& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void AgentDaemon::post(Outgoing message) {
+  std::lock_guard lock(outboxMutex_);
+  outbox_.push_back(std::move(message));
+}
+
+void AgentDaemon::postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase,
+                               uint64_t done, uint64_t total) {
+  auto message = std::make_unique<capnp::MallocMessageBuilder>();
+  auto p = message->initRoot<proto::Message>().initProgress();
+  p.setMigrationId(migrationId);
+  p.setRequestId(requestId);
+  p.setPhase(phase);
+  p.setBytesDone(done);
+  p.setBytesTotal(total);
+  post(std::move(message));
+}
+
+void AgentDaemon::fillRegister(proto::Register::Builder reg) {
+  reg.setHostName(agent_.options().hostName);
+  reg.setAgentVersion(kAgentVersion);
+  reg.setProtocolVersion(proto::PROTOCOL_VERSION);
+  try {
+    reg.setCriuVersion(Runtime::criuVersion());
+    reg.setRuncVersion(agent_.runtime().runcVersion());
+  } catch (const std::exception& e) {
+    logWarn(std::string("versions: ") + e.what());
+  }
+  reg.setCpuInfo(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(cpuInfo_.data()), cpuInfo_.size()));
+  struct utsname u;
+  if (uname(&u) == 0) reg.setKernelVersion(u.release);
+  reg.setDataAddress(options_.dataAddress);
+  auto cap = reg.initCapacity();
+  cap.setMemBytes(meminfoField("MemTotal"));
+  cap.setCpus(static_cast<uint32_t>(sysconf(_SC_NPROCESSORS_ONLN)));
+  struct statvfs vfs;
+  if (statvfs(agent_.options().stateDir.c_str(), &vfs) == 0) cap.setDiskBytes(vfs.f_blocks * vfs.f_frsize);
+  auto images = agent_.images().list();
+  fillImages(reg.initImages(static_cast<unsigned>(images.size())), images);
+  auto containers = agent_.list();
+  fillContainers(reg.initContainers(static_cast<unsigned>(containers.size())), containers);
+}
+
+void AgentDaemon::sendRegister() {
+  auto message = std::make_unique<capnp::MallocMessageBuilder>();
+  fillRegister(message->initRoot<proto::Message>().initRegister());
+  post(std::move(message));
+  logInfo("registering with the coordinator at " + options_.coordinatorEndpoint);
+}
+
+void AgentDaemon::sendHeartbeat() {
+  auto message = std::make_unique<capnp::MallocMessageBuilder>();
+  auto hb = message->initRoot<proto::Message>().initHeartbeat();
+  // Without the containers while a long operation holds the agent: the
+  // coordinator keeps what it last heard.
+  if (auto containers = agent_.listIfIdle()) {
+    fillContainers(hb.initContainers(static_cast<unsigned>(containers->size())), *containers);
+    auto load = hb.initLoad();
+    uint32_t running = 0;
+    for (auto& c : *containers) running += c.state.status == ContainerStatus::Running;
+    load.setRunningContainers(running);
+  }
+  auto load = hb.hasLoad() ? hb.getLoad() : hb.initLoad();
+  double avg[1] = {0};
+  if (getloadavg(avg, 1) == 1) load.setLoadAvg1(avg[0]);
+  load.setMemAvailableBytes(meminfoField("MemAvailable"));
+  struct statvfs vfs;
+  if (statvfs(agent_.options().stateDir.c_str(), &vfs) == 0) load.setDiskAvailableBytes(vfs.f_bavail * vfs.f_frsize);
+  {
+    std::lock_guard lock(receiversMutex_);
+    load.setActiveMigrations(static_cast<uint32_t>(receivers_.size()));
+  }
+  hb.setSentAt(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::system_clock::now().time_since_epoch()).count());
+  post(std::move(message));
+}
+
+void AgentDaemon::spawn(uint64_t requestId, std::function<void(proto::Reply::Builder)> work, std::string what) {
+  std::lock_guard lock(workersMutex_);
+  workers_.emplace_back([this, requestId, work = std::move(work), what = std::move(what)] {
+    auto message = std::make_unique<capnp::MallocMessageBuilder>();
+    auto reply = message->initRoot<proto::Message>().initReply();
+    reply.setRequestId(requestId);
+    try {
+      work(reply);
+      reply.setOk(true);
+    } catch (const std::exception& e) {
+      logWarn(what + ": " + e.what());
+      setReplyError(reply, e);
+      reply.setNone();
+    }
+    post(std::move(message));
+  });
+}
+
+void AgentDaemon::run(const std::atomic<bool>& stop) {
+  zmq::context_t context(1);
+  ControlClient client(context, options_.coordinatorEndpoint, options_.keys, options_.coordinatorPublicKey);
+  client.onConnected([this] { sendRegister(); });
+  auto nextHeartbeat = Clock::now();
+  while (!stop) {
+    try {
+      if (auto message = client.receive(milliseconds(50))) {
+        auto root = message->root();
+        if (root.isRequest()) {
+          dispatch(root.getRequest());
+        } else if (root.isRegistered()) {
+          auto r = root.getRegistered();
+          options_.heartbeatInterval = milliseconds(std::max<uint32_t>(r.getHeartbeatIntervalMs(), 100));
+          logInfo("registered as `" + std::string(r.getHostName().cStr()) + "`");
+        }
+      }
+    } catch (const std::exception& e) {
+      logWarn(std::string("control channel: ") + e.what());
+    }
+    if (Clock::now() >= nextHeartbeat) {
+      sendHeartbeat();
+      nextHeartbeat = Clock::now() + options_.heartbeatInterval;
+    }
+    std::deque<Outgoing> pending;
+    {
+      std::lock_guard lock(outboxMutex_);
+      pending.swap(outbox_);
+    }
+    for (auto& m : pending) {
+      try {
+        client.send(*m);
+      } catch (const std::exception& e) {
+        logWarn(std::string("control channel: dropping a message: ") + e.what());
+      }
+    }
+    // Reap finished workers now and then so threads do not pile up.
+    std::lock_guard lock(workersMutex_);
+    if (workers_.size() > 64) {
+      for (auto& t : workers_) t.join();
+      workers_.clear();
+    }
+  }
+  logInfo("stopping; containers keep running");
+}
+
+void AgentDaemon::dispatch(proto::Request::Reader request) {
+  uint64_t id = request.getRequestId();
+  std::string migrationId = request.getMigrationId();
+  switch (request.which()) {
+    case proto::Request::RUN_CONTAINER: {
+      auto r = request.getRunContainer();
+      RunRequest run;
+      run.name = r.getName();
+      run.image = r.getImage();
+      for (auto a : r.getArgs()) run.args.push_back(a);
+      for (auto e : r.getEnv()) run.env.push_back(e);
+      run.workingDir = r.getWorkingDir();
+      spawn(id, [this, run](proto::Reply::Builder reply) { fillContainer(reply.initContainer(), agent_.run(run)); },
+            "run `" + run.name + "`");
+      return;
+    }
+    case proto::Request::LIST_CONTAINERS:
+      spawn(id, [this](proto::Reply::Builder reply) {
+        auto list = agent_.list();
+        fillContainers(reply.initContainers(static_cast<unsigned>(list.size())), list);
+      }, "list");
+      return;
+    case proto::Request::REMOVE_CONTAINER: {
+      std::string name = request.getRemoveContainer().getName();
+      bool force = request.getRemoveContainer().getForce();
+      spawn(id, [this, name, force](proto::Reply::Builder reply) {
+        agent_.remove(name, force);
+        reply.setNone();
+      }, "remove `" + name + "`");
+      return;
+    }
+    case proto::Request::STOP_CONTAINER: {
+      std::string name = request.getStopContainer().getName();
+      int timeout = static_cast<int>(request.getStopContainer().getTimeoutSeconds());
+      spawn(id, [this, name, timeout](proto::Reply::Builder reply) {
+        agent_.stop(name, timeout > 0 ? timeout : 10);
+        fillContainer(reply.initContainer(), agent_.inspect(name));
+      }, "stop `" + name + "`");
+      return;
+    }
+    case proto::Request::CONTAINER_LOGS: {
+      std::string name = request.getContainerLogs().getName();
+      size_t tail = request.getContainerLogs().getTail();
+      spawn(id, [this, name, tail](proto::Reply::Builder reply) { reply.setLogs(agent_.logs(name, tail)); },
+            "logs `" + name + "`");
+      return;
+    }
+    case proto::Request::LIST_IMAGES:
+      spawn(id, [this](proto::Reply::Builder reply) {
+        auto images = agent_.images().list();
+        fillImages(reply.initImages(static_cast<unsigned>(images.size())), images);
+      }, "images");
+      return;
+    case proto::Request::DESCRIBE_HOST:
+      spawn(id, [this](proto::Reply::Builder reply) { fillRegister(reply.initHostInfo()); }, "describe");
+      return;
+    case proto::Request::PREPARE_RECEIVE: {
+      // Answered at once with the port; the receiver runs on its own thread.
+      auto message = std::make_unique<capnp::MallocMessageBuilder>();
+      auto reply = message->initRoot<proto::Message>().initReply();
+      reply.setRequestId(id);
+      try {
+        prepareReceive(id, request.getPrepareReceive(), reply);
+        reply.setOk(true);
+      } catch (const std::exception& e) {
+        setReplyError(reply, e);
+        reply.setNone();
+      }
+      post(std::move(message));
+      return;
+    }
+    case proto::Request::CHECKPOINT_AND_SEND: {
+      // Copy what the worker needs: the request's memory goes with this message.
+      auto copy = std::make_shared<capnp::MallocMessageBuilder>();
+      copy->setRoot(request.getCheckpointAndSend());
+      spawn(id, [this, id, copy](proto::Reply::Builder reply) {
+        checkpointAndSend(id, copy->getRoot<proto::CheckpointAndSend>().asReader(), reply);
+      }, "checkpoint-and-send");
+      return;
+    }
+    case proto::Request::RESTORE: {
+      auto copy = std::make_shared<capnp::MallocMessageBuilder>();
+      copy->setRoot(request.getRestore());
+      spawn(id, [this, copy](proto::Reply::Builder reply) {
+        restore(copy->getRoot<proto::Restore>().asReader(), reply);
+      }, "restore");
+      return;
+    }
+    case proto::Request::COMMIT_SOURCE: {
+      std::string name = request.getCommitSource().getContainerName();
+      spawn(id, [this, name](proto::Reply::Builder reply) {
+        // The new owner is on record: the source copy and its checkpoint go.
+        if (agent_.findIfExists(name)) agent_.remove(name, true);
+        reply.setNone();
+      }, "commit `" + name + "`");
+      return;
+    }
+    case proto::Request::ROLLBACK_SOURCE: {
+      std::string name = request.getRollbackSource().getContainerName();
+      spawn(id, [this, name](proto::Reply::Builder reply) { rollbackSource(name, reply); }, "rollback `" + name + "`");
+      return;
+    }
+    case proto::Request::ABORT_RECEIVE:
+      spawn(id, [this, migrationId = std::string(request.getAbortReceive().getMigrationId())](proto::Reply::Builder reply) {
+        abortReceive(migrationId);
+        reply.setNone();
+      }, "abort receive");
+      return;
+    case proto::Request::CHECK_CPU_INFO: {
+      std::string image(reinterpret_cast<const char*>(request.getCheckCpuInfo().getCpuInfo().begin()),
+                        request.getCheckCpuInfo().getCpuInfo().size());
+      spawn(id, [image](proto::Reply::Builder reply) {
+        if (!image.empty()) checkCpuInfoCompatible(image);
+        reply.setNone();
+      }, "cpuinfo check");
+      return;
+    }
+    case proto::Request::RECEIVE_IMAGE: {
+      auto message = std::make_unique<capnp::MallocMessageBuilder>();
+      auto reply = message->initRoot<proto::Message>().initReply();
+      reply.setRequestId(id);
+      try {
+        receiveImage(request.getReceiveImage(), reply);
+        reply.setOk(true);
+      } catch (const std::exception& e) {
+        setReplyError(reply, e);
+        reply.setNone();
+      }
+      post(std::move(message));
+      return;
+    }
+    case proto::Request::SEND_IMAGE: {
+      auto copy = std::make_shared<capnp::MallocMessageBuilder>();
+      copy->setRoot(request.getSendImage());
+      spawn(id, [this, copy](proto::Reply::Builder reply) {
+        sendImage(copy->getRoot<proto::SendImage>().asReader());
+        reply.setNone();
+      }, "send image");
+      return;
+    }
+    default:
+      spawn(id, [](proto::Reply::Builder) {
+        fail(ErrorKind::Unimplemented, "this agent does not implement that request");
+      }, "request");
+      return;
+  }
+}
+
+void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Reader request,
+                                 proto::Reply::Builder reply) {
+  auto r = std::make_shared<Receiver>();
+  r->migrationId = request.getMigrationId();
+  r->containerName = request.getContainerName();
+  r->psk = bytesOf(request.getPsk());
+  r->expectedImage = request.getExpectedManifest().getImageDigest();
+  ErrorContext context("receive `" + r->containerName + "`");
+  if (agent_.findIfExists(r->containerName)) {
+    fail(ErrorKind::Conflict, "a container with this name exists on " + agent_.options().hostName);
+  }
+  if (!r->expectedImage.empty() && !agent_.images().findIfExists(r->expectedImage)) {
+    fail(ErrorKind::NotFound, "image " + r->expectedImage + " is not on " + agent_.options().hostName);
+  }
+  milliseconds acceptTimeout = request.getAcceptTimeoutMs() ? milliseconds(request.getAcceptTimeoutMs())
+                                                            : kDefaultAcceptTimeout;
+  r->listener = std::make_unique<DataListener>(options_.dataAddress);
+  reply.setPort(r->listener->port());
+  {
+    std::lock_guard lock(receiversMutex_);
+    if (receivers_.count(r->migrationId)) fail(ErrorKind::Conflict, "migration " + r->migrationId + " already has a receiver");
+    receivers_[r->migrationId] = r;
+  }
+  r->thread = std::thread([this, r, acceptTimeout, requestId] {
+    try {
+      // Accept in short slices so an abort does not wait out the whole timeout.
+      auto deadline = Clock::now() + acceptTimeout;
+      Fd sock;
+      while (!sock) {
+        if (r->aborted) fail(ErrorKind::Failed, "receive aborted");
+        try {
+          sock = r->listener->acceptOne(milliseconds(250));
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::Disconnected || Clock::now() > deadline) throw;
+        }
+      }
+      r->listener.reset();  // one stream only
+      r->socketFd = sock.get();
+      auto tls = TlsStream::accept(std::move(sock), r->migrationId, r->psk);
+      TlsInputStream in(tls);
+      CountingInputStream counted(in);
+      std::string sha;
+      auto c = agent_.importCheckpoint(counted, ImportRequest{}, [&](const nlohmann::json& manifest) {
+        if (manifest.value("containerName", "") != r->containerName) {
+          fail(ErrorKind::InvalidInput, "bundle is for `" + manifest.value("containerName", "") + "`, expected `" +
+                                            r->containerName + "`");
+        }
+        if (!r->expectedImage.empty() && manifest.value("imageDigest", "") != r->expectedImage) {
+          fail(ErrorKind::InvalidInput, "bundle's image " + manifest.value("imageDigest", "") + " is not " +
+                                            r->expectedImage);
+        }
+        postProgress(r->migrationId, requestId, "receive", counted.count(), 0);
+      }, &sha);
+      // Acknowledge the last byte with the digest we computed; the sender
+      // compares it with its own before reporting success.
+      tls.write(sha.data(), sha.size());
+      tls.shutdownWrite();
+      std::lock_guard lock(r->mutex);
+      r->sha256 = sha;
+      r->containerId = c.config.id;
+    } catch (...) {
+      std::lock_guard lock(r->mutex);
+      r->error = std::current_exception();
+    }
+    r->socketFd = -1;
+    std::lock_guard lock(r->mutex);
+    r->done = true;
+    r->cv.notify_all();
+  });
+}
+
+void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request,
+                                    proto::Reply::Builder reply) {
+  std::string name = request.getContainerName();
+  std::string migrationId = request.getMigrationId();
+  ErrorContext context("migration " + migrationId + ": checkpoint and send `" + name + "`");
+  auto psk = bytesOf(request.getPsk());
+
+  // Connect before freezing: an unreachable target must not cost downtime.
+  auto start = Clock::now();
+  Fd sock = connectTcp(request.getTargetAddress(), request.getTargetPort(), milliseconds(10000));
+  auto tls = TlsStream::connect(std::move(sock), migrationId, psk);
+  uint64_t connectNs = nanosSince(start);
+
+  postProgress(migrationId, requestId, "checkpoint", 0, 0);
+  start = Clock::now();
+  PhaseTimes times;
+  agent_.checkpoint(name, CheckpointRequest{request.getTcpEstablished(), request.getLeaveRunning()}, &times);
+  uint64_t checkpointNs = nanosSince(start);
+  auto container = agent_.inspect(name);
+  uint64_t total = treeSize(container.paths.checkpoint()) + treeSize(container.paths.upper());
+
+  start = Clock::now();
+  TlsOutputStream out(tls);
+  ExportOptions exportOptions;
+  if (request.getCompressionLevel() != 0) exportOptions.zstdLevel = request.getCompressionLevel();
+  if (request.getCompressionThreads() != 0) exportOptions.zstdThreads = static_cast<int>(request.getCompressionThreads());
+  auto lastProgress = Clock::now();
+  exportOptions.onProgress = [&](uint64_t bytesIn) {
+    if (Clock::now() - lastProgress < milliseconds(100)) return;
+    lastProgress = Clock::now();
+    postProgress(migrationId, requestId, "stream", bytesIn, total);
+  };
+  auto stats = agent_.exportCheckpoint(name, out, exportOptions);
+  out.finish();
+  // The receiver answers with the digest of what it unpacked: our proof that
+  // every byte arrived and went through its hostile-input checks.
+  std::string theirs(64, '\0');
+  size_t got = 0;
+  while (got < theirs.size()) {
+    size_t n = tls.read(theirs.data() + got, theirs.size() - got);
+    if (n == 0) fail(ErrorKind::Disconnected, "target closed the stream without acknowledging it");
+    got += n;
+  }
+  if (theirs != stats.sha256) {
+    fail(ErrorKind::Failed, "target received a stream with SHA-256 " + theirs + ", sent " + stats.sha256);
+  }
+  postProgress(migrationId, requestId, "stream", stats.bytesRaw, total);
+
+  auto s = reply.initStats();
+  s.setCheckpointNs(checkpointNs);
+  s.setStreamNs(nanosSince(start));
+  s.setBytesRaw(stats.bytesRaw);
+  s.setBytesWire(stats.bytesCompressed);
+  s.setSha256(stats.sha256);
+  auto phases = s.initPhases(3);
+  phases[0].setPhase("connect");
+  phases[0].setNanos(connectNs);
+  phases[1].setPhase("checkpoint");
+  phases[1].setNanos(checkpointNs);
+  phases[2].setPhase("stream");
+  phases[2].setNanos(s.getStreamNs());
+}
+
+std::shared_ptr<AgentDaemon::Receiver> AgentDaemon::receiverFor(const std::string& migrationId) {
+  std::lock_guard lock(receiversMutex_);
+  auto it = receivers_.find(migrationId);
+  if (it == receivers_.end()) fail(ErrorKind::NotFound, "no receiver for migration " + migrationId);
+  return it->second;
+}
+
+void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder reply) {
+  std::string migrationId = request.getMigrationId();
+  ErrorContext context("migration " + migrationId + ": restore");
+  auto r = receiverFor(migrationId);
+  r->wait(milliseconds(request.getExpectedSha256().size() ? 600000 : 600000));
+  std::string expected = request.getExpectedSha256();
+  if (!expected.empty() && expected != r->sha256) {
+    fail(ErrorKind::InvalidInput, "received bundle has SHA-256 " + r->sha256 + ", the source sent " + expected);
+  }
+  auto start = Clock::now();
+  PhaseTimes times;
+  auto c = agent_.restore(r->containerId, RestoreRequest{request.getTcpEstablished(), false, false, false}, &times);
+  auto result = reply.initRestored();
+  fillContainer(result.initContainer(), c);
+  auto stats = result.initStats();
+  stats.setRestoreNs(nanosSince(start));
+  stats.setSha256(r->sha256);
+  auto phases = stats.initPhases(static_cast<unsigned>(times.seconds.size()));
+  for (size_t i = 0; i < times.seconds.size(); ++i) {
+    phases[static_cast<unsigned>(i)].setPhase(times.seconds[i].first);
+    phases[static_cast<unsigned>(i)].setNanos(static_cast<uint64_t>(times.seconds[i].second * 1e9));
+  }
+  if (r->thread.joinable()) r->thread.join();
+  std::lock_guard lock(receiversMutex_);
+  receivers_.erase(migrationId);
+}
+
+void AgentDaemon::abortReceive(const std::string& migrationId) {
+  std::shared_ptr<Receiver> r;
+  {
+    std::lock_guard lock(receiversMutex_);
+    auto it = receivers_.find(migrationId);
+    if (it != receivers_.end()) r = it->second;
+  }
+  std::string name;
+  if (r) {
+    r->aborted = true;
+    int fd = r->socketFd.load();
+    if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    if (r->thread.joinable()) r->thread.join();
+    name = r->containerName;
+    std::lock_guard lock(receiversMutex_);
+    receivers_.erase(migrationId);
+  }
+  // Whatever arrived or was restored here goes: the source runs it again.
+  if (!name.empty() && agent_.findIfExists(name)) agent_.remove(name, true);
+  logInfo("aborted receive of migration " + migrationId);
+}
+
+void AgentDaemon::rollbackSource(const std::string& name, proto::Reply::Builder reply) {
+  auto c = agent_.inspect(name);
+  if (c.state.status == ContainerStatus::Checkpointed) {
+    // Still frozen in its checkpoint here: bring it back from there.
+    c = agent_.restore(name, RestoreRequest{c.state.checkpointTcpEstablished, false, false, true});
+    logInfo("rolled back `" + name + "`: running on this host again");
+  }
+  fillContainer(reply.initContainer(), c);
+}
+
+void AgentDaemon::receiveImage(proto::ReceiveImage::Reader request, proto::Reply::Builder reply) {
+  auto listener = std::make_shared<DataListener>(options_.dataAddress);
+  reply.setPort(listener->port());
+  std::string digest = request.getDigest();
+  std::string identity = request.getPskIdentity();
+  auto psk = bytesOf(request.getPsk());
+  milliseconds timeout = request.getAcceptTimeoutMs() ? milliseconds(request.getAcceptTimeoutMs()) : kDefaultAcceptTimeout;
+  std::lock_guard lock(workersMutex_);
+  workers_.emplace_back([this, listener, digest, identity, psk, timeout] {
+    try {
+      auto tls = TlsStream::accept(listener->acceptOne(timeout), identity, psk);
+      TlsInputStream in(tls);
+      auto info = agent_.images().importExported(in);
+      if (!digest.empty() && info.digest != digest) {
+        fail(ErrorKind::InvalidInput, "received image " + info.digest + ", expected " + digest);
+      }
+      tls.write("ok", 2);
+      tls.shutdownWrite();
+      logInfo("received image " + info.digest);
+    } catch (const std::exception& e) {
+      logWarn(std::string("receive image: ") + e.what());
+    }
+  });
+}
+
+void AgentDaemon::sendImage(proto::SendImage::Reader request) {
+  auto image = agent_.images().find(request.getImage().cStr());
+  auto psk = bytesOf(request.getPsk());
+  Fd sock = connectTcp(request.getTargetAddress(), request.getTargetPort(), milliseconds(10000));
+  auto tls = TlsStream::connect(std::move(sock), request.getPskIdentity(), psk);
+  TlsOutputStream out(tls);
+  agent_.images().exportImage(image.digest, out);
+  out.finish();
+  char ack[2];
+  size_t got = 0;
+  while (got < 2) {
+    size_t n = tls.read(ack + got, 2 - got);
+    if (n == 0) fail(ErrorKind::Failed, "target refused image " + image.digest + " (see its agent log)");
+    got += n;
+  }
+}
+
+}  // namespace migrate

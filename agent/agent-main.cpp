@@ -1,0 +1,356 @@
+// migrate-agent: the node daemon, and a local command line for one host
+// (run, ps, logs, checkpoint --export, restore --import, rm, image import...).
+#include <fcntl.h>
+
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <iostream>
+
+#include "agent/agent-daemon.h"
+#include "agent/agent.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "common/log.h"
+
+using namespace migrate;
+using nlohmann::json;
+
+namespace {
+
+struct GlobalOptions {
+  std::string stateDir = "/var/lib/migrate-agent";
+  std::string hostName;
+  std::string cniConfig;
+  std::string output = "text";
+};
+
+AgentOptions agentOptions(const GlobalOptions& g) {
+  AgentOptions o;
+  o.stateDir = g.stateDir;
+  if (!g.hostName.empty()) {
+    o.hostName = g.hostName;
+  } else {
+    char name[256] = {};
+    gethostname(name, sizeof name - 1);
+    o.hostName = name;
+  }
+  if (!g.cniConfig.empty()) o.cniConfig = g.cniConfig;
+  return o;
+}
+
+void printContainers(const GlobalOptions& g, const std::vector<Container>& containers) {
+  if (g.output == "json") {
+    json out = json::array();
+    for (auto& c : containers) out.push_back(c.toJson());
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  std::printf("%-14s %-20s %-13s %-8s %-16s %s\n", "ID", "NAME", "STATUS", "PID", "IP", "IMAGE");
+  for (auto& c : containers) {
+    std::printf("%-14s %-20s %-13s %-8d %-16s %s\n", c.config.id.substr(0, 12).c_str(), c.config.name.c_str(),
+                statusName(c.state.status).c_str(), c.state.pid, c.state.ip.empty() ? "-" : c.state.ip.c_str(),
+                c.config.imageName.c_str());
+  }
+}
+
+void printImages(const GlobalOptions& g, const std::vector<ImageInfo>& images) {
+  if (g.output == "json") {
+    json out = json::array();
+    for (auto& i : images) out.push_back(i.toJson());
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  std::printf("%-20s %-30s %12s\n", "DIGEST", "NAMES", "SIZE");
+  for (auto& i : images) {
+    std::string names;
+    for (auto& n : i.names) names += (names.empty() ? "" : ",") + n;
+    std::printf("%-20s %-30s %12llu\n", i.digest.substr(0, 19).c_str(), names.c_str(),
+                static_cast<unsigned long long>(i.size));
+  }
+}
+
+void printOne(const GlobalOptions& g, const json& j, const std::string& text) {
+  if (g.output == "json") std::cout << j.dump(2) << "\n";
+  else std::cout << text << "\n";
+}
+
+json statsJson(const ExportStats& s) {
+  return {{"bytesRaw", s.bytesRaw}, {"bytesCompressed", s.bytesCompressed}, {"sha256", s.sha256}};
+}
+
+json timesJson(const PhaseTimes& t) {
+  json j = json::object();
+  for (auto& [phase, seconds] : t.seconds) j[phase] = seconds;
+  return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  GlobalOptions g;
+  CLI::App app{"migrate-agent: runs, checkpoints and restores containers on this host"};
+  app.require_subcommand(1);
+  app.add_option("--state", g.stateDir, "state directory of this agent")->capture_default_str();
+  app.add_option("--host", g.hostName, "this host's name (default: hostname)");
+  app.add_option("--cni-config", g.cniConfig, "CNI conflist for container networking");
+  app.add_option("--output,-o", g.output, "text or json")->check(CLI::IsMember({"text", "json"}));
+
+  std::function<void()> action;
+
+  // image import | ls | rm
+  auto* image = app.add_subcommand("image", "manage images")->require_subcommand(1);
+  std::string imageSource, imageName, imageRef;
+  auto* imageImport = image->add_subcommand("import", "import a rootfs tarball or an OCI layout (dir or tar)");
+  imageImport->add_option("source", imageSource)->required();
+  imageImport->add_option("name", imageName);
+  imageImport->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      auto info = agent.images().import(imageSource, imageName);
+      printOne(g, info.toJson(), info.digest);
+    };
+  });
+  image->add_subcommand("ls", "list images")->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      printImages(g, agent.images().list());
+    };
+  });
+  auto* imageRm = image->add_subcommand("rm", "remove an image not used by any container");
+  imageRm->add_option("image", imageRef)->required();
+  imageRm->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      auto containers = agent.list();
+      agent.images().remove(imageRef, [&](const std::string& digest) {
+        for (auto& c : containers) {
+          if (c.config.imageDigest == digest) return true;
+        }
+        return false;
+      });
+    };
+  });
+
+  // run
+  RunRequest runRequest;
+  auto* runCmd = app.add_subcommand("run", "run a container");
+  runCmd->add_option("--name", runRequest.name)->required();
+  runCmd->add_option("--env,-e", runRequest.env);
+  runCmd->add_option("--workdir,-w", runRequest.workingDir);
+  runCmd->add_option("--user,-u", runRequest.user);
+  runCmd->add_option("--hostname", runRequest.hostname);
+  bool noNetwork = false;
+  runCmd->add_flag("--no-network", noNetwork, "loopback only");
+  runCmd->add_option("image", runRequest.image)->required();
+  runCmd->prefix_command();  // everything after the image is the container's command
+  runCmd->callback([&] {
+    runRequest.args = runCmd->remaining();
+    action = [&] {
+      Agent agent(agentOptions(g));
+      runRequest.network = !noNetwork;
+      auto c = agent.run(runRequest);
+      printOne(g, c.toJson(), c.config.id);
+    };
+  });
+
+  app.add_subcommand("ps", "list containers")->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      printContainers(g, agent.list());
+    };
+  });
+
+  std::string ref;
+  auto* inspectCmd = app.add_subcommand("inspect", "show a container");
+  inspectCmd->add_option("container", ref)->required();
+  inspectCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      std::cout << agent.inspect(ref).toJson().dump(2) << "\n";
+    };
+  });
+
+  size_t tail = 0;
+  auto* logsCmd = app.add_subcommand("logs", "print a container's output");
+  logsCmd->add_option("container", ref)->required();
+  logsCmd->add_option("--tail", tail, "only the last N lines");
+  logsCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      auto text = agent.logs(ref, tail);
+      if (g.output == "json") std::cout << json{{"logs", text}}.dump(2) << "\n";
+      else std::cout << text;
+    };
+  });
+
+  int stopTimeout = 10;
+  auto* stopCmd = app.add_subcommand("stop", "stop a container (SIGTERM, then SIGKILL)");
+  stopCmd->add_option("container", ref)->required();
+  stopCmd->add_option("--time,-t", stopTimeout, "seconds before SIGKILL");
+  stopCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      agent.stop(ref, stopTimeout);
+    };
+  });
+
+  bool force = false;
+  auto* rmCmd = app.add_subcommand("rm", "remove a container");
+  rmCmd->add_option("container", ref)->required();
+  rmCmd->add_flag("--force,-f", force, "kill it first if running");
+  rmCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      agent.remove(ref, force);
+    };
+  });
+
+  // checkpoint [--export FILE]
+  CheckpointRequest ckptRequest;
+  std::string exportFile;
+  ExportOptions exportOptions;
+  auto* ckptCmd = app.add_subcommand("checkpoint", "checkpoint a running container (CRIU dump)");
+  ckptCmd->add_option("container", ref)->required();
+  ckptCmd->add_flag("--tcp-established", ckptRequest.tcpEstablished, "checkpoint open TCP connections");
+  ckptCmd->add_flag("--leave-running,-R", ckptRequest.leaveRunning, "keep the container running");
+  ckptCmd->add_option("--export,-e", exportFile, "write the bundle (tar+zstd) to this file ('-' for stdout)");
+  ckptCmd->add_option("--compress-level", exportOptions.zstdLevel, "zstd level")->capture_default_str();
+  ckptCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      PhaseTimes times;
+      auto c = agent.checkpoint(ref, ckptRequest, &times);
+      json result = {{"container", c.config.name}, {"id", c.config.id}, {"times", timesJson(times)}};
+      if (!exportFile.empty()) {
+        Fd fd = exportFile == "-" ? Fd(dup(1))
+                                  : openOrFail(exportFile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        FdOutputStream out(fd.get());
+        auto stats = agent.exportCheckpoint(ref, out, exportOptions);
+        result["export"] = statsJson(stats);
+        if (exportFile == "-") return;
+      }
+      printOne(g, result, c.config.id);
+    };
+  });
+
+  auto* exportCmd = app.add_subcommand("export", "write a checkpointed container's bundle to a file");
+  exportCmd->add_option("container", ref)->required();
+  exportCmd->add_option("file", exportFile)->required();
+  exportCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      Fd fd = exportFile == "-" ? Fd(dup(1)) : openOrFail(exportFile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      FdOutputStream out(fd.get());
+      auto stats = agent.exportCheckpoint(ref, out, exportOptions);
+      if (exportFile != "-") printOne(g, statsJson(stats), stats.sha256);
+    };
+  });
+
+  // restore [--import FILE]
+  RestoreRequest restoreRequest;
+  std::string importFile, newName;
+  auto* restoreCmd = app.add_subcommand("restore", "restore a checkpointed container, or one from a bundle");
+  restoreCmd->add_option("container", ref, "container to restore (omit with --import)");
+  restoreCmd->add_option("--import,-i", importFile, "bundle file to import first ('-' for stdin)");
+  restoreCmd->add_option("--name,-n", newName, "restore under a new name (no static IP, as libpod)");
+  restoreCmd->add_flag("--tcp-established", restoreRequest.tcpEstablished, "restore open TCP connections");
+  restoreCmd->add_flag("--ignore-static-ip", restoreRequest.ignoreStaticIp, "let CNI pick a new address");
+  restoreCmd->add_flag("--ignore-static-mac", restoreRequest.ignoreStaticMac, "let the kernel pick a new MAC");
+  restoreCmd->add_flag("--keep", restoreRequest.keepCheckpoint, "keep the checkpoint files after restoring");
+  restoreCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      std::string target = ref;
+      if (!importFile.empty()) {
+        Fd fd = importFile == "-" ? Fd(dup(0)) : openOrFail(importFile, O_RDONLY);
+        FdInputStream in(fd.get());
+        ImportRequest importRequest;
+        if (!newName.empty()) importRequest.name = newName;
+        target = agent.importCheckpoint(in, importRequest).config.id;
+      } else if (target.empty()) {
+        throw CLI::ValidationError("restore", "name a container or give --import FILE");
+      }
+      PhaseTimes times;
+      auto c = agent.restore(target, restoreRequest, &times);
+      json result = c.toJson();
+      result["times"] = timesJson(times);
+      printOne(g, result, c.config.id);
+    };
+  });
+
+  auto* importCmd = app.add_subcommand("import", "import a bundle as a checkpointed container");
+  importCmd->add_option("file", importFile)->required();
+  importCmd->add_option("--name,-n", newName);
+  importCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      Fd fd = importFile == "-" ? Fd(dup(0)) : openOrFail(importFile, O_RDONLY);
+      FdInputStream in(fd.get());
+      ImportRequest importRequest;
+      if (!newName.empty()) importRequest.name = newName;
+      auto c = agent.importCheckpoint(in, importRequest);
+      printOne(g, c.toJson(), c.config.id);
+    };
+  });
+
+  // daemon: serve the coordinator
+  std::string coordinatorEndpoint, coordinatorKeyFile, keyDir, keyName, dataAddress;
+  auto* daemonCmd = app.add_subcommand("daemon", "serve the coordinator's requests for this host");
+  daemonCmd->add_option("--coordinator", coordinatorEndpoint, "ZeroMQ endpoint, e.g. tcp://198.19.0.1:7700")->required();
+  daemonCmd->add_option("--coordinator-key", coordinatorKeyFile, "the coordinator's public key file (pinned)")->required();
+  daemonCmd->add_option("--key-dir", keyDir, "directory with this agent's NAME.key and NAME.pub")->required();
+  daemonCmd->add_option("--key-name", keyName, "key pair name (default: the host name)");
+  daemonCmd->add_option("--data-address", dataAddress, "address for migration streams (this host's fabric address)")
+      ->required();
+  daemonCmd->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      DaemonOptions options;
+      options.coordinatorEndpoint = coordinatorEndpoint;
+      options.keys = loadKeyPair(keyDir, keyName.empty() ? agent.options().hostName : keyName);
+      options.coordinatorPublicKey = loadPublicKey(coordinatorKeyFile);
+      options.dataAddress = dataAddress;
+      static std::atomic<bool> stop{false};
+      struct sigaction sa = {};
+      sa.sa_handler = [](int) { stop = true; };
+      sigaction(SIGTERM, &sa, nullptr);
+      sigaction(SIGINT, &sa, nullptr);
+      signal(SIGPIPE, SIG_IGN);
+      AgentDaemon daemon(agent, options);
+      daemon.run(stop);
+    };
+  });
+
+  std::string keygenDir, keygenName;
+  auto* keygenCmd = app.add_subcommand("keygen", "make a CURVE key pair (NAME.key, NAME.pub)");
+  keygenCmd->add_option("--dir", keygenDir)->required();
+  keygenCmd->add_option("--name", keygenName)->required();
+  keygenCmd->callback([&] {
+    action = [&] {
+      auto keys = generateCurveKeyPair();
+      saveKeyPair(keygenDir, keygenName, keys);
+      printOne(g, {{"publicKey", keys.publicKey}}, keys.publicKey);
+    };
+  });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  setLogTag("migrate-agent" + (g.hostName.empty() ? "" : "[" + g.hostName + "]"));
+  try {
+    if (action) action();
+    return 0;
+  } catch (const Error& e) {
+    if (g.output == "json") std::cout << json{{"error", e.what()}, {"kind", kindName(e.kind())}}.dump(2) << "\n";
+    std::cerr << "migrate-agent: " << e.what() << "\n";
+    return e.kind() == ErrorKind::InvalidInput ? 2 : 1;
+  } catch (const std::exception& e) {
+    if (g.output == "json") std::cout << json{{"error", e.what()}, {"kind", "failed"}}.dump(2) << "\n";
+    std::cerr << "migrate-agent: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,543 @@
+#include "agent/agent.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "agent/bundle-reader.h"
+#include "agent/bundle-writer.h"
+#include "agent/bundle.h"
+#include "agent/oci-spec.h"
+#include "agent/storage.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "common/hash-stream.h"
+#include "common/log.h"
+#include "common/zstd-stream.h"
+#include "net/announce.h"
+#include "net/cni.h"
+#include "net/netns-lock.h"
+#include "net/netns.h"
+#include "net/network-status.h"
+
+namespace migrate {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+bool validName(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    if (!isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  }
+  return name[0] != '.' && name[0] != '-';
+}
+
+}  // namespace
+
+Agent::Agent(AgentOptions options)
+    : options_([&] {
+        if (options.runtime.runcRoot.empty()) options.runtime.runcRoot = options.stateDir / "runc";
+        return std::move(options);
+      }()),
+      images_(options_.stateDir / "images"),
+      runtime_(options_.runtime),
+      cni_({"/usr/lib/cni"}, options_.stateDir / "cni-cache") {
+  fs::create_directories(options_.stateDir / "containers");
+  // runc reads CRIU options from the file named by the org.criu.config
+  // annotation. nftables locks the network during a TCP dump and restore:
+  // CRIU's default (iptables) would touch the host's tables.
+  writeFileAtomic(criuConfig(), "network-lock nftables\n");
+}
+
+fs::path Agent::criuConfig() const { return options_.stateDir / "criu.conf"; }
+
+ContainerPaths Agent::pathsFor(const std::string& id) const {
+  return ContainerPaths{options_.stateDir / "containers" / id};
+}
+
+std::string Agent::cgroupsPath(const std::string& id) const {
+  return "/migrate/" + options_.hostName + "/" + id;
+}
+
+Container Agent::load(const fs::path& dir) {
+  auto j = json::parse(readFile(dir / "container.json"));
+  return Container{ContainerConfig::fromJson(j.at("config")), ContainerState::fromJson(j.at("state")),
+                   ContainerPaths{dir}};
+}
+
+void Agent::save(const Container& c) {
+  json j = {{"config", c.config.toJson()}, {"state", c.state.toJson()}};
+  writeFileAtomic(c.paths.record(), j.dump(2));
+}
+
+// Brings the record in line with what runc says: a container whose process
+// died while nobody watched is Stopped, with conmon's exit code.
+Container Agent::refresh(Container c) {
+  if (c.state.status != ContainerStatus::Running) return c;
+  auto rs = runtime_.stateIfExists(c.config.id);
+  if (rs && rs->status == "running") return c;
+  c.state.status = ContainerStatus::Stopped;
+  if (auto code = readFileIfExists(c.paths.exitDir() / c.config.id)) {
+    try {
+      c.state.exitCode = std::stoi(*code);
+    } catch (const std::exception&) {
+    }
+  }
+  save(c);
+  return c;
+}
+
+std::vector<Container> Agent::list() {
+  std::lock_guard lock(mutex_);
+  std::vector<Container> out;
+  for (auto& entry : fs::directory_iterator(options_.stateDir / "containers")) {
+    if (!fs::exists(entry.path() / "container.json")) continue;  // an import in progress
+    try {
+      out.push_back(refresh(load(entry.path())));
+    } catch (const std::exception& e) {
+      logWarn("skipping container dir " + entry.path().string() + ": " + e.what());
+    }
+  }
+  std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.config.createdAt < b.config.createdAt; });
+  return out;
+}
+
+std::optional<std::vector<Container>> Agent::listIfIdle() {
+  std::unique_lock lock(mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return std::nullopt;
+  return list();
+}
+
+std::optional<Container> Agent::findIfExists(const std::string& ref) {
+  std::lock_guard lock(mutex_);
+  std::optional<Container> byPrefix;
+  int prefixMatches = 0;
+  for (auto& c : list()) {
+    if (c.config.name == ref || c.config.id == ref) return c;
+    if (ref.size() >= 6 && c.config.id.rfind(ref, 0) == 0) {
+      byPrefix = c;
+      ++prefixMatches;
+    }
+  }
+  if (prefixMatches == 1) return byPrefix;
+  return std::nullopt;
+}
+
+Container Agent::inspect(const std::string& ref) {
+  auto c = findIfExists(ref);
+  if (!c) fail(ErrorKind::NotFound, "container `" + ref + "` not found on " + options_.hostName);
+  return *c;
+}
+
+void Agent::prepareStorage(const Container& c) {
+  auto image = images_.find(c.config.imageDigest);
+  mountOverlay(OverlayPaths{images_.rootfsPath(image), c.paths.upper(), c.paths.work(), c.paths.rootfs()});
+}
+
+// A persistent netns for the container, attached to the host's CNI network
+// with the requested address and MAC when given (libpod's requestedIP). When
+// `lock` is set the netns is locked shut before the address appears in it,
+// until the restore has re-created the sockets (DESIGN.md: a client's
+// retransmission meeting the address without its socket gets a RST).
+void Agent::setupNetwork(Container& c, std::optional<std::string> ip, std::optional<std::string> mac, bool lock) {
+  if (!c.config.network || !options_.cniConfig) {
+    // Loopback only: runc gives the container a fresh network namespace.
+    c.state.netns.clear();
+    c.state.networkStatus = json::array();
+    return;
+  }
+  ErrorContext context("network");
+  auto network = CniNetwork::load(*options_.cniConfig);
+  fs::path netns = options_.stateDir / "netns" / c.config.id;
+  fs::create_directories(netns.parent_path());
+  if (netnsExists(netns)) removeNetns(netns);
+  NetnsGuard guard(netns);
+  if (lock) lockNetns(netns);
+  CniAttachment attachment{c.config.id, netns, "eth0", ip, mac};
+  auto result = cni_.add(network, attachment);
+  c.state.netns = guard.release().string();
+  std::vector<CniResult> status = {result};
+  c.state.networkStatus = json::parse(serializeNetworkStatus(status));
+  c.state.ip = requestedIp(status).value_or("");
+  c.state.mac = requestedMac(status).value_or("");
+}
+
+void Agent::teardownNetwork(Container& c) {
+  if (c.state.netns.empty()) return;
+  if (options_.cniConfig) {
+    std::optional<CniResult> prev;
+    auto results = parseNetworkStatus(c.state.networkStatus.dump());
+    if (!results.empty()) prev = results.front();
+    try {
+      cni_.del(CniNetwork::load(*options_.cniConfig), CniAttachment{c.config.id, c.state.netns, "eth0", {}, {}}, prev);
+    } catch (const std::exception& e) {
+      logWarn("cni: DEL of `" + c.config.name + "`: " + e.what());
+    }
+  }
+  removeNetns(c.state.netns);
+  c.state.netns.clear();
+}
+
+void Agent::writeSpec(Container& c, const std::optional<json>& importedSpec) {
+  SpecInputs inputs;
+  inputs.rootfs = c.paths.rootfs();
+  inputs.bindMounts = makeBindMounts(c.config, c.paths.userdata(), c.state.ip);
+  if (!c.state.netns.empty()) inputs.netns = c.state.netns;
+  inputs.cgroupsPath = cgroupsPath(c.config.id);
+  inputs.criuConfig = criuConfig();
+  auto image = images_.find(c.config.imageDigest);
+  inputs.imageEnv = image.config.env;
+  inputs.imageWorkingDir = image.config.workingDir;
+  inputs.imageUser = image.config.user;
+  json spec;
+  if (importedSpec) {
+    // The spec the container was checkpointed with (spec.dump): CRIU restores
+    // into the same mounts and namespaces, with this host's paths.
+    fs::path oldDir = importedSpec->at("root").at("path").get<std::string>();
+    spec = rebaseSpec(*importedSpec, oldDir.parent_path(), c.paths.dir, inputs);
+  } else {
+    spec = generateSpec(c.config, inputs);
+  }
+  fs::create_directories(c.paths.bundle());
+  writeFileAtomic(c.paths.spec(), spec.dump(2));
+}
+
+Container Agent::run(const RunRequest& request) {
+  std::lock_guard lock(mutex_);
+  ErrorContext context("run `" + request.name + "`");
+  if (!validName(request.name)) {
+    fail(ErrorKind::InvalidInput, "invalid name (use 1-64 of [A-Za-z0-9_.-], not starting with . or -)");
+  }
+  if (findIfExists(request.name)) fail(ErrorKind::Conflict, "a container with this name exists on " + options_.hostName);
+  auto image = images_.find(request.image);
+
+  Container c;
+  c.config.id = newContainerId();
+  c.config.name = request.name;
+  c.config.imageDigest = image.digest;
+  c.config.imageName = image.names.empty() ? image.digest : image.names.front();
+  c.config.args = request.args;
+  if (c.config.args.empty()) {
+    c.config.args = image.config.entrypoint;
+    c.config.args.insert(c.config.args.end(), image.config.cmd.begin(), image.config.cmd.end());
+  }
+  c.config.env = request.env;
+  c.config.workingDir = request.workingDir;
+  c.config.user = request.user;
+  c.config.hostname = request.hostname.empty() ? request.name : request.hostname;
+  c.config.network = request.network && options_.cniConfig.has_value();
+  c.config.createdAt = nowIso8601();
+  c.paths = pathsFor(c.config.id);
+  fs::create_directories(c.paths.dir);
+  c.state.status = ContainerStatus::Created;
+  save(c);
+
+  try {
+    prepareStorage(c);
+    setupNetwork(c, std::nullopt, std::nullopt, false);
+    writeSpec(c, std::nullopt);
+    c.state.pid = runtime_.create(c.config.id, c.paths);
+    runtime_.start(c.config.id);
+    c.state.status = ContainerStatus::Running;
+    c.state.startedAt = nowIso8601();
+    save(c);
+  } catch (...) {
+    // Nothing half-made stays: runc state, mounts, network, the directory.
+    try {
+      runtime_.remove(c.config.id);
+      cleanupAfterStop(c);
+      removeTree(c.paths.dir);
+    } catch (const std::exception& e) {
+      logWarn("cleanup after failed run of `" + request.name + "`: " + e.what());
+    }
+    throw;
+  }
+  logInfo("started `" + c.config.name + "` (" + c.config.id + ") pid " + std::to_string(c.state.pid));
+  return c;
+}
+
+std::string Agent::logs(const std::string& ref, size_t tailLines) {
+  auto c = inspect(ref);
+  // conmon writes k8s-file lines: "<time> <stream> <F|P> <text>"; show the text.
+  auto raw = readFileIfExists(c.paths.log()).value_or("");
+  std::string out;
+  size_t pos = 0;
+  while (pos < raw.size()) {
+    auto nl = raw.find('\n', pos);
+    if (nl == std::string::npos) nl = raw.size();
+    std::string line = raw.substr(pos, nl - pos);
+    pos = nl + 1;
+    size_t field = 0, cut = 0;
+    for (int i = 0; i < 3 && cut != std::string::npos; ++i) {
+      cut = line.find(' ', field);
+      if (cut != std::string::npos) field = cut + 1;
+    }
+    bool partial = line.size() > 0 && line.find(" P ") != std::string::npos && line.find(" P ") < field;
+    out += cut == std::string::npos ? line : line.substr(field);
+    if (!partial) out += "\n";
+  }
+  if (tailLines > 0) {
+    size_t count = 0, p = out.size();
+    if (p > 0 && out[p - 1] == '\n') --p;
+    while (p > 0) {
+      if (out[p - 1] == '\n' && ++count == tailLines) break;
+      --p;
+    }
+    out = out.substr(p);
+  }
+  return out;
+}
+
+void Agent::cleanupAfterStop(Container& c) {
+  unmountOverlay(c.paths.rootfs());
+  teardownNetwork(c);
+  pruneCgroupParents();
+}
+
+// runc removes a container's own cgroups but not the parents we put it under
+// (/migrate/<host>); remove those once they are empty, in every hierarchy.
+void Agent::pruneCgroupParents() {
+  std::error_code ec;
+  for (auto& controller : fs::directory_iterator("/sys/fs/cgroup", ec)) {
+    for (auto dir : {controller.path() / "migrate" / options_.hostName, controller.path() / "migrate"}) {
+      ::rmdir(dir.c_str());  // fails while in use (EBUSY, ENOTEMPTY): then it stays, rightly
+    }
+  }
+}
+
+void Agent::stop(const std::string& ref, int timeoutSeconds) {
+  std::lock_guard lock(mutex_);
+  auto c = inspect(ref);
+  ErrorContext context("stop `" + c.config.name + "`");
+  if (c.state.status == ContainerStatus::Running) {
+    runtime_.kill(c.config.id, SIGTERM);
+    auto deadline = Clock::now() + std::chrono::seconds(timeoutSeconds);
+    for (;;) {
+      auto rs = runtime_.stateIfExists(c.config.id);
+      if (!rs || rs->status == "stopped") break;
+      if (Clock::now() > deadline) {
+        runtime_.kill(c.config.id, SIGKILL);
+        deadline = Clock::now() + std::chrono::seconds(10);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  runtime_.remove(c.config.id);
+  c = refresh(c);
+  if (c.state.status == ContainerStatus::Running || c.state.status == ContainerStatus::Created) {
+    c.state.status = ContainerStatus::Stopped;
+  }
+  cleanupAfterStop(c);
+  save(c);
+}
+
+void Agent::remove(const std::string& ref, bool force) {
+  std::lock_guard lock(mutex_);
+  auto c = inspect(ref);
+  ErrorContext context("remove `" + c.config.name + "`");
+  if (c.state.status == ContainerStatus::Running) {
+    if (!force) fail(ErrorKind::Conflict, "container is running (stop it first, or force)");
+    runtime_.kill(c.config.id, SIGKILL);
+  }
+  runtime_.remove(c.config.id);
+  cleanupAfterStop(c);
+  removeTree(c.paths.dir);
+  logInfo("removed `" + c.config.name + "`");
+}
+
+Container Agent::checkpoint(const std::string& ref, const CheckpointRequest& request, PhaseTimes* times) {
+  std::lock_guard lock(mutex_);
+  auto c = inspect(ref);
+  ErrorContext context("checkpoint of `" + c.config.name + "`");
+  if (c.state.status != ContainerStatus::Running) {
+    fail(ErrorKind::Conflict, "container is " + statusName(c.state.status) + ", not running");
+  }
+  auto start = Clock::now();
+  runtime_.checkpoint(c.config.id, c.paths, CheckpointOptions{request.tcpEstablished, request.leaveRunning});
+  if (times) times->add("dump", secondsSince(start));
+
+  // What a restore elsewhere needs beside the CRIU images (libpod's checkpoint()).
+  writeFileAtomic(c.paths.dir / "network.status", c.state.networkStatus.dump(2));
+  writeFileAtomic(c.paths.dir / "config.dump", c.config.toJson().dump(2));
+  fs::copy_file(c.paths.spec(), c.paths.dir / "spec.dump", fs::copy_options::overwrite_existing);
+  c.state.checkpointedAt = nowIso8601();
+  c.state.checkpointTcpEstablished = request.tcpEstablished;
+  if (!request.leaveRunning) {
+    runtime_.remove(c.config.id);
+    c.state.status = ContainerStatus::Checkpointed;
+    c.state.pid = 0;
+    cleanupAfterStop(c);
+  }
+  save(c);
+  logInfo("checkpointed `" + c.config.name + "`");
+  return c;
+}
+
+ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options) {
+  std::lock_guard lock(mutex_);
+  auto c = inspect(ref);
+  ErrorContext context("export of `" + c.config.name + "`");
+  if (!fs::exists(c.paths.checkpoint() / "inventory.img")) {
+    fail(ErrorKind::Conflict, "no checkpoint to export (checkpoint the container first)");
+  }
+  BundleSources sources;
+  auto& m = sources.manifest;
+  m.formatVersion = kBundleFormatVersion;
+  m.containerName = c.config.name;
+  m.containerId = c.config.id;
+  m.imageDigest = c.config.imageDigest;
+  m.imageName = c.config.imageName;
+  m.sourceHost = options_.hostName;
+  m.criuVersion = Runtime::criuVersion();
+  m.runtimeVersion = runtime_.runcVersion();
+  m.createdAt = nowIso8601();
+  m.checkpointBytes = treeSize(c.paths.checkpoint());
+  m.rootfsDiffBytes = treeSize(c.paths.upper());
+  m.tcpEstablished = c.state.checkpointTcpEstablished;
+  sources.configDump = c.paths.dir / "config.dump";
+  sources.specDump = c.paths.dir / "spec.dump";
+  sources.networkStatus = c.paths.dir / "network.status";
+  sources.checkpointDir = c.paths.checkpoint();
+  sources.upperDir = c.paths.upper();
+  if (fs::exists(c.paths.log())) sources.ctrLog = c.paths.log();
+  if (fs::exists(c.paths.criuWork() / "stats-dump")) sources.statsDump = c.paths.criuWork() / "stats-dump";
+
+  CountingOutputStream counted(out);
+  Sha256OutputStream hashed(counted);
+  ZstdOutputStream zstd(hashed, options.zstdLevel, options.zstdThreads);
+  CountingOutputStream raw(zstd);
+  writeBundle(sources, raw, options.onProgress);
+  zstd.finish();
+  hashed.finish();
+  return ExportStats{raw.count(), counted.count(), hashed.hexDigest()};
+}
+
+Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
+                                  std::function<void(const json& manifest)> onManifest, std::string* sha256) {
+  std::lock_guard lock(mutex_);
+  ErrorContext context("import");
+  // Unpack into a directory beside the containers' that no listing sees
+  // (no container.json yet) and that disappears if anything fails.
+  TempDir staging(options_.stateDir / "containers", ".import");
+  Sha256InputStream hashed(in);
+  ZstdInputStream zstd(hashed);
+  auto manifest = readBundle(zstd, staging.path(), BundleLimits{}, [&](const BundleManifest& m) {
+    if (onManifest) onManifest(m.toJson());
+  });
+  // Drain what follows the tar's end-of-archive blocks so the hash covers the
+  // whole stream the sender hashed.
+  char sink[65536];
+  while (zstd.read(sink, sizeof sink) > 0) {
+  }
+  if (sha256) *sha256 = hashed.hexDigest();
+
+  auto config = ContainerConfig::fromJson(json::parse(readFile(staging.path() / "config.dump")));
+  auto spec = json::parse(readFile(staging.path() / "spec.dump"));
+  if (!images_.findIfExists(config.imageDigest)) {
+    fail(ErrorKind::NotFound, "image " + config.imageDigest + " (" + config.imageName + ") of `" + config.name +
+                                  "` is not on " + options_.hostName + "; import it first");
+  }
+  bool renamed = request.name && *request.name != config.name;
+  if (renamed) {
+    if (!validName(*request.name)) fail(ErrorKind::InvalidInput, "invalid name `" + *request.name + "`");
+    config.name = *request.name;
+    config.id = newContainerId();
+    config.hostname = config.name;
+  }
+  if (findIfExists(config.name)) fail(ErrorKind::Conflict, "a container named `" + config.name + "` exists on " + options_.hostName);
+
+  Container c;
+  c.config = config;
+  c.paths = pathsFor(config.id);
+  if (fs::exists(c.paths.dir)) fail(ErrorKind::Conflict, "container id " + config.id + " exists on " + options_.hostName);
+  c.state.status = ContainerStatus::Checkpointed;
+  c.state.checkpointedAt = manifest.createdAt;
+  c.state.checkpointTcpEstablished = manifest.tcpEstablished;
+  if (!renamed && fs::exists(staging.path() / "network.status")) {
+    auto status = parseNetworkStatus(readFile(staging.path() / "network.status"));
+    c.state.networkStatus = json::parse(serializeNetworkStatus(status));
+    c.state.ip = requestedIp(status).value_or("");
+    c.state.mac = requestedMac(status).value_or("");
+  }
+  // The staging dir becomes the container dir: rootfs-diff/ is the new upper.
+  fs::rename(staging.path() / "rootfs-diff", staging.path() / "upper");
+  fs::create_directories(staging.path() / "upper");
+  fs::create_directories(staging.path() / "bundle");
+  writeFileAtomic(staging.path() / "bundle" / "imported-spec.json", spec.dump(2));
+  fs::rename(staging.path(), c.paths.dir);
+  staging.keep();
+  save(c);
+  logInfo("imported `" + c.config.name + "` from " + manifest.sourceHost);
+  return c;
+}
+
+Container Agent::restore(const std::string& ref, const RestoreRequest& request, PhaseTimes* times) {
+  std::lock_guard lock(mutex_);
+  auto c = inspect(ref);
+  ErrorContext context("restore of `" + c.config.name + "`");
+  if (c.state.status != ContainerStatus::Checkpointed) {
+    fail(ErrorKind::Conflict, "container is " + statusName(c.state.status) + ", not checkpointed");
+  }
+  if (!fs::exists(c.paths.checkpoint() / "inventory.img")) {
+    fail(ErrorKind::NotFound, "a complete checkpoint cannot be found (" +
+                                  (c.paths.checkpoint() / "inventory.img").string() + " is missing)");
+  }
+  auto start = Clock::now();
+  std::optional<json> importedSpec;
+  if (auto text = readFileIfExists(c.paths.bundle() / "imported-spec.json")) importedSpec = json::parse(*text);
+  else importedSpec = json::parse(readFile(c.paths.dir / "spec.dump"));
+
+  try {
+    prepareStorage(c);
+    if (times) times->add("storage", secondsSince(start));
+    start = Clock::now();
+    // Read the address it had (libpod's requestedIP) unless told otherwise.
+    std::optional<std::string> ip, mac;
+    if (!request.ignoreStaticIp && !c.state.ip.empty()) ip = c.state.ip;
+    if (!request.ignoreStaticMac && !c.state.mac.empty()) mac = c.state.mac;
+    setupNetwork(c, ip, mac, true);
+    writeSpec(c, importedSpec);
+    if (times) times->add("network", secondsSince(start));
+    start = Clock::now();
+    bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
+    c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp});
+    if (!c.state.netns.empty()) {
+      unlockNetns(c.state.netns);
+      if (!c.state.ip.empty()) announceAddress(c.state.netns, "eth0", c.state.ip);
+    }
+    if (times) times->add("restore", secondsSince(start));
+  } catch (...) {
+    try {
+      runtime_.remove(c.config.id);
+      cleanupAfterStop(c);
+      save(c);
+    } catch (const std::exception& e) {
+      logWarn("cleanup after failed restore of `" + c.config.name + "`: " + e.what());
+    }
+    throw;
+  }
+  c.state.status = ContainerStatus::Running;
+  c.state.startedAt = nowIso8601();
+  c.state.exitCode.reset();
+  save(c);
+  fs::remove(c.paths.bundle() / "imported-spec.json");
+  if (!request.keepCheckpoint) {
+    removeTree(c.paths.checkpoint());
+    for (auto name : {"network.status", "config.dump", "spec.dump", "manifest.json", "deleted.files", "stats-dump"}) {
+      fs::remove(c.paths.dir / name);
+    }
+  }
+  logInfo("restored `" + c.config.name + "` pid " + std::to_string(c.state.pid));
+  return c;
+}
+
+}  // namespace migrate

@@ -1,0 +1,124 @@
+// The node side as one object: images, containers, checkpoint, export,
+// import and restore on this host. The CLI's local verbs and the daemon's
+// request handlers both call these methods; each reads as the steps of
+// libpod's flow it generalises.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/container.h"
+#include "agent/image-store.h"
+#include "agent/runtime.h"
+#include "common/stream.h"
+#include "net/cni.h"
+
+namespace migrate {
+
+struct AgentOptions {
+  fs::path stateDir;                   // everything this agent owns lives here
+  std::string hostName = "local";      // names the host in bundles and cgroup paths
+  std::optional<fs::path> cniConfig;   // CNI conflist; containers run with network only when set
+  RuntimeOptions runtime;              // runcRoot defaults to stateDir/runc
+};
+
+struct RunRequest {
+  std::string name;
+  std::string image;                   // name, digest or prefix
+  std::vector<std::string> args;       // empty: the image's entrypoint + cmd
+  std::vector<std::string> env;
+  std::string workingDir, user, hostname;
+  bool network = true;                 // has effect only when the agent has a CNI config
+};
+
+struct CheckpointRequest {
+  bool tcpEstablished = false;
+  bool leaveRunning = false;
+};
+
+struct ExportOptions {
+  int zstdLevel = 3;
+  int zstdThreads = 2;
+  std::function<void(uint64_t bytesIn)> onProgress;
+};
+
+struct ExportStats {
+  uint64_t bytesRaw = 0;         // tar bytes before compression
+  uint64_t bytesCompressed = 0;  // what went to the output
+  std::string sha256;            // of the compressed stream
+};
+
+struct ImportRequest {
+  std::optional<std::string> name;  // a new name: also a new id and no static IP (as libpod)
+};
+
+struct RestoreRequest {
+  bool tcpEstablished = false;
+  bool ignoreStaticIp = false;
+  bool ignoreStaticMac = false;
+  bool keepCheckpoint = false;
+};
+
+// How long each step took, for migration stats and the benchmarks.
+struct PhaseTimes {
+  std::vector<std::pair<std::string, double>> seconds;
+  void add(std::string phase, double s) { seconds.emplace_back(std::move(phase), s); }
+};
+
+class Agent {
+ public:
+  explicit Agent(AgentOptions options);
+
+  const AgentOptions& options() const { return options_; }
+  ImageStore& images() { return images_; }
+  Runtime& runtime() { return runtime_; }
+
+  Container run(const RunRequest& request);
+  std::vector<Container> list();
+  // The list, or nullopt when another operation holds the agent (a long
+  // export or import): heartbeats must not wait for a migration.
+  std::optional<std::vector<Container>> listIfIdle();
+  Container inspect(const std::string& ref);
+  std::optional<Container> findIfExists(const std::string& ref);
+  std::string logs(const std::string& ref, size_t tailLines = 0);
+  void stop(const std::string& ref, int timeoutSeconds = 10);
+  void remove(const std::string& ref, bool force);
+
+  // runc checkpoint, then network.status, config.dump and spec.dump beside it.
+  Container checkpoint(const std::string& ref, const CheckpointRequest& request, PhaseTimes* times = nullptr);
+  // Streams the checkpointed container as a bundle (tar -> zstd) into `out`.
+  ExportStats exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options = {});
+  // Reads a bundle stream (zstd-compressed) into a new container in status
+  // Checkpointed. `onManifest` may refuse the bundle early by throwing.
+  Container importCheckpoint(InputStream& in, const ImportRequest& request,
+                             std::function<void(const nlohmann::json& manifest)> onManifest = {},
+                             std::string* sha256 = nullptr);
+  // Storage, network with the requested IP and MAC, bind mounts, runc restore.
+  Container restore(const std::string& ref, const RestoreRequest& request, PhaseTimes* times = nullptr);
+
+ private:
+  Container load(const fs::path& dir);
+  void save(const Container& container);
+  Container refresh(Container container);
+  ContainerPaths pathsFor(const std::string& id) const;
+  std::string cgroupsPath(const std::string& id) const;
+  fs::path criuConfig() const;
+  void prepareStorage(const Container& container);
+  void setupNetwork(Container& container, std::optional<std::string> ip, std::optional<std::string> mac, bool lock);
+  void teardownNetwork(Container& container);
+  void writeSpec(Container& container, const std::optional<nlohmann::json>& importedSpec);
+  void cleanupAfterStop(Container& container);
+  void pruneCgroupParents();
+
+  AgentOptions options_;
+  ImageStore images_;
+  Runtime runtime_;
+  CniClient cni_;
+  std::recursive_mutex mutex_;  // one operation at a time on this host's containers
+};
+
+}  // namespace migrate

@@ -1,0 +1,40 @@
+// Streams a checkpointed container out as a bundle (agent/bundle.h): a pax
+// tar written straight into an OutputStream, no intermediate archive.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+
+#include "agent/bundle.h"
+#include "common/stream.h"
+
+namespace migrate {
+
+namespace fs = std::filesystem;
+
+struct BundleSources {
+  // checkpointBytes/rootfsDiffBytes and formatVersion are filled in by writeBundle.
+  BundleManifest manifest;
+  fs::path configDump;  // required
+  fs::path specDump;    // required
+  // Optional files: skipped when unset or when the file does not exist.
+  std::optional<fs::path> networkStatus;
+  std::optional<fs::path> ctrLog;
+  std::optional<fs::path> statsDump;
+  fs::path checkpointDir;           // CRIU images -> "checkpoint/..."
+  std::optional<fs::path> upperDir;  // overlay upper dir -> "rootfs-diff/..." + "deleted.files"
+};
+
+// Writes the bundle tar into `out` (wrap it in ZstdOutputStream, hashing and
+// TLS as needed). File data is streamed in chunks; no file is held whole in
+// memory. `onProgress` sees the running total of file bytes read. Does not
+// call out.finish(): the caller finishes its chain once this returns.
+// Throws if a source changes while it is written (the container must be
+// checkpointed, i.e. stopped), or if the upper dir holds something a bundle
+// cannot carry (fifo, device node, overlay redirect/metacopy).
+void writeBundle(const BundleSources& sources, OutputStream& out,
+                 std::function<void(uint64_t bytesIn)> onProgress = {});
+
+}  // namespace migrate

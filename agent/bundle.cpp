@@ -1,0 +1,58 @@
+#include "agent/bundle.h"
+
+#include "common/error.h"
+
+namespace migrate {
+
+namespace {
+
+template <typename T>
+T field(const nlohmann::json& json, const char* name) {
+  auto it = json.find(name);
+  if (it == json.end()) fail(ErrorKind::InvalidInput, std::string("bundle manifest: missing field `") + name + "`");
+  bool ok;
+  if constexpr (std::is_same_v<T, std::string>) {
+    ok = it->is_string();
+  } else if constexpr (std::is_same_v<T, bool>) {
+    ok = it->is_boolean();
+  } else if constexpr (std::is_same_v<T, uint64_t>) {
+    ok = it->is_number_unsigned() || (it->is_number_integer() && it->template get<int64_t>() >= 0);
+  } else {
+    ok = it->is_number_integer() && it->template get<int64_t>() >= INT32_MIN && it->template get<int64_t>() <= INT32_MAX;
+  }
+  if (!ok) fail(ErrorKind::InvalidInput, std::string("bundle manifest: field `") + name + "` has the wrong type");
+  return it->template get<T>();
+}
+
+}  // namespace
+
+nlohmann::json BundleManifest::toJson() const {
+  return {
+      {"formatVersion", formatVersion},   {"containerName", containerName},
+      {"containerId", containerId},       {"imageDigest", imageDigest},
+      {"imageName", imageName},           {"sourceHost", sourceHost},
+      {"criuVersion", criuVersion},       {"runtimeVersion", runtimeVersion},
+      {"createdAt", createdAt},           {"checkpointBytes", checkpointBytes},
+      {"rootfsDiffBytes", rootfsDiffBytes}, {"tcpEstablished", tcpEstablished},
+  };
+}
+
+BundleManifest BundleManifest::fromJson(const nlohmann::json& json) {
+  if (!json.is_object()) fail(ErrorKind::InvalidInput, "bundle manifest: not a JSON object");
+  BundleManifest m;
+  m.formatVersion = field<int>(json, "formatVersion");
+  m.containerName = field<std::string>(json, "containerName");
+  m.containerId = field<std::string>(json, "containerId");
+  m.imageDigest = field<std::string>(json, "imageDigest");
+  m.imageName = field<std::string>(json, "imageName");
+  m.sourceHost = field<std::string>(json, "sourceHost");
+  m.criuVersion = field<std::string>(json, "criuVersion");
+  m.runtimeVersion = field<std::string>(json, "runtimeVersion");
+  m.createdAt = field<std::string>(json, "createdAt");
+  m.checkpointBytes = field<uint64_t>(json, "checkpointBytes");
+  m.rootfsDiffBytes = field<uint64_t>(json, "rootfsDiffBytes");
+  m.tcpEstablished = field<bool>(json, "tcpEstablished");
+  return m;
+}
+
+}  // namespace migrate

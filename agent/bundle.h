@@ -1,0 +1,74 @@
+// The migration bundle: what a checkpointed container becomes on the wire and
+// on disk (`checkpoint --export`). DESIGN.md "Formats".
+//
+// A bundle is one tar stream (pax), zstd-compressed by the caller. Entries, in
+// this order (the reader enforces it):
+//   manifest.json   BundleManifest; first, so a target can refuse early
+//   config.dump     the container's config
+//   spec.dump       its OCI spec
+//   network.status  CNI results (optional)
+//   checkpoint/     CRIU images; must hold inventory.img
+//   rootfs-diff/    the overlay upper dir's entries (optional)
+//   deleted.files   JSON array of rootfs-diff-relative paths deleted in the upper (optional)
+//   ctr.log         the container's log (optional)
+//   stats-dump      CRIU's dump statistics (optional)
+//
+// Why `rootfs-diff/` and not podman's nested `rootfs-diff.tar`: a tar entry
+// needs its size in its header, so a nested tar would have to be staged in a
+// file first, against our "no intermediate archive" rule. The upper dir's
+// entries go directly under `rootfs-diff/` in the one stream instead. Overlay
+// whiteouts (0/0 character devices in the upper dir) are not sent as device
+// nodes, which the reader refuses everywhere, but listed in `deleted.files`
+// (as podman does) after the rootfs-diff entries; the reader re-creates them.
+// Opaque directories keep their `trusted.overlay.opaque=y` xattr in the pax
+// header.
+//
+// Change the layout -> bump kBundleFormatVersion (rr's trace version).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+namespace migrate {
+
+constexpr int kBundleFormatVersion = 1;
+
+namespace bundle {
+constexpr std::string_view kManifest = "manifest.json";
+constexpr std::string_view kConfigDump = "config.dump";
+constexpr std::string_view kSpecDump = "spec.dump";
+constexpr std::string_view kNetworkStatus = "network.status";
+constexpr std::string_view kCheckpointDir = "checkpoint";
+constexpr std::string_view kRootfsDiffDir = "rootfs-diff";
+constexpr std::string_view kDeletedFiles = "deleted.files";
+constexpr std::string_view kCtrLog = "ctr.log";
+constexpr std::string_view kStatsDump = "stats-dump";
+// CRIU writes it last in a successful dump; no inventory, no restore.
+constexpr std::string_view kInventory = "inventory.img";
+}  // namespace bundle
+
+struct BundleManifest {
+  int formatVersion = kBundleFormatVersion;
+  std::string containerName;
+  std::string containerId;
+  std::string imageDigest;
+  std::string imageName;
+  std::string sourceHost;
+  std::string criuVersion;
+  std::string runtimeVersion;
+  std::string createdAt;  // RFC 3339, UTC
+  // Bytes of regular-file data under checkpoint/ and rootfs-diff/. Filled in
+  // by writeBundle; readBundle checks them, which catches a tar stream cut
+  // exactly at an entry boundary (tar itself cannot tell).
+  uint64_t checkpointBytes = 0;
+  uint64_t rootfsDiffBytes = 0;
+  bool tcpEstablished = false;  // checkpointed with --tcp-established
+
+  nlohmann::json toJson() const;
+  // Throws Error(InvalidInput) naming the missing or ill-typed field.
+  static BundleManifest fromJson(const nlohmann::json& json);
+};
+
+}  // namespace migrate

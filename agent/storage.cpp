@@ -1,0 +1,42 @@
+#include "agent/storage.h"
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/syscall.h"
+
+namespace migrate {
+
+bool isMountPoint(const fs::path& path) {
+  // /proc/self/mountinfo field 5 is the mount point, with spaces escaped as \040.
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line, target = fs::absolute(path).lexically_normal().string();
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, mountPoint;
+    fields >> id >> parent >> dev >> root >> mountPoint;
+    if (mountPoint == target) return true;
+  }
+  return false;
+}
+
+void mountOverlay(const OverlayPaths& paths) {
+  ErrorContext context("overlay mount at " + paths.merged.string());
+  for (auto& dir : {paths.upper, paths.work, paths.merged}) fs::create_directories(dir);
+  if (isMountPoint(paths.merged)) return;
+  if (!fs::is_directory(paths.lower)) fail(ErrorKind::NotFound, "image rootfs " + paths.lower.string() + " is missing");
+  std::string options = "lowerdir=" + paths.lower.string() + ",upperdir=" + paths.upper.string() +
+                        ",workdir=" + paths.work.string();
+  SYSCALL(::mount("overlay", paths.merged.c_str(), "overlay", 0, options.c_str()), "mount overlay", options);
+}
+
+void unmountOverlay(const fs::path& merged) {
+  if (!isMountPoint(merged)) return;
+  SYSCALL(::umount2(merged.c_str(), MNT_DETACH), "umount", merged.string());
+}
+
+}  // namespace migrate

@@ -1,0 +1,41 @@
+// Locks a container's netns shut while its address exists but its sockets do
+// not yet (between CNI ADD and the end of `runc restore`). DESIGN.md, "Lock
+// the target's netns before the address appears": a peer's retransmission
+// that reaches a kernel with the IP but no socket gets a RST and the
+// migrated TCP connection dies; dropped instead, it is retried after restore.
+//
+// The lock is an nftables table `inet migrate_lock` in that netns with input
+// and output chains at priority -300 (before conntrack, so dropped packets
+// leave no state), policy drop, loopback accepted. ARP is a separate nftables
+// family, so neighbours still resolve the address while it is locked.
+#pragma once
+
+#include <filesystem>
+
+namespace migrate {
+
+namespace fs = std::filesystem;
+
+// Installs (or re-installs) the lock. Uses the `nft` CLI inside the netns.
+void lockNetns(const fs::path& netns);
+// Removes the lock; no-op when there is none.
+void unlockNetns(const fs::path& netns);
+// True while the lock table exists in the netns.
+bool isNetnsLocked(const fs::path& netns);
+
+// Locks on construction; unlocks when it dies unless released (e.g. the netns
+// is being torn down anyway). unlock() reports failure; the destructor logs it.
+class NetnsLockGuard {
+ public:
+  explicit NetnsLockGuard(fs::path netns);
+  NetnsLockGuard(NetnsLockGuard&& other) noexcept;
+  NetnsLockGuard& operator=(NetnsLockGuard&&) = delete;
+  ~NetnsLockGuard();
+  void unlock();
+  void release();
+
+ private:
+  fs::path netns_;
+};
+
+}  // namespace migrate

@@ -1,0 +1,175 @@
+// Issue 2 end to end on one host, through the migrate-agent command line a
+// user would type: real runc under conmon, real CRIU, overlay storage.
+#include <catch2/catch.hpp>
+#include <signal.h>
+
+#include <fstream>
+
+#include "common/files.h"
+#include "tests/support/harness.h"
+
+using namespace migrate;
+using namespace migrate::test;
+using nlohmann::json;
+
+#define REQUIRE_PRIVILEGES()                                  \
+  do {                                                        \
+    if (auto why = missingPrivileges()) {                     \
+      WARN("skipped: " << *why);                              \
+      return;                                                 \
+    }                                                         \
+  } while (0)
+
+namespace {
+
+std::string logsOf(AgentHome& home, const std::string& name) { return home.agent({"logs", name}); }
+
+unsigned long lastCount(AgentHome& home, const std::string& name) {
+  auto c = counts(logsOf(home, name));
+  return c.empty() ? 0 : c.back();
+}
+
+}  // namespace
+
+TEST_CASE("a counter exported, removed, imported and restored on a fresh host continues counting") {
+  REQUIRE_PRIVILEGES();
+  AgentHome source("src"), target("dst");
+  source.importTestImage();
+  target.importTestImage();
+  TempDir scratch("/var/tmp", "migrate-bundle");
+  auto bundle = (scratch.path() / "web.tar.zst").string();
+
+  // The container writes a file and deletes one from the image before counting.
+  source.agent({"run", "--name", "web", "test", "sh", "-c",
+                "echo written-before-checkpoint > /root/note; rm /etc/group; exec /usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(source, "web") >= 5; }, std::chrono::seconds(10)));
+
+  auto result = source.agentJson({"checkpoint", "web", "--export", bundle});
+  CHECK(result["export"]["bytesCompressed"].get<uint64_t>() > 0);
+  auto stopped = lastCount(source, "web");
+  auto ps = source.agentJson({"ps"});
+  REQUIRE(ps.size() == 1);
+  CHECK(ps[0]["state"]["status"] == "checkpointed");
+  source.agent({"rm", "web"});
+  CHECK(source.agentJson({"ps"}).empty());
+
+  // Restore on an agent with its own, fresh storage.
+  auto restored = target.agentJson({"restore", "--import", bundle});
+  CHECK(restored["name"] == "web");
+  CHECK(restored["state"]["status"] == "running");
+  REQUIRE(waitUntil([&] { return lastCount(target, "web") > stopped + 3; }, std::chrono::seconds(10)));
+
+  // The log came along; after the checkpoint the count went on at last+1, never from 1 again.
+  auto all = counts(logsOf(target, "web"));
+  auto at = std::find(all.begin(), all.end(), stopped);
+  REQUIRE(at != all.end());
+  REQUIRE(at + 1 != all.end());
+  CHECK(*(at + 1) == stopped + 1);
+  CHECK(std::count(all.begin(), all.end(), 1ul) == 1);
+
+  // Files the container wrote or deleted are as it left them, on fresh storage.
+  fs::path rootfs = restored["dir"].get<std::string>() + "/rootfs";
+  CHECK(readFile(rootfs / "root/note") == "written-before-checkpoint\n");
+  CHECK_FALSE(fs::exists(rootfs / "etc/group"));
+  CHECK(fs::exists(rootfs / "etc/passwd"));
+}
+
+TEST_CASE("a program holding 64 MiB of random data verifies its memory after restore") {
+  REQUIRE_PRIVILEGES();
+  AgentHome source("src"), target("dst");
+  source.importTestImage();
+  target.importTestImage();
+  TempDir scratch("/var/tmp", "migrate-bundle");
+  auto bundle = (scratch.path() / "mem.tar.zst").string();
+
+  source.agent({"run", "--name", "mem", "test", "/usr/local/bin/memhog", "64", "random"});
+  auto verifiedRounds = [](AgentHome& home) {
+    auto log = home.agent({"logs", "mem"});
+    size_t n = 0;
+    for (size_t p = 0; (p = log.find("verified ", p)) != std::string::npos; ++p) ++n;
+    return n;
+  };
+  REQUIRE(waitUntil([&] { return verifiedRounds(source) >= 2; }, std::chrono::seconds(20)));
+  source.agent({"checkpoint", "mem", "--export", bundle});
+  auto before = verifiedRounds(source);
+  source.agent({"rm", "mem"});
+
+  target.agent({"restore", "--import", bundle});
+  REQUIRE(waitUntil([&] { return verifiedRounds(target) >= before + 2; }, std::chrono::seconds(20)));
+  auto log = target.agent({"logs", "mem"});
+  CHECK(log.find("CORRUPT") == std::string::npos);
+  // One fill only: the program was not started again.
+  size_t readyLines = 0;
+  for (size_t p = 0; (p = log.find("ready ", p)) != std::string::npos; ++p) ++readyLines;
+  CHECK(readyLines == 1);
+  CHECK(target.agentJson({"inspect", "mem"})["state"]["status"] == "running");
+}
+
+TEST_CASE("containers outlive the agent process: a new agent lists and controls them") {
+  REQUIRE_PRIVILEGES();
+  AgentHome home("solo");
+  home.importTestImage();
+  // Each command is a fresh migrate-agent process reading the persisted state.
+  home.agent({"run", "--name", "c1", "test", "/usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(home, "c1") >= 3; }, std::chrono::seconds(10)));
+  auto ps = home.agentJson({"ps"});
+  REQUIRE(ps.size() == 1);
+  CHECK(ps[0]["state"]["status"] == "running");
+  int pid = ps[0]["state"]["pid"];
+  CHECK(::kill(pid, 0) == 0);
+  home.agent({"stop", "--time", "2", "c1"});
+  CHECK(home.agentJson({"inspect", "c1"})["state"]["status"] == "stopped");
+  CHECK(waitUntil([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(5)));
+  home.agent({"rm", "c1"});
+  CHECK(home.agentJson({"ps"}).empty());
+}
+
+TEST_CASE("checkpoint with --leave-running keeps the container going; restore under a new name") {
+  REQUIRE_PRIVILEGES();
+  AgentHome home("solo");
+  home.importTestImage();
+  TempDir scratch("/var/tmp", "migrate-bundle");
+  auto bundle = (scratch.path() / "c.tar.zst").string();
+  home.agent({"run", "--name", "orig", "test", "/usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(home, "orig") >= 3; }, std::chrono::seconds(10)));
+  home.agent({"checkpoint", "--leave-running", "orig", "--export", bundle});
+  CHECK(home.agentJson({"inspect", "orig"})["state"]["status"] == "running");
+  auto copy = home.agentJson({"restore", "--import", bundle, "--name", "copy"});
+  CHECK(copy["name"] == "copy");
+  CHECK(copy["id"] != home.agentJson({"inspect", "orig"})["id"]);
+  auto base = lastCount(home, "copy");
+  CHECK(waitUntil([&] { return lastCount(home, "copy") > base + 2; }, std::chrono::seconds(10)));
+  CHECK(home.agentJson({"ps"}).size() == 2);
+}
+
+TEST_CASE("a corrupt bundle is refused with a clear error and leaves nothing behind") {
+  REQUIRE_PRIVILEGES();
+  AgentHome source("src"), target("dst");
+  source.importTestImage();
+  target.importTestImage();
+  TempDir scratch("/var/tmp", "migrate-bundle");
+  auto bundle = scratch.path() / "c.tar.zst";
+  source.agent({"run", "--name", "c", "test", "/usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(source, "c") >= 2; }, std::chrono::seconds(10)));
+  source.agent({"checkpoint", "c", "--export", bundle.string()});
+  auto bytes = readFile(bundle);
+
+  SECTION("truncated") { writeFileAtomic(bundle, bytes.substr(0, bytes.size() / 2)); }
+  SECTION("garbage in the middle") {
+    for (size_t i = bytes.size() / 3; i < bytes.size() / 3 + 4096 && i < bytes.size(); ++i) bytes[i] ^= 0x5a;
+    writeFileAtomic(bundle, bytes);
+  }
+  auto r = target.tryAgent({"restore", "--import", bundle.string()});
+  CHECK(r.status != 0);
+  INFO(r.err);
+  CHECK((r.err.find("zstd") != std::string::npos || r.err.find("bundle") != std::string::npos));
+  CHECK(target.agentJson({"ps"}).empty());
+  size_t entries = 0;
+  for (auto& e : fs::directory_iterator(target.dir() / "containers")) {
+    (void)e;
+    ++entries;
+  }
+  CHECK(entries == 0);
+  // The source still has its checkpoint and can restore from it.
+  CHECK(source.agentJson({"restore", "c"})["state"]["status"] == "running");
+}

@@ -1,0 +1,90 @@
+#include "tests/support/harness.h"
+
+#include <unistd.h>
+
+#include <sstream>
+#include <thread>
+
+#include "common/error.h"
+#include "common/subprocess.h"
+
+namespace migrate::test {
+
+using nlohmann::json;
+
+fs::path binary(const std::string& name) {
+  for (auto dir : {"agent", "coordinator", "migrate", "tests/payloads"}) {
+    auto p = fs::path(MIGRATE_BINARY_DIR) / dir / name;
+    if (fs::exists(p)) return p;
+  }
+  fail(ErrorKind::NotFound, "test binary " + name + " not built");
+}
+
+fs::path testImage() { return TEST_IMAGE; }
+
+std::optional<std::string> missingPrivileges() {
+  if (::geteuid() != 0) return "needs root (runc, CRIU, mounts)";
+  for (auto tool : {"runc", "conmon", "criu"}) {
+    if (runCapture(SubprocessOptions::of({"sh", "-c", std::string("command -v ") + tool})).status != 0) {
+      return std::string(tool) + " is not installed (scripts/install-deps.sh)";
+    }
+  }
+  return std::nullopt;
+}
+
+AgentHome::AgentHome(std::string hostName) : host_(std::move(hostName)), dir_("/var/tmp", "migrate-test-" + host_) {}
+
+AgentHome::~AgentHome() {
+  // Remove every container this agent still has, whatever state the test left.
+  try {
+    auto list = json::parse(tryAgent({"--output", "json", "ps"}).out);
+    for (auto& c : list) tryAgent({"rm", "--force", c.at("id").get<std::string>()});
+  } catch (const std::exception&) {
+  }
+}
+
+AgentHome::Result AgentHome::tryAgent(const std::vector<std::string>& args) {
+  std::vector<std::string> full = wrap;
+  full.insert(full.end(), {binary("migrate-agent").string(), "--state", dir().string(), "--host", host_});
+  full.insert(full.end(), extraArgs.begin(), extraArgs.end());
+  full.insert(full.end(), args.begin(), args.end());
+  auto r = runCapture(SubprocessOptions::of(full));
+  return Result{r.status, r.out, r.err};
+}
+
+std::string AgentHome::agent(const std::vector<std::string>& args) {
+  auto r = tryAgent(args);
+  if (r.status != 0) {
+    fail("migrate-agent " + commandLine(args) + " exited " + std::to_string(r.status) + ": " + r.err);
+  }
+  return r.out;
+}
+
+json AgentHome::agentJson(const std::vector<std::string>& args) {
+  std::vector<std::string> full = {"--output", "json"};
+  full.insert(full.end(), args.begin(), args.end());
+  return json::parse(agent(full));
+}
+
+void AgentHome::importTestImage() { agent({"image", "import", testImage().string(), "test"}); }
+
+bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (condition()) return true;
+    if (std::chrono::steady_clock::now() > deadline) return condition();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+std::vector<unsigned long> counts(const std::string& log) {
+  std::vector<unsigned long> out;
+  std::istringstream in(log);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("count ", 0) == 0) out.push_back(std::stoul(line.substr(6)));
+  }
+  return out;
+}
+
+}  // namespace migrate::test

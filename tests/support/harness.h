@@ -1,0 +1,62 @@
+// What integration tests share: the built binaries, the test image, a
+// scratch agent state directory that is torn down with everything in it
+// (containers killed, mounts and cgroups gone), and polling helpers.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+
+namespace migrate::test {
+
+namespace fs = std::filesystem;
+
+fs::path binary(const std::string& name);   // build tree: agent/migrate-agent, ...
+fs::path testImage();
+
+// Why a test that needs root, runc and CRIU cannot run here, or nullopt.
+std::optional<std::string> missingPrivileges();
+
+// A migrate-agent state directory for one test; its destructor removes every
+// container it still holds (runc delete --force, overlay unmount) and the dir.
+class AgentHome {
+ public:
+  explicit AgentHome(std::string hostName);
+  ~AgentHome();
+  AgentHome(const AgentHome&) = delete;
+
+  const fs::path& dir() const { return dir_.path(); }
+  const std::string& host() const { return host_; }
+  std::vector<std::string> extraArgs;  // e.g. --cni-config FILE; netns prefix goes in `wrap`
+  std::vector<std::string> wrap;       // command prefix, e.g. {"nsenter", "--net=/run/netns/host1"}
+
+  // Runs `migrate-agent --state DIR --host HOST <args>`; throws with stderr on failure.
+  std::string agent(const std::vector<std::string>& args);
+  // Same, but returns {status, stdout, stderr} without throwing.
+  struct Result {
+    int status;
+    std::string out, err;
+  };
+  Result tryAgent(const std::vector<std::string>& args);
+  nlohmann::json agentJson(const std::vector<std::string>& args);
+  void importTestImage();
+
+ private:
+  std::string host_;
+  TempDir dir_;
+};
+
+// Polls `condition` every 50 ms until true or `timeout`; returns its last value.
+bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
+
+// Numbers from "count N" lines of a counter payload's log.
+std::vector<unsigned long> counts(const std::string& log);
+
+}  // namespace migrate::test
