@@ -21,7 +21,12 @@
 # So all hosts' containers share one L2 segment, 198.18.0.0/24, gateway in the fabric.
 #
 # Per host, /run/migrate-lab/hostK/cni.conflist: bridge (cni0) + host-local IPAM with
-# the host's own range .(20K+1)-.(20K+19) and its own dataDir, then tuning. host-local
+# the host's own range .(20K+1)-.(20K+19), then tuning. All hosts share ONE host-local
+# dataDir (/run/migrate-lab/ipam): the segment is one network, so its reservations
+# must be too (a cluster-wide IPAM). With a dataDir per host, an address that
+# migrated away would look free to its old host, which could hand it out again
+# while the moved container still uses it on the new host. host-local
+# locks its dataDir, so hosts allocating at once do not race. host-local
 # refuses a requested IP outside rangeStart..rangeEnd, and a range set may not hold
 # overlapping ranges, so the conflist can't admit "the whole subnet, but only when
 # requested". Our CniClient (net/cni.h) handles it: for an ADD with a requested IP
@@ -96,7 +101,7 @@ ensure_addr() {  # ensure_addr NS DEV CIDR
 
 write_conflist() {  # write_conflist K
   local k=$1 dir=$STATE/host$1
-  mkdir -p "$dir/ipam"
+  mkdir -p "$dir" "$STATE/ipam"
   local tmp
   tmp=$(mktemp "$dir/.cni.conflist.XXXXXX")
   cat >"$tmp" <<EOF
@@ -119,7 +124,7 @@ write_conflist() {  # write_conflist K
           "gateway": "$CTR_NET.1"
         }]],
         "routes": [{"dst": "0.0.0.0/0"}],
-        "dataDir": "$dir/ipam"
+        "dataDir": "$STATE/ipam"
       },
       "capabilities": {"ips": true}
     },

@@ -1,5 +1,7 @@
 #include "tests/support/harness.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <sstream>
@@ -7,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/subprocess.h"
+#include "common/syscall.h"
 
 namespace migrate::test {
 
@@ -67,6 +70,34 @@ json AgentHome::agentJson(const std::vector<std::string>& args) {
 }
 
 void AgentHome::importTestImage() { agent({"image", "import", testImage().string(), "test"}); }
+
+std::string LabGuard::script() { return std::string(MIGRATE_SOURCE_DIR) + "/scripts/lab.sh"; }
+
+LabGuard::LabGuard(int hosts)
+    : sessionLock_(openOrFail("/run/lock/migrate-lab-session.lock", O_RDWR | O_CREAT, 0644)) {
+  SYSCALL(::flock(sessionLock_.get(), LOCK_EX), "flock /run/lock/migrate-lab-session.lock");
+  SubprocessOptions o = SubprocessOptions::of({script(), "up", std::to_string(hosts)});
+  o.env = {{"LAB_QUIET", "1"}};
+  run(o);
+}
+
+LabGuard::~LabGuard() {
+  SubprocessOptions o = SubprocessOptions::of({script(), "down"});
+  o.env = {{"LAB_QUIET", "1"}};
+  runCapture(o);
+}
+
+AgentHome::Result LabGuard::exec(const std::string& host, const std::vector<std::string>& args) {
+  std::vector<std::string> full = {script(), "exec", host};
+  full.insert(full.end(), args.begin(), args.end());
+  auto r = runCapture(SubprocessOptions::of(full));
+  return AgentHome::Result{r.status, r.out, r.err};
+}
+
+void placeInLabHost(AgentHome& home, const std::string& host) {
+  home.wrap = {"nsenter", "--net=/run/netns/" + host, "--"};
+  home.extraArgs = {"--cni-config", "/run/migrate-lab/" + host + "/cni.conflist"};
+}
 
 bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -53,6 +53,24 @@ class AgentHome {
   TempDir dir_;
 };
 
+// The multi-host lab (scripts/lab.sh up N) for one test; `lab.sh down` when
+// it dies, so no namespace, link or process outlives the test.
+class LabGuard {
+ public:
+  explicit LabGuard(int hosts);
+  ~LabGuard();
+  LabGuard(const LabGuard&) = delete;
+  static std::string script();
+  // `lab.sh exec HOST ...`, returning {status, out, err}.
+  static AgentHome::Result exec(const std::string& host, const std::vector<std::string>& args);
+
+ private:
+  Fd sessionLock_;  // every user of the lab holds it (scripts/lab.sh): one lab session at a time
+};
+
+// An AgentHome whose commands run inside lab host `host` with its CNI network.
+void placeInLabHost(AgentHome& home, const std::string& host);
+
 // Polls `condition` every 50 ms until true or `timeout`; returns its last value.
 bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
