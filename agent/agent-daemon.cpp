@@ -124,6 +124,7 @@ struct AgentDaemon::Receiver {
 };
 
 AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options) : agent_(agent), options_(std::move(options)) {
+  agent_.removeStaleImports();
   try {
     cpuInfo_ = dumpCpuInfo();
   } catch (const std::exception& e) {
@@ -378,6 +379,8 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
       return;
     }
     case proto::Request::COMMIT_SOURCE: {
+      // (The target's copy keeps its migrationId until the next migration;
+      // harmless: abortReceive is never sent after commit.)
       std::string name = request.getCommitSource().getContainerName();
       spawn(id, [this, name](proto::Reply::Builder reply) {
         // The new owner is on record: the source copy and its checkpoint go.
@@ -479,7 +482,9 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
       TlsInputStream in(tls);
       CountingInputStream counted(in);
       std::string sha;
-      auto c = agent_.importCheckpoint(counted, ImportRequest{}, [&](const nlohmann::json& manifest) {
+      ImportRequest importRequest;
+      importRequest.migrationId = r->migrationId;
+      auto c = agent_.importCheckpoint(counted, importRequest, [&](const nlohmann::json& manifest) {
         if (manifest.value("containerName", "") != r->containerName) {
           fail(ErrorKind::InvalidInput, "bundle is for `" + manifest.value("containerName", "") + "`, expected `" +
                                             r->containerName + "`");
@@ -612,18 +617,20 @@ void AgentDaemon::abortReceive(const std::string& migrationId) {
     auto it = receivers_.find(migrationId);
     if (it != receivers_.end()) r = it->second;
   }
-  std::string name;
   if (r) {
     r->aborted = true;
     int fd = r->socketFd.load();
     if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
     if (r->thread.joinable()) r->thread.join();
-    name = r->containerName;
     std::lock_guard lock(receiversMutex_);
     receivers_.erase(migrationId);
   }
-  // Whatever arrived or was restored here goes: the source runs it again.
-  if (!name.empty() && agent_.findIfExists(name)) agent_.remove(name, true);
+  // Whatever arrived or was restored here for this migration goes: the
+  // source runs it again. Found by migration id, so this works also after
+  // the agent restarted and lost its receiver.
+  for (auto& c : agent_.list()) {
+    if (c.state.migrationId == migrationId) agent_.remove(c.config.id, true);
+  }
   logInfo("aborted receive of migration " + migrationId);
 }
 

@@ -58,6 +58,15 @@ Agent::Agent(AgentOptions options)
   writeFileAtomic(criuConfig(), "network-lock nftables\n");
 }
 
+void Agent::removeStaleImports() {
+  std::lock_guard lock(mutex_);
+  for (auto& entry : fs::directory_iterator(options_.stateDir / "containers")) {
+    if (entry.path().filename().string().rfind(".import", 0) != 0) continue;
+    logWarn("removing " + entry.path().string() + ", left by an import that did not finish");
+    removeTree(entry.path());
+  }
+}
+
 fs::path Agent::criuConfig() const { return options_.stateDir / "criu.conf"; }
 
 ContainerPaths Agent::pathsFor(const std::string& id) const {
@@ -462,6 +471,7 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   c.state.status = ContainerStatus::Checkpointed;
   c.state.checkpointedAt = manifest.createdAt;
   c.state.checkpointTcpEstablished = manifest.tcpEstablished;
+  c.state.migrationId = request.migrationId;
   if (!renamed && fs::exists(staging.path() / "network.status")) {
     auto status = parseNetworkStatus(readFile(staging.path() / "network.status"));
     c.state.networkStatus = json::parse(serializeNetworkStatus(status));

@@ -54,6 +54,7 @@ struct ExportStats {
 
 struct ImportRequest {
   std::optional<std::string> name;  // a new name: also a new id and no static IP (as libpod)
+  std::string migrationId;          // the migration bringing it here, so an abort finds it again
 };
 
 struct RestoreRequest {
@@ -76,6 +77,10 @@ class Agent {
   const AgentOptions& options() const { return options_; }
   ImageStore& images() { return images_; }
   Runtime& runtime() { return runtime_; }
+
+  // Removes what an agent killed mid-import left (staging directories);
+  // the daemon calls it at start, when no import can be running.
+  void removeStaleImports();
 
   Container run(const RunRequest& request);
   std::vector<Container> list();

@@ -62,7 +62,7 @@ json ContainerState::toJson() const {
   json j = {{"status", statusName(status)}, {"pid", pid},          {"netns", netns},
             {"ip", ip},                     {"mac", mac},          {"networkStatus", networkStatus},
             {"startedAt", startedAt},       {"checkpointedAt", checkpointedAt},
-            {"checkpointTcpEstablished", checkpointTcpEstablished}};
+            {"checkpointTcpEstablished", checkpointTcpEstablished}, {"migrationId", migrationId}};
   j["exitCode"] = exitCode ? json(*exitCode) : json(nullptr);
   return j;
 }
@@ -79,6 +79,7 @@ ContainerState ContainerState::fromJson(const json& j) {
     s.startedAt = j.value("startedAt", "");
     s.checkpointedAt = j.value("checkpointedAt", "");
     s.checkpointTcpEstablished = j.value("checkpointTcpEstablished", false);
+    s.migrationId = j.value("migrationId", "");
     if (j.contains("exitCode") && j["exitCode"].is_number_integer()) s.exitCode = j["exitCode"].get<int>();
     return s;
   } catch (const json::exception& e) {

@@ -45,7 +45,8 @@ struct ContainerState {
   std::string startedAt;
   std::optional<int> exitCode;
   std::string checkpointedAt;
-  bool checkpointTcpEstablished = false;  // the checkpoint holds TCP connections: restore must too
+  bool checkpointTcpEstablished = false;
+  std::string migrationId;  // set on a target while a migration brings it here; cleared on commit  // the checkpoint holds TCP connections: restore must too
 
   nlohmann::json toJson() const;
   static ContainerState fromJson(const nlohmann::json& j);

@@ -158,8 +158,11 @@ pid_t Runtime::restore(const std::string& id, const ContainerPaths& paths, const
 }
 
 std::string Runtime::runcVersion() {
+  // "runc version 1.1.5+ds1\ncommit: ...": the version alone.
   auto out = run({options_.runc, "--version"});
-  return out.substr(0, out.find('\n'));
+  out = out.substr(0, out.find('\n'));
+  auto space = out.rfind(' ');
+  return space == std::string::npos ? out : out.substr(space + 1);
 }
 
 std::string Runtime::criuVersion() {

@@ -124,7 +124,7 @@ TEST_CASE("containers outlive the agent process: a new agent lists and controls 
   CHECK(home.agentJson({"ps"}).empty());
 }
 
-TEST_CASE("checkpoint with --leave-running keeps the container going; restore under a new name") {
+TEST_CASE("checkpoint with --leave-running keeps the container going, and a copy restores under a new name") {
   REQUIRE_PRIVILEGES();
   AgentHome home("solo");
   home.importTestImage();

@@ -99,6 +99,70 @@ void placeInLabHost(AgentHome& home, const std::string& host) {
   home.extraArgs = {"--cni-config", "/run/migrate-lab/" + host + "/cni.conflist"};
 }
 
+std::string ClusterGuard::script() { return std::string(MIGRATE_SOURCE_DIR) + "/scripts/cluster.sh"; }
+
+namespace {
+
+SubprocessOptions clusterCommand(std::vector<std::string> args) {
+  SubprocessOptions o = SubprocessOptions::of(std::move(args));
+  o.env = {{"LAB_QUIET", "1"}, {"BUILD_DIR", MIGRATE_BINARY_DIR}};
+  return o;
+}
+
+}  // namespace
+
+ClusterGuard::ClusterGuard(int hosts)
+    : sessionLock_(openOrFail("/run/lock/migrate-lab-session.lock", O_RDWR | O_CREAT, 0644)) {
+  SYSCALL(::flock(sessionLock_.get(), LOCK_EX), "flock /run/lock/migrate-lab-session.lock");
+  try {
+    run(clusterCommand({script(), "up", std::to_string(hosts), testImage().string(), "test"}));
+  } catch (...) {
+    runCapture(clusterCommand({script(), "down"}));
+    throw;
+  }
+}
+
+ClusterGuard::~ClusterGuard() { runCapture(clusterCommand({script(), "down"})); }
+
+AgentHome::Result ClusterGuard::tryMigrate(const std::vector<std::string>& args) {
+  std::vector<std::string> full = {binary("migrate").string()};
+  full.insert(full.end(), args.begin(), args.end());
+  SubprocessOptions o = SubprocessOptions::of(full);
+  o.env = {{"MIGRATE_COORDINATOR", "unix:/run/migrate-lab/coordinator.sock"},
+           {"MIGRATE_TOKEN_FILE", "/var/lib/migrate-lab/keys/token"}};
+  auto r = runCapture(o);
+  return AgentHome::Result{r.status, r.out, r.err};
+}
+
+std::string ClusterGuard::migrate(const std::vector<std::string>& args) {
+  auto r = tryMigrate(args);
+  if (r.status != 0) fail("migrate " + commandLine(args) + " exited " + std::to_string(r.status) + ": " + r.err + r.out);
+  return r.out;
+}
+
+json ClusterGuard::migrateJson(const std::vector<std::string>& args) {
+  std::vector<std::string> full = args;
+  full.insert(full.end(), {"--output", "json"});
+  return json::parse(migrate(full));
+}
+
+int ClusterGuard::agentPid(const std::string& host) const {
+  return std::stoi(readFile("/run/migrate-lab/" + host + "/agent.pid"));
+}
+
+int ClusterGuard::coordinatorPid() const { return std::stoi(readFile("/run/migrate-lab/coordinator.pid")); }
+
+void ClusterGuard::startAgent(const std::string& host) { run(clusterCommand({script(), "start-agent", host})); }
+
+void ClusterGuard::startCoordinator() { run(clusterCommand({script(), "start-coordinator"})); }
+
+json ClusterGuard::agentJson(const std::string& host, const std::vector<std::string>& args) {
+  std::vector<std::string> full = {binary("migrate-agent").string(), "--state", agentState(host).string(), "--host",
+                                   host, "--output", "json"};
+  full.insert(full.end(), args.begin(), args.end());
+  return json::parse(run(full));
+}
+
 bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {

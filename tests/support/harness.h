@@ -71,6 +71,33 @@ class LabGuard {
 // An AgentHome whose commands run inside lab host `host` with its CNI network.
 void placeInLabHost(AgentHome& home, const std::string& host);
 
+// A whole cluster (scripts/cluster.sh): lab namespaces, the coordinator on
+// the fabric, one agent daemon per host with the test image; torn down with
+// every container when it dies.
+class ClusterGuard {
+ public:
+  explicit ClusterGuard(int hosts);
+  ~ClusterGuard();
+  ClusterGuard(const ClusterGuard&) = delete;
+
+  // The `migrate` CLI against this cluster's coordinator.
+  AgentHome::Result tryMigrate(const std::vector<std::string>& args);
+  std::string migrate(const std::vector<std::string>& args);
+  nlohmann::json migrateJson(const std::vector<std::string>& args);
+
+  int agentPid(const std::string& host) const;
+  int coordinatorPid() const;
+  void startAgent(const std::string& host);
+  void startCoordinator();
+  // The local agent CLI on a host's state (read-only use while its daemon runs).
+  nlohmann::json agentJson(const std::string& host, const std::vector<std::string>& args);
+  static fs::path agentState(const std::string& host) { return fs::path("/var/lib/migrate-lab") / host; }
+
+ private:
+  static std::string script();
+  Fd sessionLock_;
+};
+
 // Polls `condition` every 50 ms until true or `timeout`; returns its last value.
 bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 

@@ -1,0 +1,260 @@
+#include "coordinator/host-registry.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "net/curve-keys.h"
+
+namespace migrate {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+int64_t epochMsNow() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::string containerStateName(proto::ContainerState state) {
+  switch (state) {
+    case proto::ContainerState::UNKNOWN: return "unknown";
+    case proto::ContainerState::CREATED: return "created";
+    case proto::ContainerState::RUNNING: return "running";
+    case proto::ContainerState::PAUSED: return "paused";
+    case proto::ContainerState::STOPPED: return "stopped";
+    case proto::ContainerState::CHECKPOINTED: return "checkpointed";
+    case proto::ContainerState::RESTORING: return "restoring";
+  }
+  return "unknown";
+}
+
+ContainerSummary containerFromProto(proto::ContainerInfo::Reader info) {
+  ContainerSummary c;
+  c.id = text(info.getId());
+  c.name = text(info.getName());
+  c.image = text(info.getImage());
+  c.state = containerStateName(info.getState());
+  c.pid = info.getPid();
+  c.ip = text(info.getIp());
+  c.mac = text(info.getMac());
+  c.createdAtNs = info.getCreatedAt();
+  c.imageDigest = text(info.getImageDigest());
+  c.exitCode = info.getExitCode();
+  return c;
+}
+
+std::vector<ContainerSummary> containersFromProto(capnp::List<proto::ContainerInfo>::Reader list) {
+  std::vector<ContainerSummary> out;
+  for (auto info : list) out.push_back(containerFromProto(info));
+  return out;
+}
+
+json ContainerSummary::toJson() const {
+  return {{"id", id},   {"name", name}, {"image", image},        {"state", state},
+          {"pid", pid}, {"ip", ip},     {"mac", mac},            {"createdAtNs", createdAtNs},
+          {"imageDigest", imageDigest}, {"exitCode", exitCode}};
+}
+
+const ContainerSummary* HostState::findContainer(const std::string& containerName) const {
+  for (auto& c : containers) {
+    if (c.name == containerName) return &c;
+  }
+  return nullptr;
+}
+
+bool HostState::hasImage(const std::string& digest) const {
+  for (auto& i : images) {
+    if (i.digest == digest) return true;
+  }
+  return false;
+}
+
+json HostState::toJson() const {
+  json imageList = json::array();
+  for (auto& i : images) imageList.push_back({{"digest", i.digest}, {"names", i.names}, {"sizeBytes", i.sizeBytes}});
+  json containerList = json::array();
+  for (auto& c : containers) containerList.push_back(c.toJson());
+  return {
+      {"name", name},
+      {"up", up},
+      {"registered", registered},
+      {"lastSeen", lastSeenEpochMs},
+      {"dataAddress", dataAddress},
+      {"versions",
+       {{"agent", agentVersion}, {"criu", criuVersion}, {"runc", runcVersion}, {"kernel", kernelVersion},
+        {"protocol", protocolVersion}}},
+      {"cpuInfoBytes", cpuInfo.size()},
+      {"capacity", {{"memBytes", memBytes}, {"diskBytes", diskBytes}, {"cpus", cpus}}},
+      {"load",
+       {{"loadAvg1", loadAvg1},
+        {"memAvailableBytes", memAvailableBytes},
+        {"diskAvailableBytes", diskAvailableBytes},
+        {"runningContainers", runningContainers},
+        {"activeMigrations", activeMigrations}}},
+      {"images", imageList},
+      {"containers", containerList},
+  };
+}
+
+std::vector<AllowedHost> loadAllowList(const std::filesystem::path& path) {
+  ErrorContext context("agents allow-list " + path.string());
+  std::istringstream in(readFile(path));
+  std::vector<AllowedHost> hosts;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    // Comments are whole lines: '#' is also a Z85 digit, so it may occur in a key.
+    auto first = line.find_first_not_of(" \t");
+    if (first != std::string::npos && line[first] == '#') continue;
+    std::istringstream fields(line);
+    AllowedHost host;
+    if (!(fields >> host.name)) continue;
+    std::string extra;
+    if (!(fields >> host.publicKey) || (fields >> extra)) {
+      fail(ErrorKind::InvalidInput, "line " + std::to_string(number) + ": expected `hostName publicKeyZ85`");
+    }
+    checkCurveKey(host.publicKey, "line " + std::to_string(number) + " public key of `" + host.name + "`");
+    for (auto& other : hosts) {
+      if (other.name == host.name || other.publicKey == host.publicKey) {
+        fail(ErrorKind::InvalidInput, "line " + std::to_string(number) + ": host `" + host.name +
+                                          "` or its key is listed twice");
+      }
+    }
+    hosts.push_back(std::move(host));
+  }
+  return hosts;
+}
+
+HostRegistry::HostRegistry(std::vector<AllowedHost> hosts, std::chrono::milliseconds heartbeatInterval)
+    : heartbeatInterval_(heartbeatInterval) {
+  for (auto& h : hosts) {
+    HostState state;
+    state.name = h.name;
+    state.publicKey = h.publicKey;
+    hosts_[h.name] = std::move(state);
+  }
+}
+
+std::map<std::string, std::string> HostRegistry::keyToHost() const {
+  std::lock_guard lock(mutex_);
+  std::map<std::string, std::string> out;
+  for (auto& [name, state] : hosts_) out[state.publicKey] = name;
+  return out;
+}
+
+void HostRegistry::recordRegister(const std::string& host, proto::Register::Reader reg) {
+  std::lock_guard lock(mutex_);
+  auto it = hosts_.find(host);
+  if (it == hosts_.end()) return;
+  HostState& s = it->second;
+  s.registered = true;
+  ++s.session;
+  s.lastSeen = Clock::now();
+  s.lastSeenEpochMs = epochMsNow();
+  s.agentVersion = text(reg.getAgentVersion());
+  s.criuVersion = text(reg.getCriuVersion());
+  s.runcVersion = text(reg.getRuncVersion());
+  s.kernelVersion = text(reg.getKernelVersion());
+  s.dataAddress = text(reg.getDataAddress());
+  s.protocolVersion = reg.getProtocolVersion();
+  auto cpu = reg.getCpuInfo();
+  s.cpuInfo.assign(reinterpret_cast<const char*>(cpu.begin()), cpu.size());
+  s.memBytes = reg.getCapacity().getMemBytes();
+  s.diskBytes = reg.getCapacity().getDiskBytes();
+  s.cpus = reg.getCapacity().getCpus();
+  s.images.clear();
+  for (auto image : reg.getImages()) {
+    ImageSummary i;
+    i.digest = text(image.getDigest());
+    for (auto n : image.getNames()) i.names.push_back(text(n));
+    i.sizeBytes = image.getSizeBytes();
+    s.images.push_back(std::move(i));
+  }
+  s.containers = containersFromProto(reg.getContainers());
+}
+
+void HostRegistry::recordHeartbeat(const std::string& host, proto::Heartbeat::Reader heartbeat) {
+  std::lock_guard lock(mutex_);
+  auto it = hosts_.find(host);
+  if (it == hosts_.end()) return;
+  HostState& s = it->second;
+  s.lastSeen = Clock::now();
+  s.lastSeenEpochMs = epochMsNow();
+  auto load = heartbeat.getLoad();
+  s.loadAvg1 = load.getLoadAvg1();
+  s.memAvailableBytes = load.getMemAvailableBytes();
+  s.diskAvailableBytes = load.getDiskAvailableBytes();
+  s.runningContainers = load.getRunningContainers();
+  s.activeMigrations = load.getActiveMigrations();
+  s.containers = containersFromProto(heartbeat.getContainers());
+}
+
+void HostRegistry::recordContainers(const std::string& host, std::vector<ContainerSummary> containers) {
+  std::lock_guard lock(mutex_);
+  auto it = hosts_.find(host);
+  if (it != hosts_.end()) it->second.containers = std::move(containers);
+}
+
+void HostRegistry::touch(const std::string& host) {
+  std::lock_guard lock(mutex_);
+  auto it = hosts_.find(host);
+  if (it == hosts_.end()) return;
+  it->second.lastSeen = Clock::now();
+  it->second.lastSeenEpochMs = epochMsNow();
+}
+
+bool HostRegistry::isKnown(const std::string& host) const {
+  std::lock_guard lock(mutex_);
+  return hosts_.count(host) > 0;
+}
+
+bool HostRegistry::upLocked(const HostState& s) const {
+  return s.registered && Clock::now() - s.lastSeen <= 3 * heartbeatInterval_;
+}
+
+bool HostRegistry::isUp(const std::string& host) const {
+  std::lock_guard lock(mutex_);
+  auto it = hosts_.find(host);
+  return it != hosts_.end() && upLocked(it->second);
+}
+
+uint64_t HostRegistry::session(const std::string& host) const {
+  std::lock_guard lock(mutex_);
+  auto it = hosts_.find(host);
+  return it == hosts_.end() ? 0 : it->second.session;
+}
+
+HostState HostRegistry::snapshot(const HostState& state) const {
+  HostState copy = state;
+  copy.up = upLocked(state);
+  return copy;
+}
+
+std::optional<HostState> HostRegistry::findIfExists(const std::string& host) const {
+  std::lock_guard lock(mutex_);
+  auto it = hosts_.find(host);
+  if (it == hosts_.end()) return std::nullopt;
+  return snapshot(it->second);
+}
+
+HostState HostRegistry::get(const std::string& host) const {
+  auto state = findIfExists(host);
+  if (!state) fail(ErrorKind::NotFound, "unknown host `" + host + "` (not on the agents allow-list)");
+  return *state;
+}
+
+std::vector<HostState> HostRegistry::list() const {
+  std::lock_guard lock(mutex_);
+  std::vector<HostState> out;
+  for (auto& [name, state] : hosts_) out.push_back(snapshot(state));
+  return out;
+}
+
+}  // namespace migrate

@@ -1,0 +1,301 @@
+// The migration state machine against scripted agents on real ZeroMQ sockets.
+#include "coordinator/migration.h"
+
+#include <catch2/catch.hpp>
+#include <thread>
+
+#include "coordinator/test-cluster.h"
+
+using namespace migrate;
+using namespace migrate::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Index of the first `name` request `host` saw in the cluster-wide order; -1 if none.
+int indexOf(const std::vector<SeenRequest>& seen, const std::string& host, const std::string& name) {
+  for (size_t i = 0; i < seen.size(); ++i) {
+    if (seen[i].host == host && seen[i].name == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+template <typename Done>
+bool waitFor(Done done, std::chrono::milliseconds timeout = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
+}
+
+bool contains(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+}  // namespace
+
+TEST_CASE("migration: success records the new owner before commitSource is sent") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  std::optional<std::string> ownerAtCommit;
+  cluster.agent("host1").setHandler("commitSource", [&](proto::Request::Reader, proto::Reply::Builder) {
+    ownerAtCommit = cluster.journal->ownerIfExists("web");
+    return false;
+  });
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration({"web", "host2", {}});
+  cluster.coordinator->waitIdle();
+  auto record = cluster.journal->get(id);
+  INFO(record.error);
+  CHECK(record.state == MigrationState::Succeeded);
+  CHECK(record.source == "host1");
+  REQUIRE(ownerAtCommit);
+  CHECK(*ownerAtCommit == "host2");
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host2"));
+
+  auto seen = cluster.seen();
+  int prepare = indexOf(seen, "host2", "prepareReceive");
+  int checkpoint = indexOf(seen, "host1", "checkpointAndSend");
+  int restore = indexOf(seen, "host2", "restore");
+  int commit = indexOf(seen, "host1", "commitSource");
+  CHECK(indexOf(seen, "host2", "checkCpuInfo") >= 0);
+  CHECK(indexOf(seen, "host1", "sendImage") == -1);  // host2 has the image
+  CHECK(prepare >= 0);
+  CHECK(prepare < checkpoint);
+  CHECK(checkpoint < restore);
+  CHECK(restore < commit);
+  CHECK(indexOf(seen, "host1", "rollbackSource") == -1);
+
+  auto json = cluster.coordinator->migration(id);
+  CHECK(json["state"] == "succeeded");
+  CHECK(json["stats"]["bytesWire"] == 400);
+  CHECK(json["stats"]["compressionRatio"].get<double>() == Approx(2.5));
+  CHECK(json["stats"]["downtimeMs"].get<double>() >= 0);
+  for (auto phase : {"precheck", "prepare", "checkpoint", "stream", "restore", "commit"}) {
+    CHECK(json["stats"]["phases"].contains(phase));
+  }
+  CHECK(json["finishedAt"].is_string());
+}
+
+TEST_CASE("migration: restore failing on the target aborts the target, then restores the source") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  cluster.agent("host2").setHandler("restore", [](proto::Request::Reader, proto::Reply::Builder reply) {
+    reply.setOk(false);
+    reply.setErrorKind(proto::ErrorKind::FAILED);
+    reply.setErrorMessage("criu: restore of `web` failed");
+    return true;
+  });
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration({"web", "host2", {}});
+  cluster.coordinator->waitIdle();
+  auto record = cluster.journal->get(id);
+  CHECK(record.state == MigrationState::RolledBack);
+  CHECK(record.errorKind == "failed");
+  CHECK(record.error.find("host2: criu: restore of `web` failed") != std::string::npos);
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host1"));
+
+  auto seen = cluster.seen();
+  int abort = indexOf(seen, "host2", "abortReceive");
+  int rollback = indexOf(seen, "host1", "rollbackSource");
+  REQUIRE(abort >= 0);
+  REQUIRE(rollback >= 0);
+  CHECK(abort < rollback);
+  CHECK(indexOf(seen, "host1", "commitSource") == -1);
+}
+
+TEST_CASE("migration: precheck refusals fail without touching either host") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  cluster.agent("host1").addContainer("api", "running");
+  cluster.agent("host2").addContainer("api", "stopped");
+  cluster.agent("host2").setHandler("checkCpuInfo", [](proto::Request::Reader, proto::Reply::Builder reply) {
+    reply.setOk(false);
+    reply.setErrorKind(proto::ErrorKind::CONFLICT);
+    reply.setErrorMessage("criu: cpuinfo check failed: missing avx512");
+    return true;
+  });
+  cluster.start();
+
+  // The target has a container with the same name.
+  std::string nameClash = cluster.coordinator->startMigration({"api", "host2", {}});
+  cluster.coordinator->waitIdle();
+  auto clash = cluster.journal->get(nameClash);
+  CHECK(clash.state == MigrationState::Failed);
+  CHECK(clash.errorKind == "conflict");
+
+  // The target's CPU cannot run what the source dumps.
+  std::string cpu = cluster.coordinator->startMigration({"web", "host2", {}});
+  cluster.coordinator->waitIdle();
+  auto cpuRecord = cluster.journal->get(cpu);
+  CHECK(cpuRecord.state == MigrationState::Failed);
+  CHECK(cpuRecord.errorKind == "conflict");
+  CHECK(cpuRecord.error.find("avx512") != std::string::npos);
+
+  for (auto& s : cluster.seen()) {
+    CHECK(s.name != "prepareReceive");
+    CHECK(s.name != "checkpointAndSend");
+    CHECK(s.name != "abortReceive");
+    CHECK(s.name != "rollbackSource");
+  }
+
+  // Unknown containers and hosts are refused before a migration is journalled.
+  CHECK_THROWS_AS(cluster.coordinator->startMigration({"ghost", "host2", {}}), Error);
+  try {
+    cluster.coordinator->startMigration({"web", "host9", {}});
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::NotFound);
+  }
+}
+
+TEST_CASE("migration: one migration per container at a time, and a cancel before the checkpoint touches nothing more") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  cluster.agent("host2").setHandler("listImages", [](proto::Request::Reader, proto::Reply::Builder reply) {
+    std::this_thread::sleep_for(400ms);
+    reply.initImages(1)[0].setDigest("sha256:abc");
+    return true;
+  });
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration({"web", "host2", {}});
+  try {
+    cluster.coordinator->startMigration({"web", "host3", {}});
+    FAIL("a second migration of `web` was accepted");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Conflict);
+  }
+  cluster.coordinator->cancelMigration(id);
+  cluster.coordinator->waitIdle();
+  CHECK(cluster.journal->get(id).state == MigrationState::Cancelled);
+  CHECK_FALSE(contains(cluster.seenNames("host2"), "prepareReceive"));
+  try {
+    cluster.coordinator->cancelMigration(id);
+    FAIL("cancelling a finished migration succeeded");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Conflict);
+  }
+}
+
+TEST_CASE("migration: a target lost during restore blocks the source's restore until the target confirms the abort") {
+  Cluster cluster(200ms);
+  cluster.agent("host1").addContainer("web", "running");
+  std::atomic<bool> restoreSeen{false};
+  cluster.agent("host2").setHandler("restore", [&](proto::Request::Reader, proto::Reply::Builder) {
+    restoreSeen = true;
+    return false;
+  });
+  cluster.start();
+  // The target goes silent right when it gets restore: no reply, no heartbeat.
+  cluster.agent("host2").setHandler("prepareReceive", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    reply.setPort(40000);
+    return true;
+  });
+  cluster.agent("host1").setHandler("checkpointAndSend", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    cluster.agent("host2").setSilent(true);
+    reply.initStats().setSha256("aa");
+    return true;
+  });
+
+  std::string id = cluster.coordinator->startMigration({"web", "host2", {}});
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::RollingBack; }));
+  cluster.coordinator->waitIdle();
+  auto waiting = cluster.journal->get(id);
+  CHECK(waiting.state == MigrationState::RollingBack);
+  CHECK(waiting.error.find("waits for host2") != std::string::npos);
+  CHECK_FALSE(contains(cluster.seenNames("host1"), "rollbackSource"));
+
+  // The target comes back: the retry loop aborts it first, then restores the source.
+  cluster.agent("host2").setSilent(false);
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::RolledBack; }));
+  auto seen = cluster.seen();
+  int abort = indexOf(seen, "host2", "abortReceive");
+  int rollback = indexOf(seen, "host1", "rollbackSource");
+  REQUIRE(abort >= 0);
+  CHECK(abort < rollback);
+}
+
+TEST_CASE("migration: a restarted coordinator finishes committed migrations and rolls back the rest") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "checkpointed");
+  cluster.agent("host1").addContainer("db", "checkpointed");
+  cluster.agent("host2").addContainer("web", "running");
+
+  auto journalled = [](std::string id, std::string container, MigrationState state) {
+    MigrationRecord r;
+    r.id = std::move(id);
+    r.container = std::move(container);
+    r.source = "host1";
+    r.target = "host2";
+    r.state = state;
+    return r;
+  };
+  // `web` had reached the commit point; `db` was being restored on the target.
+  cluster.journal->insert(journalled("m-web", "web", MigrationState::Restoring));
+  cluster.journal->recordCommit("m-web", "web", "host2");
+  cluster.journal->insert(journalled("m-db", "db", MigrationState::Restoring));
+  cluster.journal->setOwner("db", "host1");
+  cluster.journal->insert(journalled("m-new", "api", MigrationState::Prechecking));
+
+  cluster.start();
+  REQUIRE(waitFor([&] {
+    return cluster.journal->get("m-web").state == MigrationState::Succeeded &&
+           cluster.journal->get("m-db").state == MigrationState::RolledBack;
+  }));
+  CHECK(cluster.journal->get("m-new").state == MigrationState::Failed);
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host2"));
+  CHECK(cluster.journal->ownerIfExists("db") == std::optional<std::string>("host1"));
+
+  auto seen = cluster.seen();
+  CHECK(indexOf(seen, "host1", "commitSource") >= 0);
+  int abort = indexOf(seen, "host2", "abortReceive");
+  int rollback = indexOf(seen, "host1", "rollbackSource");
+  REQUIRE(abort >= 0);
+  CHECK(abort < rollback);
+  // Nothing restores `web` on the source again.
+  for (auto& s : seen) CHECK_FALSE((s.host == "host2" && s.name == "commitSource"));
+}
+
+TEST_CASE("migration: evacuation moves every running container, at most N at a time") {
+  Cluster cluster(300ms);
+  for (auto name : {"a", "b", "c"}) cluster.agent("host1").addContainer(name, "running");
+  cluster.agent("host1").addContainer("stopped-one", "stopped");
+  std::atomic<int> inFlight{0}, maxInFlight{0};
+  cluster.agent("host1").setHandler("checkpointAndSend", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    // Answered inline by the single agent thread, so count prepared receivers instead.
+    reply.initStats().setSha256("aa");
+    return true;
+  });
+  for (auto target : {"host2", "host3"}) {
+    cluster.agent(target).setHandler("prepareReceive", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+      int now = ++inFlight;
+      int seenMax = maxInFlight;
+      while (now > seenMax && !maxInFlight.compare_exchange_weak(seenMax, now)) {
+      }
+      reply.setPort(40000);
+      return true;
+    });
+    cluster.agent(target).setHandler("restore", [&](proto::Request::Reader request, proto::Reply::Builder reply) {
+      --inFlight;
+      reply.initRestored().getContainer().setName(request.getRestore().getContainerName());
+      return true;
+    });
+  }
+  cluster.start();
+  auto result = cluster.coordinator->evacuate({"host1", {}, 1});
+  CHECK(result.migrationIds.size() == 3);
+  CHECK(result.unplaced.empty());
+  cluster.coordinator->waitIdle();
+  for (auto& id : result.migrationIds) {
+    auto r = cluster.journal->get(id);
+    INFO(r.error);
+    CHECK(r.state == MigrationState::Succeeded);
+    CHECK(r.target != "host1");
+  }
+  CHECK(maxInFlight == 1);
+}

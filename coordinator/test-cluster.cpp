@@ -1,0 +1,269 @@
+#include "coordinator/test-cluster.h"
+
+#include <capnp/message.h>
+
+#include "common/log.h"
+
+namespace migrate::testing {
+
+using namespace std::chrono_literals;
+
+std::string requestName(proto::Request::Reader request) {
+  switch (request.which()) {
+    case proto::Request::RUN_CONTAINER: return "runContainer";
+    case proto::Request::LIST_CONTAINERS: return "listContainers";
+    case proto::Request::REMOVE_CONTAINER: return "removeContainer";
+    case proto::Request::STOP_CONTAINER: return "stopContainer";
+    case proto::Request::CONTAINER_LOGS: return "containerLogs";
+    case proto::Request::PREPARE_RECEIVE: return "prepareReceive";
+    case proto::Request::CHECKPOINT_AND_SEND: return "checkpointAndSend";
+    case proto::Request::RESTORE: return "restore";
+    case proto::Request::COMMIT_SOURCE: return "commitSource";
+    case proto::Request::ROLLBACK_SOURCE: return "rollbackSource";
+    case proto::Request::ABORT_RECEIVE: return "abortReceive";
+    case proto::Request::CHECK_CPU_INFO: return "checkCpuInfo";
+    case proto::Request::SEND_IMAGE: return "sendImage";
+    case proto::Request::RECEIVE_IMAGE: return "receiveImage";
+    case proto::Request::CANCEL: return "cancel";
+    case proto::Request::START_CONTAINER: return "startContainer";
+    case proto::Request::LIST_IMAGES: return "listImages";
+    case proto::Request::DESCRIBE_HOST: return "describeHost";
+  }
+  return "unknown";
+}
+
+FakeAgent::FakeAgent(zmq::context_t& context, const std::string& endpoint, const std::string& serverKey,
+                     std::string name, CurveKeyPair keys, std::vector<SeenRequest>& log, std::mutex& logMutex)
+    : context_(context),
+      endpoint_(endpoint),
+      serverKey_(serverKey),
+      name_(std::move(name)),
+      keys_(std::move(keys)),
+      log_(log),
+      logMutex_(logMutex) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+FakeAgent::~FakeAgent() {
+  stop_ = true;
+  thread_.join();
+}
+
+void FakeAgent::setHandler(std::string request, Handler handler) {
+  std::lock_guard lock(mutex_);
+  handlers_[std::move(request)] = std::move(handler);
+}
+
+void FakeAgent::addContainer(std::string name, std::string state, std::string) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(containers_, [&](auto& c) { return c.first == name; });
+  containers_.emplace_back(std::move(name), std::move(state));
+}
+
+void FakeAgent::fillContainers(capnp::List<proto::ContainerInfo>::Builder list) {
+  for (unsigned i = 0; i < containers_.size(); ++i) {
+    list[i].setName(containers_[i].first);
+    list[i].setImage("test-image");
+    list[i].setImageDigest("sha256:abc");
+    // Distinct per name, the same on every host (it moves with the container).
+    list[i].setIp("198.18.0." + std::to_string(10 + std::hash<std::string>()(containers_[i].first) % 200));
+    list[i].setState(containers_[i].second == "running" ? proto::ContainerState::RUNNING
+                     : containers_[i].second == "checkpointed" ? proto::ContainerState::CHECKPOINTED
+                                                               : proto::ContainerState::STOPPED);
+  }
+}
+
+void FakeAgent::loop() {
+  ControlClient client(context_, endpoint_, keys_, serverKey_);
+  bool sendRegister = false;
+  client.onConnected([&] { sendRegister = true; });
+  auto lastHeartbeat = std::chrono::steady_clock::now() - 1h;
+  while (!stop_) {
+    if (sendRegister) {
+      sendRegister = false;
+      capnp::MallocMessageBuilder message;
+      auto reg = message.initRoot<proto::Message>().initRegister();
+      reg.setHostName(name_);
+      reg.setProtocolVersion(proto::PROTOCOL_VERSION);
+      reg.setCriuVersion("4.2.1");
+      reg.setRuncVersion("1.1.5");
+      reg.setDataAddress("127.0.0.1");
+      static const kj::byte cpuInfo[] = {1, 2, 3, 4};
+      reg.setCpuInfo(kj::arrayPtr(cpuInfo, sizeof cpuInfo));
+      reg.initCapacity().setMemBytes(8ull << 30);
+      auto images = reg.initImages(1);
+      images[0].setDigest("sha256:abc");
+      images[0].setSizeBytes(1 << 20);
+      {
+        std::lock_guard lock(mutex_);
+        fillContainers(reg.initContainers(static_cast<unsigned>(containers_.size())));
+      }
+      client.send(message);
+    }
+    if (!silent_ && client.connected() && std::chrono::steady_clock::now() - lastHeartbeat > 50ms) {
+      lastHeartbeat = std::chrono::steady_clock::now();
+      capnp::MallocMessageBuilder message;
+      auto hb = message.initRoot<proto::Message>().initHeartbeat();
+      hb.initLoad().setMemAvailableBytes(4ull << 30);
+      hb.getLoad().setDiskAvailableBytes(10ull << 30);
+      std::lock_guard lock(mutex_);
+      fillContainers(hb.initContainers(static_cast<unsigned>(containers_.size())));
+      client.send(message);
+    }
+    auto incoming = client.receive(20ms);
+    if (!incoming) continue;
+    auto root = incoming->root();
+    if (root.isRegistered()) {
+      registered_ = true;
+      continue;
+    }
+    if (!root.isRequest() || silent_) continue;
+    auto request = root.getRequest();
+    std::string name = requestName(request);
+    {
+      std::lock_guard lock(logMutex_);
+      log_.push_back({name_, name});
+    }
+    capnp::MallocMessageBuilder message;
+    auto reply = message.initRoot<proto::Message>().initReply();
+    reply.setRequestId(request.getRequestId());
+    reply.setOk(true);
+    Handler handler;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = handlers_.find(name); it != handlers_.end()) handler = it->second;
+    }
+    if (!handler || !handler(request, reply)) {
+      std::lock_guard lock(mutex_);
+      switch (request.which()) {
+        case proto::Request::LIST_CONTAINERS:
+          fillContainers(reply.initContainers(static_cast<unsigned>(containers_.size())));
+          break;
+        case proto::Request::LIST_IMAGES: {
+          auto images = reply.initImages(1);
+          images[0].setDigest("sha256:abc");
+          break;
+        }
+        case proto::Request::PREPARE_RECEIVE:
+        case proto::Request::RECEIVE_IMAGE:
+          reply.setPort(40000);
+          break;
+        case proto::Request::CHECKPOINT_AND_SEND: {
+          for (auto& c : containers_) {
+            if (c.first == request.getCheckpointAndSend().getContainerName().cStr()) c.second = "checkpointed";
+          }
+          auto stats = reply.initStats();
+          stats.setBytesRaw(1000);
+          stats.setBytesWire(400);
+          stats.setCheckpointNs(1000000);
+          stats.setSha256("aa");
+          break;
+        }
+        case proto::Request::RESTORE: {
+          containers_.emplace_back(request.getRestore().getContainerName().cStr(), "running");
+          auto restored = reply.initRestored();
+          restored.getContainer().setName(request.getRestore().getContainerName());
+          restored.getStats().setSha256("aa");
+          break;
+        }
+        case proto::Request::COMMIT_SOURCE:
+          std::erase_if(containers_,
+                        [&](auto& c) { return c.first == request.getCommitSource().getContainerName().cStr(); });
+          break;
+        case proto::Request::ROLLBACK_SOURCE:
+          for (auto& c : containers_) {
+            if (c.first == request.getRollbackSource().getContainerName().cStr()) c.second = "running";
+          }
+          break;
+        case proto::Request::RUN_CONTAINER:
+          containers_.emplace_back(request.getRunContainer().getName().cStr(), "running");
+          reply.initContainer().setName(request.getRunContainer().getName());
+          reply.getContainer().setState(proto::ContainerState::RUNNING);
+          break;
+        case proto::Request::CONTAINER_LOGS:
+          reply.setLogs("hello\n");
+          break;
+        default:
+          reply.setNone();
+      }
+    }
+    client.send(message);
+  }
+}
+
+Cluster::Cluster(std::chrono::milliseconds heartbeatInterval) : heartbeat(heartbeatInterval) {
+  for (auto name : {"host1", "host2", "host3"}) agentKeys[name] = generateCurveKeyPair();
+  endpoint = "tcp://127.0.0.1:*";
+  buildCoordinator();
+  endpoint = server->endpoint();
+  for (auto& [name, keys] : agentKeys) {
+    agents[name] =
+        std::make_unique<FakeAgent>(context, endpoint, coordinatorKeys.publicKey, name, keys, log, logMutex);
+  }
+}
+
+void Cluster::buildCoordinator() {
+  std::vector<AllowedHost> allowed;
+  for (auto& [name, keys] : agentKeys) allowed.push_back({name, keys.publicKey});
+  registry = std::make_unique<HostRegistry>(allowed, heartbeat);
+  journal = std::make_unique<Journal>(dir.path() / "coordinator.db");
+  server = std::make_unique<ControlServer>(context, endpoint, coordinatorKeys, registry->keyToHost(), 3 * heartbeat);
+  link = std::make_unique<AgentLink>(*server, *registry, "test");
+  CoordinatorOptions options;
+  options.retryInterval = 200ms;
+  options.timeouts.request = 3s;
+  options.timeouts.checkpointAndSend = 5s;
+  options.timeouts.restore = 5s;
+  options.timeouts.commitSource = 3s;
+  options.timeouts.rollbackSource = 3s;
+  coordinator = std::make_unique<Coordinator>(*journal, *registry, *link, nullptr, options);
+}
+
+Cluster::~Cluster() {
+  if (coordinator) coordinator->shutdown();
+  agents.clear();
+  coordinator.reset();
+  link.reset();
+  server.reset();
+}
+
+FakeAgent& Cluster::agent(const std::string& name) { return *agents.at(name); }
+
+void Cluster::start() {
+  coordinator->start();
+  link->start();
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  for (;;) {
+    bool all = true;
+    for (auto& [name, a] : agents) all &= registry->isUp(name);
+    if (all) return;
+    if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("agents did not register");
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+void Cluster::restartCoordinator() {
+  coordinator->shutdown();
+  coordinator.reset();
+  link.reset();
+  server.reset();
+  journal.reset();
+  registry.reset();
+  buildCoordinator();
+  start();
+}
+
+std::vector<SeenRequest> Cluster::seen() {
+  std::lock_guard lock(logMutex);
+  return log;
+}
+
+std::vector<std::string> Cluster::seenNames(const std::string& host) {
+  std::vector<std::string> out;
+  for (auto& s : seen()) {
+    if (s.host == host) out.push_back(s.name);
+  }
+  return out;
+}
+
+}  // namespace migrate::testing

@@ -1,0 +1,88 @@
+// Test support: a coordinator wired to real ZeroMQ on 127.0.0.1 and a real
+// journal in a temp dir, with scripted agents built from real ControlClient
+// sockets. The scripted agent is for testing the coordinator's decisions;
+// the real agent's behaviour is tested end to end elsewhere.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/files.h"
+#include "coordinator/coordinator.h"
+
+namespace migrate::testing {
+
+std::string requestName(proto::Request::Reader request);
+
+struct SeenRequest {
+  std::string host;
+  std::string name;
+};
+
+class FakeAgent {
+ public:
+  // Returns true if it filled `reply` (ok or error), false for the default: ok + none.
+  using Handler = std::function<bool(proto::Request::Reader, proto::Reply::Builder)>;
+
+  FakeAgent(zmq::context_t& context, const std::string& endpoint, const std::string& serverKey, std::string name,
+            CurveKeyPair keys, std::vector<SeenRequest>& log, std::mutex& logMutex);
+  ~FakeAgent();
+
+  void setHandler(std::string request, Handler handler);
+  void addContainer(std::string name, std::string state, std::string ip = "198.18.0.5");
+  void setSilent(bool silent) { silent_ = silent; }
+  bool registered() const { return registered_; }
+
+ private:
+  void loop();
+  void fillContainers(capnp::List<proto::ContainerInfo>::Builder list);
+
+  zmq::context_t& context_;
+  std::string endpoint_, serverKey_, name_;
+  CurveKeyPair keys_;
+  std::vector<SeenRequest>& log_;
+  std::mutex& logMutex_;
+  std::mutex mutex_;
+  std::map<std::string, Handler> handlers_;
+  std::vector<std::pair<std::string, std::string>> containers_;  // name, state
+  std::atomic<bool> stop_{false}, silent_{false}, registered_{false};
+  std::thread thread_;
+};
+
+struct Cluster {
+  explicit Cluster(std::chrono::milliseconds heartbeat = std::chrono::milliseconds(200));
+  ~Cluster();
+
+  FakeAgent& agent(const std::string& name);
+  // Starts coordinator and link; waits until every agent registered.
+  void start();
+  std::vector<SeenRequest> seen();
+  std::vector<std::string> seenNames(const std::string& host);
+  void restartCoordinator();
+
+  TempDir dir{"/tmp", "coordinator-test"};
+  zmq::context_t context;
+  CurveKeyPair coordinatorKeys = generateCurveKeyPair();
+  std::map<std::string, CurveKeyPair> agentKeys;
+  std::unique_ptr<Journal> journal;
+  std::unique_ptr<HostRegistry> registry;
+  std::unique_ptr<ControlServer> server;
+  std::unique_ptr<AgentLink> link;
+  std::unique_ptr<Coordinator> coordinator;
+  std::mutex logMutex;
+  std::vector<SeenRequest> log;
+  std::map<std::string, std::unique_ptr<FakeAgent>> agents;
+  std::chrono::milliseconds heartbeat;
+  std::string endpoint;
+
+ private:
+  void buildCoordinator();
+};
+
+}  // namespace migrate::testing

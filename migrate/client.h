@@ -1,0 +1,69 @@
+// The `migrate` CLI's client library: JSON over HTTP to the coordinator, on a
+// unix socket (unix:/path) or TCP (http://host:port), with a bearer token.
+// Each verb calls one function here.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace migrate {
+
+struct ClientOptions {
+  std::string coordinator;  // Empty: $MIGRATE_COORDINATOR, else unix:/run/migrate-lab/coordinator.sock.
+  std::string tokenFile;    // Empty: $MIGRATE_TOKEN_FILE, else no token.
+};
+
+// Throws Error with the coordinator's message and kind (from its {error, kind} body).
+class Client {
+ public:
+  explicit Client(ClientOptions options);
+  nlohmann::json get(const std::string& path);
+  nlohmann::json post(const std::string& path, const nlohmann::json& body);
+  nlohmann::json del(const std::string& path);
+  const std::string& coordinator() const { return coordinator_; }
+
+ private:
+  nlohmann::json send(const std::string& method, const std::string& path, const std::string& body);
+  std::string coordinator_;
+  std::string token_;
+};
+
+struct RunOptions {
+  std::string host;
+  std::string name;
+  std::string image;
+  std::vector<std::string> args;
+  std::vector<std::string> env;
+  bool tcpEstablished = true;
+};
+
+struct MoveOptions {
+  std::string container;
+  std::string target;
+  bool tcpEstablished = true;
+  bool leaveRunning = false;
+};
+
+struct EvacuateOptions {
+  std::string host;
+  std::vector<std::string> targets;
+  int parallel = 0;
+};
+
+nlohmann::json listHosts(Client& client);
+nlohmann::json listContainers(Client& client);
+nlohmann::json runContainer(Client& client, const RunOptions& options);
+nlohmann::json containerLogs(Client& client, const std::string& name, uint32_t tail);
+nlohmann::json removeContainer(Client& client, const std::string& name, bool force);
+nlohmann::json startMigration(Client& client, const MoveOptions& options);  // {id}
+nlohmann::json migrationStatus(Client& client, const std::string& id);
+nlohmann::json cancelMigration(Client& client, const std::string& id);
+nlohmann::json migrationHistory(Client& client, size_t limit);
+nlohmann::json evacuate(Client& client, const EvacuateOptions& options);
+
+// "web" -> "web"; escapes what a path segment cannot hold.
+std::string pathSegment(const std::string& s);
+
+}  // namespace migrate

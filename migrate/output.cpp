@@ -1,0 +1,90 @@
+#include <cstdio>
+#include <iostream>
+
+#include "migrate/verbs.h"
+
+namespace migrate {
+
+using nlohmann::json;
+
+void printJson(const json& value) { std::cout << value.dump(2) << "\n"; }
+
+std::string humanBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024 && unit < 4) {
+    bytes /= 1024;
+    ++unit;
+  }
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, unit == 0 ? "%.0f %s" : "%.1f %s", bytes, units[unit]);
+  return buffer;
+}
+
+std::string humanMs(double ms) {
+  char buffer[32];
+  if (ms < 1000) std::snprintf(buffer, sizeof buffer, "%.0f ms", ms);
+  else std::snprintf(buffer, sizeof buffer, "%.2f s", ms / 1000);
+  return buffer;
+}
+
+bool migrationSucceeded(const json& m) {
+  std::string state = m.value("state", "");
+  return state == "succeeded" || state == "committed";
+}
+
+bool migrationFinished(const json& m) {
+  std::string state = m.value("state", "");
+  // `committed`: the container runs on the target; only the source's cleanup
+  // is left, which normally follows at once (then `succeeded`). Only when
+  // that cleanup failed (an error is recorded; the coordinator retries it)
+  // do we stop waiting for it.
+  bool cleanupPending = state == "committed" && m.contains("error") && m["error"].is_string() &&
+                        !m["error"].get<std::string>().empty();
+  return state == "succeeded" || cleanupPending || state == "rolled-back" || state == "failed" ||
+         state == "cancelled";
+}
+
+namespace {
+double number(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
+}
+}  // namespace
+
+void printMigrationReport(const json& m) {
+  const json stats = m.value("stats", json::object());
+  std::string head = m.value("container", "?") + ": " + m.value("source", "?") + " -> " + m.value("target", "?");
+  if (migrationSucceeded(m)) {
+    std::cout << "migrated " << head << " in " << humanMs(number(stats, "totalMs")) << " (" << m.value("id", "")
+              << ")\n";
+  } else {
+    std::cout << m.value("state", "?") << " " << head << " (" << m.value("id", "") << ")\n";
+    if (m.contains("error") && m["error"].is_string()) {
+      std::cout << "  error           " << m["error"].get<std::string>() << " [" << m.value("errorKind", json("")).get<std::string>()
+                << "]\n";
+    }
+  }
+  if (stats.contains("downtimeMs")) {
+    std::cout << "  downtime        " << humanMs(number(stats, "downtimeMs")) << " (frozen on " << m.value("source", "?")
+              << " until running on " << m.value("target", "?") << ")\n";
+  }
+  if (stats.contains("bytesWire")) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%.2fx", number(stats, "compressionRatio"));
+    std::cout << "  bytes on wire   " << humanBytes(number(stats, "bytesWire")) << " (raw "
+              << humanBytes(number(stats, "bytesRaw")) << ", compression " << ratio << ")\n";
+  }
+  if (stats.contains("phases") && stats["phases"].is_object()) {
+    std::cout << "  phases         ";
+    for (auto phase : {"precheck", "prepare", "checkpoint", "stream", "restore", "commit"}) {
+      if (stats["phases"].contains(phase)) std::cout << " " << phase << " " << humanMs(number(stats["phases"], phase));
+    }
+    std::cout << "\n";
+  }
+  if (m.value("state", "") == "committed" && m.contains("error") && m["error"].is_string()) {
+    std::cout << "  note            " << m["error"].get<std::string>() << "\n";
+  }
+}
+
+}  // namespace migrate

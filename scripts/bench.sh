@@ -1,0 +1,105 @@
+#!/bin/bash
+# Checkpoint/restore benchmarks, side by side on the same workloads:
+#   floor     runc checkpoint to tmpfs + runc restore, no transfer (what CRIU costs)
+#   postcopy  runc --lazy-pages + criu lazy-pages + runc restore --lazy-pages (local)
+#   ours      migrate-agent checkpoint --export FILE, copy, restore --import FILE
+#   podman    podman container checkpoint --export (zstd), copy, restore --import
+#   migration our migration between two lab hosts (bench_migration, when it exists)
+# Workloads: memhog holding 64/256/1024 MiB of incompressible (random) and
+# compressible (text) data, and a container whose writable layer holds 20000
+# files of 1 KiB. Each figure is the median of several runs, with min and max.
+#
+#   scripts/bench.sh [--quick] [--out DIR] [--runs N] [--sizes 64,256] [--methods floor,ours,...]
+#
+# Writes DIR/runs.jsonl (one line per run), DIR/results.json, DIR/downtime.png
+# and prints a table with ratios. BUILD_DIR=... uses an existing build tree.
+# Needs root. --quick: 64 MiB both kinds + 2000 files, 2 runs (< 2 minutes).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=$here/bench-results
+quick=0
+runs=
+sizes=
+methods=floor,postcopy,ours,podman
+files=
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --out) out=$2; shift ;;
+    --runs) runs=$2; shift ;;
+    --sizes) sizes=$2; shift ;;
+    --methods) methods=$2; shift ;;
+    --files) files=$2; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ $quick == 1 ]]; then
+  : "${runs:=2}" "${sizes:=64}" "${files:=2000}"
+else
+  : "${runs:=3}" "${sizes:=64,256,1024}" "${files:=20000}"
+fi
+
+if [[ $(id -u) != 0 ]]; then
+  echo "bench.sh: needs root (runc, CRIU, overlay mounts, cgroups)" >&2
+  exit 2
+fi
+
+build=${BUILD_DIR:-$here/build-bench}
+if [[ -z ${BUILD_DIR:-} ]]; then
+  echo "bench.sh: building in $build" >&2
+  cmake -S "$here" -B "$build" -DMIGRATE_WERROR=ON >/dev/null
+  cmake --build "$build" --target migrate-agent test-image memhog -j2 >/dev/null
+fi
+for f in "$build/agent/migrate-agent" "$build/tests/test-image.tar"; do
+  [[ -e $f ]] || { echo "bench.sh: $f missing (build migrate-agent and test-image)" >&2; exit 1; }
+done
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+rm -f "$out/runs.jsonl" "$out/results.json" "$out/notes.json" "$out/downtime.png"
+
+# ---------------------------------------------------------------------------
+# (4) Our migration between two lab hosts.
+#
+# HOOK FOR THE LEAD: fill in once the coordinator and the `migrate` CLI work.
+# Contract: for each workload (sizes in $sizes, kinds random and text, and the
+# small-files one) and run 1..$runs, start the container on lab host1, wait
+# for its first "verified N" log line, time `migrate CTR --to host2` (downtime
+# = from the migration's freeze to "running on host2": take it from the CLI's
+# final stats or the coordinator's journal timestamps; total = the whole
+# command), wait for the first "verified" after the move, remove it, and
+# append one JSON line per run to "$out/runs.jsonl":
+#   {"method": "migration", "workload": "random-256", "mib": 256, "mode": "random",
+#    "run": 1, "ok": true, "downtime": s, "total": s, "bytes": sent,
+#    "peakRssKiB": k, "cpuSeconds": s, "phases": {"dump": s, "stream": s, ...}}
+# `python3 bench/bench.py timed -- CMD...` runs one command and prints its wall
+# time, CPU (its own cgroup, so daemonized children count) and peak RSS.
+# The report then adds the migration column, ratios migration/floor and
+# podman/migration, and its line in the plot.
+bench_migration() {
+  local coordinator=$build/coordinator/migrate-coordinator cli=$build/migrate/migrate
+  if [[ ! -x $coordinator || ! -x $cli ]]; then
+    echo "bench.sh: migration between lab hosts: not available yet" \
+         "($coordinator or $cli not built)" >&2
+    return 0
+  fi
+  echo "bench.sh: migration between lab hosts: not available yet (hook not filled in)" >&2
+  return 0
+}
+# ---------------------------------------------------------------------------
+
+python3 "$here/bench/bench.py" measure --build "$build" --out "$out" --sizes "$sizes" \
+  --modes random,text --files "$files" --runs "$runs" --methods "$methods"
+bench_migration
+python3 "$here/bench/bench.py" report --out "$out"
+
+if command -v gnuplot >/dev/null; then
+  gnuplot -e "datafile='$out/plot.dat'; outfile='$out/downtime.png'; methods='$(cat "$out/plot.methods")'" \
+    "$here/bench/downtime.gp" && echo "plot: $out/downtime.png"
+else
+  echo "bench.sh: gnuplot not installed, no plot (apt-get install gnuplot-nox)" >&2
+fi
+echo "results: $out/results.json"

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# A whole cluster in the lab: lab.sh's namespaces, a coordinator on the fabric
+# and one migrate-agent daemon per host, with CURVE keys, the agents'
+# allow-list and an API token made fresh. Used by the demo and the tests.
+#
+#   cluster.sh up N [IMAGE_TAR NAME]   lab up N, keys, coordinator, N agents (each
+#                                      with the image imported); waits until every
+#                                      host has registered
+#   cluster.sh down                    stop daemons, remove every container the
+#                                      agents still hold, lab down, remove state
+#   cluster.sh start-agent hostK       (re)start one agent daemon
+#   cluster.sh start-coordinator       (re)start the coordinator
+#   cluster.sh env                     print MIGRATE_COORDINATOR / MIGRATE_TOKEN_FILE
+#
+# Binaries come from $BUILD_DIR (default: build/ at the top of the checkout).
+# Logs: /run/migrate-lab/coordinator.log, /run/migrate-lab/hostK/agent.log.
+# Agent state: /var/lib/migrate-lab/hostK; journal: /var/lib/migrate-lab/coordinator.db.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$top/build}
+LAB=$top/scripts/lab.sh
+RUN=/run/migrate-lab
+VAR=/var/lib/migrate-lab
+KEYS=$VAR/keys
+AGENT=$BUILD_DIR/agent/migrate-agent
+COORDINATOR=$BUILD_DIR/coordinator/migrate-coordinator
+MIGRATE=$BUILD_DIR/migrate/migrate
+CTL_NET=198.19.0
+
+log() { [ -n "${LAB_QUIET:-}" ] || echo "cluster.sh: $*" >&2; }
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+hosts() { ls -d "$RUN"/host* 2>/dev/null | xargs -rn1 basename | sort -V; }
+
+agent_cmd() {  # agent_cmd hostK ARGS...: the local agent CLI on that host's state
+  local h=$1; shift
+  nsenter --net="/run/netns/$h" -- "$AGENT" --state "$VAR/$h" --host "$h" \
+    --cni-config "$RUN/$h/cni.conflist" "$@"
+}
+
+start_agent() {
+  local h=$1 k=${1#host}
+  if [ -f "$RUN/$h/agent.pid" ] && kill -0 "$(cat "$RUN/$h/agent.pid")" 2>/dev/null; then return; fi
+  # setsid: the daemon is nobody's child; it stops by its pid file (lab.sh down).
+  setsid nsenter --net="/run/netns/$h" -- "$AGENT" --state "$VAR/$h" --host "$h" \
+    --cni-config "$RUN/$h/cni.conflist" daemon \
+    --coordinator "tcp://$CTL_NET.1:7700" --coordinator-key "$KEYS/coordinator.pub" \
+    --key-dir "$KEYS" --data-address "$CTL_NET.$((10 + k))" \
+    </dev/null >>"$RUN/$h/agent.log" 2>&1 &
+  echo $! >"$RUN/$h/agent.pid"
+  log "agent $h: pid $!"
+}
+
+start_coordinator() {
+  if [ -f "$RUN/coordinator.pid" ] && kill -0 "$(cat "$RUN/coordinator.pid")" 2>/dev/null; then return; fi
+  setsid nsenter --net=/run/netns/fabric -- "$COORDINATOR" \
+    --listen "tcp://$CTL_NET.1:7700" --key-dir "$KEYS" --agents "$KEYS/agents" \
+    --db "$VAR/coordinator.db" --http "$CTL_NET.1:8080" --http-socket "$RUN/coordinator.sock" \
+    --token-file "$KEYS/token" --heartbeat-ms 500 \
+    </dev/null >>"$RUN/coordinator.log" 2>&1 &
+  echo $! >"$RUN/coordinator.pid"
+  log "coordinator: pid $!"
+}
+
+print_env() {
+  echo "export MIGRATE_COORDINATOR=unix:$RUN/coordinator.sock"
+  echo "export MIGRATE_TOKEN_FILE=$KEYS/token"
+}
+
+wait_registered() {  # wait_registered N
+  local n=$1 deadline=$((SECONDS + 30)) connected
+  while [ $SECONDS -lt $deadline ]; do
+    connected=$(MIGRATE_COORDINATOR=unix:$RUN/coordinator.sock MIGRATE_TOKEN_FILE=$KEYS/token \
+      "$MIGRATE" hosts --output json 2>/dev/null |
+      python3 -c 'import json,sys; print(sum(1 for h in json.load(sys.stdin) if h.get("up")))' 2>/dev/null || echo 0)
+    [ "$connected" -ge "$n" ] && return 0
+    sleep 0.2
+  done
+  die "only $connected of $n agents registered within 30 s (see $RUN/*.log, $RUN/host*/agent.log)"
+}
+
+cmd_up() {
+  local n=${1:?usage: cluster.sh up N [IMAGE_TAR NAME]} image=${2:-} name=${3:-}
+  for b in "$AGENT" "$COORDINATOR" "$MIGRATE"; do [ -x "$b" ] || die "$b is not built"; done
+  "$LAB" up "$n"
+  mkdir -p "$KEYS"
+  chmod 700 "$KEYS"
+  if [ ! -f "$KEYS/coordinator.key" ]; then
+    "$COORDINATOR" keygen --dir "$KEYS" --name coordinator >/dev/null
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$KEYS/token"
+    chmod 600 "$KEYS/token"
+  fi
+  : >"$KEYS/agents.new"
+  for k in $(seq 1 "$n"); do
+    h=host$k
+    [ -f "$KEYS/$h.key" ] || "$AGENT" keygen --dir "$KEYS" --name "$h" >/dev/null
+    echo "$h $(cat "$KEYS/$h.pub")" >>"$KEYS/agents.new"
+    mkdir -p "$VAR/$h"
+    if [ -n "$image" ] && ! agent_cmd "$h" image ls 2>/dev/null | grep -q " $name "; then
+      agent_cmd "$h" image import "$image" "$name" >/dev/null 2>&1
+    fi
+  done
+  mv "$KEYS/agents.new" "$KEYS/agents"
+  start_coordinator
+  for k in $(seq 1 "$n"); do start_agent "host$k"; done
+  wait_registered "$n"
+  log "up: coordinator and $n agent(s); $(print_env | tr '\n' ' ')"
+}
+
+cmd_down() {
+  # Daemons first, so nothing races the cleanup; then each host's containers.
+  for f in "$RUN"/coordinator.pid "$RUN"/host*/agent.pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$f"
+  done
+  for d in "$VAR"/host*; do
+    [ -d "$d" ] || continue
+    h=$(basename "$d")
+    ids=$("$AGENT" --state "$d" --host "$h" --output json ps 2>/dev/null |
+      python3 -c 'import json,sys; [print(c["id"]) for c in json.load(sys.stdin)]' 2>/dev/null || true)
+    for id in $ids; do
+      if [ -e "/run/netns/$h" ]; then agent_cmd "$h" rm --force "$id" >/dev/null 2>&1 || true
+      else "$AGENT" --state "$d" --host "$h" rm --force "$id" >/dev/null 2>&1 || true; fi
+    done
+    # Whatever a killed agent left half-made: its mounts go before the files.
+    grep -F " $d/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  done
+  "$LAB" down
+  rm -rf "$VAR"
+}
+
+case "${1:-}" in
+  up) shift; cmd_up "$@" ;;
+  down) cmd_down ;;
+  start-agent) start_agent "${2:?host}" ;;
+  start-coordinator) start_coordinator ;;
+  env) print_env ;;
+  *) echo "usage: cluster.sh up N [IMAGE_TAR NAME] | down | start-agent hostK | start-coordinator | env" >&2; exit 2 ;;
+esac

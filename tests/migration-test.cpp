@@ -1,0 +1,372 @@
+// Issue 4 end to end: a coordinator and two agent daemons in the lab, driven
+// through the `migrate` CLI as a user would; real runc, CRIU, CNI, ZeroMQ
+// CURVE and TLS. Checks what a user would check.
+#include <signal.h>
+#include <sys/mount.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/files.h"
+#include "common/subprocess.h"
+#include "tests/support/harness.h"
+
+using namespace migrate;
+using namespace migrate::test;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+#define REQUIRE_PRIVILEGES()              \
+  do {                                    \
+    if (auto why = missingPrivileges()) { \
+      WARN("skipped: " << *why);          \
+      return;                             \
+    }                                     \
+  } while (0)
+
+namespace {
+
+// Every container the coordinator lists under `name` (one per host holding it).
+std::vector<json> entries(ClusterGuard& cluster, const std::string& name) {
+  std::vector<json> out;
+  for (auto& c : cluster.migrateJson({"ps"})) {
+    if (c["name"] == name) out.push_back(c);
+  }
+  return out;
+}
+
+// Processes on the machine running `program` inside a container of this lab.
+int countProcesses(const std::string& program) {
+  int n = 0;
+  for (auto& p : fs::directory_iterator("/proc")) {
+    auto name = p.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    auto cmdline = readFileIfExists(p.path() / "cmdline").value_or("");
+    if (cmdline.find(program) != std::string::npos) ++n;
+  }
+  return n;
+}
+
+unsigned long lastCount(ClusterGuard& cluster, const std::string& name) {
+  auto c = counts(cluster.migrate({"logs", name}));
+  return c.empty() ? 0 : c.back();
+}
+
+// What a migration must not leak on a host: agent fds, mounts, netns files,
+// cgroups, container processes.
+struct HostFootprint {
+  size_t fds, mounts, netns, cgroups;
+  bool operator==(const HostFootprint&) const = default;
+};
+
+HostFootprint footprint(ClusterGuard& cluster, const std::string& host) {
+  HostFootprint f{};
+  f.fds = static_cast<size_t>(std::distance(fs::directory_iterator("/proc/" + std::to_string(cluster.agentPid(host)) + "/fd"),
+                                            fs::directory_iterator()));
+  std::istringstream mounts(readFile("/proc/self/mountinfo"));
+  std::string line, state = ClusterGuard::agentState(host).string() + "/";
+  while (std::getline(mounts, line)) f.mounts += line.find(state) != std::string::npos;
+  auto netns = ClusterGuard::agentState(host) / "netns";
+  if (fs::exists(netns)) f.netns = static_cast<size_t>(std::distance(fs::directory_iterator(netns), fs::directory_iterator()));
+  fs::path cg = "/sys/fs/cgroup/memory/migrate/" + host;
+  if (fs::exists(cg)) {
+    for (auto& e : fs::directory_iterator(cg)) f.cgroups += e.is_directory();
+  }
+  return f;
+}
+
+std::string footprintText(const HostFootprint& f) {
+  return "fds " + std::to_string(f.fds) + ", mounts " + std::to_string(f.mounts) + ", netns " +
+         std::to_string(f.netns) + ", cgroups " + std::to_string(f.cgroups);
+}
+
+// Starts a migration without waiting (--detach) and returns its id.
+std::string startMigration(ClusterGuard& cluster, const std::string& name, const std::string& to) {
+  auto r = cluster.migrateJson({name, "--to", to, "--tcp-established", "--detach"});
+  return r.at("id").get<std::string>();
+}
+
+json waitFinal(ClusterGuard& cluster, const std::string& id, std::chrono::seconds timeout) {
+  json status;
+  waitUntil([&] {
+    status = cluster.migrateJson({"status", id});
+    std::string s = status["state"];
+    return s == "succeeded" || s == "rolled-back" || s == "failed" || s == "cancelled";
+  }, timeout);
+  return status;
+}
+
+}  // namespace
+
+TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files all carry over") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "web", "test", "sh", "-c",
+                   "echo written-on-host1 > /root/note; /usr/local/bin/echo-server 7777 & "
+                   "exec /usr/local/bin/counter"});
+  auto before = entries(cluster, "web");
+  REQUIRE(before.size() == 1);
+  std::string ip = before[0]["ip"], mac = before[0]["mac"];
+  REQUIRE(waitUntil([&] { return lastCount(cluster, "web") >= 5; }, 10s));
+
+  int out[2];
+  REQUIRE(pipe(out) == 0);
+  Fd outRead(out[0]), outWrite(out[1]);
+  SubprocessOptions client = SubprocessOptions::of(
+      {"nsenter", "--net=/run/netns/client", "--", binary("tcp-client").string(), ip, "7777", "60", "10"});
+  client.stdoutFd = outWrite.get();
+  Subprocess tcp(client);
+  outWrite.reset();
+  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "web"}).find("client connected") != std::string::npos; }, 10s));
+
+  auto result = cluster.migrateJson({"web", "--to", "host2", "--tcp-established"});
+  INFO(result.dump(2));
+  CHECK(result["state"] == "succeeded");
+  CHECK(result["stats"]["downtimeMs"].get<double>() > 0);
+  CHECK(result["stats"]["bytesWire"].get<uint64_t>() > 0);
+  CHECK(result["stats"]["sha256"] == result["stats"]["sha256Target"]);
+
+  auto after = entries(cluster, "web");
+  REQUIRE(after.size() == 1);
+  CHECK(after[0]["host"] == "host2");
+  CHECK(after[0]["state"] == "running");
+  CHECK(after[0]["ip"] == ip);
+  CHECK(after[0]["mac"] == mac);
+  // Nothing of it is left on host1: no container, no checkpoint, no process.
+  CHECK(cluster.agentJson("host1", {"ps"}).empty());
+  CHECK(std::distance(fs::directory_iterator(ClusterGuard::agentState("host1") / "containers"),
+                      fs::directory_iterator()) == 0);
+  CHECK(countProcesses("/usr/local/bin/counter") == 1);
+
+  // The counter went on from where it was; the file is there.
+  auto stoppedAt = lastCount(cluster, "web");
+  CHECK(waitUntil([&] { return lastCount(cluster, "web") > stoppedAt + 3; }, 10s));
+  auto all = counts(cluster.migrate({"logs", "web"}));
+  CHECK(std::count(all.begin(), all.end(), 1ul) == 1);
+  auto host2Web = cluster.agentJson("host2", {"inspect", "web"});
+  CHECK(readFile(host2Web["dir"].get<std::string>() + "/rootfs/root/note") == "written-on-host1\n");
+
+  // The same TCP connection went on: every message echoed, none lost.
+  std::this_thread::sleep_for(2s);
+  tcp.kill(SIGTERM);
+  CHECK(tcp.wait() == 0);
+  std::string summary;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(outRead.get(), buf, sizeof buf)) > 0) summary.append(buf, static_cast<size_t>(n));
+  INFO(summary);
+  auto s = json::parse(summary);
+  CHECK(s["error"].is_null());
+  CHECK(s["verified"] == s["sent"]);
+  auto logs = cluster.migrate({"logs", "web"});
+  size_t connects = 0;
+  for (size_t p = 0; (p = logs.find("client connected", p)) != std::string::npos; ++p) ++connects;
+  CHECK(connects == 1);
+}
+
+TEST_CASE("migrating back and forth 5 times leaks nothing on either host") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "ping", "test", "/usr/local/bin/echo-server", "7777"});
+  // A first round trip warms up whatever is made once (image copies, caches).
+  cluster.migrate({"ping", "--to", "host2"});
+  cluster.migrate({"ping", "--to", "host1"});
+  auto before1 = footprint(cluster, "host1"), before2 = footprint(cluster, "host2");
+  for (int i = 0; i < 5; ++i) {
+    INFO("round trip " << i);
+    auto there = cluster.migrateJson({"ping", "--to", "host2"});
+    REQUIRE(there["state"] == "succeeded");
+    auto back = cluster.migrateJson({"ping", "--to", "host1"});
+    REQUIRE(back["state"] == "succeeded");
+  }
+  auto after1 = footprint(cluster, "host1"), after2 = footprint(cluster, "host2");
+  INFO("host1 before: " << footprintText(before1) << "; after: " << footprintText(after1));
+  INFO("host2 before: " << footprintText(before2) << "; after: " << footprintText(after2));
+  CHECK(after1 == before1);
+  CHECK(after2 == before2);
+  CHECK(countProcesses("/usr/local/bin/echo-server") == 1);
+  CHECK(entries(cluster, "ping").size() == 1);
+  CHECK(cluster.migrateJson({"history"}).size() == 12);
+}
+
+TEST_CASE("target agent killed mid-stream: the migration fails clearly and the container runs on host1, once") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  // Enough incompressible memory that the stream takes a while.
+  cluster.migrate({"run", "--on", "host1", "--name", "big", "test", "/usr/local/bin/memhog", "768", "random"});
+  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "big"}).find("verified") != std::string::npos; }, 60s));
+  auto id = startMigration(cluster, "big", "host2");
+  REQUIRE(waitUntil([&] {
+    auto s = cluster.migrateJson({"status", id});
+    return s["phase"] == "stream" && s["bytesDone"].get<uint64_t>() > 0;
+  }, 60s));
+  ::kill(cluster.agentPid("host2"), SIGKILL);
+
+  auto status = waitFinal(cluster, id, 120s);
+  INFO(status.dump(2));
+  CHECK(status["state"] == "rolled-back");
+  CHECK_FALSE(status["error"].get<std::string>().empty());
+  auto big = entries(cluster, "big");
+  REQUIRE(big.size() == 1);
+  CHECK(big[0]["host"] == "host1");
+  CHECK(big[0]["state"] == "running");
+  CHECK(countProcesses("/usr/local/bin/memhog") == 1);
+  // Its memory came back intact from host1's own checkpoint.
+  auto log = cluster.migrate({"logs", "big"});
+  CHECK(log.find("CORRUPT") == std::string::npos);
+
+  // The restarted target agent cleans up what the killed one left.
+  cluster.startAgent("host2");
+  REQUIRE(waitUntil([&] {
+    for (auto& h : cluster.migrateJson({"hosts"})) {
+      if (h["name"] == "host2" && h["up"] == true) return true;
+    }
+    return false;
+  }, 30s));
+  CHECK(cluster.agentJson("host2", {"ps"}).empty());
+  CHECK(std::distance(fs::directory_iterator(ClusterGuard::agentState("host2") / "containers"),
+                      fs::directory_iterator()) == 0);
+}
+
+TEST_CASE("a CRIU restore failure on the target rolls back: the container runs on host1 again") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "web", "test", "/usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(cluster, "web") >= 3; }, 10s));
+  // A CRIU configuration host2's CRIU refuses: its restores fail in CRIU itself.
+  auto criuConf = ClusterGuard::agentState("host2") / "criu.conf";
+  auto original = readFile(criuConf);
+  writeFileAtomic(criuConf, original + "no-such-criu-option\n");
+
+  auto r = cluster.tryMigrate({"web", "--to", "host2", "--output", "json"});
+  CHECK(r.status != 0);
+  auto result = json::parse(r.out);
+  INFO(result.dump(2));
+  CHECK(result["state"] == "rolled-back");
+  CHECK(result["error"].get<std::string>().find("restore") != std::string::npos);
+  auto web = entries(cluster, "web");
+  REQUIRE(web.size() == 1);
+  CHECK(web[0]["host"] == "host1");
+  CHECK(web[0]["state"] == "running");
+  CHECK(countProcesses("/usr/local/bin/counter") == 1);
+  CHECK(cluster.agentJson("host2", {"ps"}).empty());
+  auto at = lastCount(cluster, "web");
+  CHECK(waitUntil([&] { return lastCount(cluster, "web") > at + 2; }, 10s));
+
+  // Fixed, the same migration goes through.
+  writeFileAtomic(criuConf, original);
+  CHECK(cluster.migrateJson({"web", "--to", "host2"})["state"] == "succeeded");
+}
+
+TEST_CASE("a full disk on the target fails the migration cleanly") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "mem", "test", "/usr/local/bin/memhog", "64", "random"});
+  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "mem"}).find("verified") != std::string::npos; }, 30s));
+  // host2's container storage is a 4 MiB filesystem: the 64 MiB bundle cannot land.
+  auto containers = ClusterGuard::agentState("host2") / "containers";
+  REQUIRE(::mount("tmpfs", containers.c_str(), "tmpfs", 0, "size=4m") == 0);
+  struct Unmount {
+    fs::path p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{containers};
+
+  auto r = cluster.tryMigrate({"mem", "--to", "host2", "--output", "json"});
+  CHECK(r.status != 0);
+  auto result = json::parse(r.out);
+  INFO(result.dump(2));
+  CHECK(result["state"] == "rolled-back");
+  CHECK(result["error"].get<std::string>().find("No space left") != std::string::npos);
+  auto mem = entries(cluster, "mem");
+  REQUIRE(mem.size() == 1);
+  CHECK(mem[0]["host"] == "host1");
+  CHECK(mem[0]["state"] == "running");
+  CHECK(countProcesses("/usr/local/bin/memhog") == 1);
+  CHECK(std::distance(fs::directory_iterator(containers), fs::directory_iterator()) == 0);
+}
+
+TEST_CASE("a coordinator killed mid-migration resumes or rolls back on restart: the container runs exactly once") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "big", "test", "/usr/local/bin/memhog", "512", "random"});
+  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "big"}).find("verified") != std::string::npos; }, 60s));
+  auto id = startMigration(cluster, "big", "host2");
+  REQUIRE(waitUntil([&] {
+    auto s = cluster.migrateJson({"status", id});
+    return s["phase"] == "stream" || s["phase"] == "restore";
+  }, 60s));
+  int pid = cluster.coordinatorPid();
+  ::kill(pid, SIGKILL);
+  REQUIRE(waitUntil([&] { return ::kill(pid, 0) != 0; }, 10s));
+  cluster.startCoordinator();
+
+  json status;
+  REQUIRE(waitUntil([&] {
+    auto r = cluster.tryMigrate({"status", id, "--output", "json"});
+    if (r.status != 0) return false;
+    status = json::parse(r.out);
+    std::string s = status["state"];
+    return s == "succeeded" || s == "rolled-back";
+  }, 120s));
+  INFO(status.dump(2));
+  // Either outcome keeps the invariant: one running copy, on the host the
+  // coordinator says owns it.
+  REQUIRE(waitUntil([&] {
+    auto big = entries(cluster, "big");
+    return big.size() == 1 && big[0]["state"] == "running";
+  }, 30s));
+  auto big = entries(cluster, "big");
+  CHECK(big[0]["host"] == (status["state"] == "succeeded" ? "host2" : "host1"));
+  CHECK(countProcesses("/usr/local/bin/memhog") == 1);
+  CHECK(cluster.migrate({"logs", "big"}).find("CORRUPT") == std::string::npos);
+}
+
+TEST_CASE("an agent with an unknown CURVE key is refused") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  TempDir keys("/var/tmp", "migrate-rogue");
+  TempDir state("/var/tmp", "migrate-rogue-state");
+  run({binary("migrate-agent").string(), "keygen", "--dir", keys.path().string(), "--name", "host2"});
+  // It claims to be host2, from host2's own address, with a key nobody allowed.
+  SubprocessOptions rogue = SubprocessOptions::of(
+      {"nsenter", "--net=/run/netns/host2", "--", binary("migrate-agent").string(), "--state", state.path().string(),
+       "--host", "host2", "daemon", "--coordinator", "tcp://198.19.0.1:7700", "--coordinator-key",
+       "/var/lib/migrate-lab/keys/coordinator.pub", "--key-dir", keys.path().string(), "--data-address",
+       "198.19.0.12"});
+  Subprocess agent(rogue);
+  CHECK(waitUntil([] {
+    return readFile("/run/migrate-lab/coordinator.log").find("refused") != std::string::npos;
+  }, 10s));
+  // The real host2 is unaffected and the impostor never shows up.
+  auto hosts = cluster.migrateJson({"hosts"});
+  CHECK(hosts.size() == 2);
+  for (auto& h : hosts) CHECK(h["up"] == true);
+  agent.kill(SIGTERM);
+  agent.wait();
+}
+
+TEST_CASE("the CLI's JSON output parses and agrees with its human output") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host2", "--name", "c1", "test", "/usr/local/bin/counter"});
+  auto human = cluster.migrate({"ps"});
+  auto machine = cluster.migrateJson({"ps"});
+  REQUIRE(machine.size() == 1);
+  for (auto key : {"name", "host", "state", "ip"}) {
+    CHECK(human.find(machine[0][key].get<std::string>()) != std::string::npos);
+  }
+  auto hostsHuman = cluster.migrate({"hosts"});
+  for (auto& h : cluster.migrateJson({"hosts"})) CHECK(hostsHuman.find(h["name"].get<std::string>()) != std::string::npos);
+
+  auto moved = cluster.migrate({"c1", "--to", "host1"});
+  auto id = cluster.migrateJson({"history", "--limit", "1"}).at(0);
+  CHECK(moved.find(id["id"].get<std::string>()) != std::string::npos);
+  CHECK(moved.find("downtime") != std::string::npos);
+  auto status = cluster.migrateJson({"status", id["id"]});
+  CHECK(status["state"] == "succeeded");
+  CHECK(cluster.migrate({"status", id["id"]}).find("succeeded") != std::string::npos);
+  CHECK(cluster.migrateJson({"logs", "c1"})["logs"].get<std::string>().find("count") != std::string::npos);
+}
