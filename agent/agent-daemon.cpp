@@ -156,7 +156,7 @@ void AgentDaemon::post(Outgoing message) {
 }
 
 void AgentDaemon::postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase,
-                               uint64_t done, uint64_t total) {
+                               uint64_t done, uint64_t total, const std::exception* failure) {
   auto message = std::make_unique<capnp::MallocMessageBuilder>();
   auto p = message->initRoot<proto::Message>().initProgress();
   p.setMigrationId(migrationId);
@@ -164,6 +164,10 @@ void AgentDaemon::postProgress(const std::string& migrationId, uint64_t requestI
   p.setPhase(phase);
   p.setBytesDone(done);
   p.setBytesTotal(total);
+  if (failure) {
+    p.setError(failure->what());
+    p.setErrorKind(errorKindToSchema(kindOf(*failure)));
+  }
   post(std::move(message));
 }
 
@@ -188,8 +192,11 @@ void AgentDaemon::fillRegister(proto::Register::Builder reg) {
   if (statvfs(agent_.options().stateDir.c_str(), &vfs) == 0) cap.setDiskBytes(vfs.f_blocks * vfs.f_frsize);
   auto images = agent_.images().list();
   fillImages(reg.initImages(static_cast<unsigned>(images.size())), images);
-  auto containers = agent_.list();
-  fillContainers(reg.initContainers(static_cast<unsigned>(containers.size())), containers);
+  // Not waiting for a long import or export to let go of the agent: the
+  // containers then follow with the next heartbeat.
+  if (auto containers = agent_.listIfIdle()) {
+    fillContainers(reg.initContainers(static_cast<unsigned>(containers->size())), *containers);
+  }
 }
 
 void AgentDaemon::sendRegister() {
@@ -502,7 +509,9 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
       std::lock_guard lock(r->mutex);
       r->sha256 = sha;
       r->containerId = c.config.id;
-    } catch (...) {
+    } catch (const std::exception& e) {
+      // Tell the coordinator at once: the sender only sees a broken pipe.
+      if (!r->aborted) postProgress(r->migrationId, requestId, "receive", 0, 0, &e);
       std::lock_guard lock(r->mutex);
       r->error = std::current_exception();
     }

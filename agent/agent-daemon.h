@@ -47,7 +47,7 @@ class AgentDaemon {
   void sendHeartbeat();
   void post(Outgoing message);  // any thread
   void postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase, uint64_t done,
-                    uint64_t total);
+                    uint64_t total, const std::exception* failure = nullptr);
   void dispatch(proto::Request::Reader request);
   // Runs `work` on a worker thread; it fills the reply's payload or throws.
   void spawn(uint64_t requestId, std::function<void(proto::Reply::Builder)> work, std::string what);

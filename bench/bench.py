@@ -633,6 +633,10 @@ class Podman:
                      "--tmpdir", os.path.join(self.dir, "tmp"), "--runtime", "runc", "--cgroup-manager", "cgroupfs",
                      "--events-backend", "file", "--storage-driver", "overlay"]
         self.live = set()
+        # podman leaves its parent cgroup and its SHM lock file behind; remove
+        # them at the end only if this run made them.
+        self.made_cgroup = not os.path.exists(os.path.join(CPUACCT, "libpod_parent"))
+        self.made_lock = not os.path.exists("/dev/shm/libpod_lock")
         self.podman(["import", ctx.image, "localhost/migrate-test"])
 
     def podman(self, args, meter=False, check=True):
@@ -711,6 +715,13 @@ class Podman:
         for m in sorted((m for m in mounts if m.startswith(self.dir)), key=len, reverse=True):
             subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.made_cgroup:
+            rmdir_cgroups("libpod_parent")
+        if self.made_lock:
+            try:
+                os.unlink("/dev/shm/libpod_lock")
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,9 @@
 #
 #   lazy-probe.sh TEST_IMAGE_TAR OUT_DIR [MIB] [MODE]
 #
+# LAZY_RAISE_PIPE_MAX=1 raises fs.pipe-max-size to 4 MiB for the probe (and
+# puts it back): without CAP_SYS_RESOURCE CRIU's page server needs it, else the
+# first page request fails with "page-pipe: splice: -1: Bad file descriptor".
 # Leaves the CRIU logs (dump.log, lazy-pages.log, restore.log) and a summary
 # (probe.txt) in OUT_DIR; removes the container, cgroup and temp dirs.
 set -uo pipefail
@@ -34,7 +37,14 @@ lazy_pid=
 now() { date +%s.%N; }
 say() { echo "$*" | tee -a "$out/probe.txt"; }
 
+old_pipe_max=
+if [[ ${LAZY_RAISE_PIPE_MAX:-0} == 1 ]]; then
+  old_pipe_max=$(cat /proc/sys/fs/pipe-max-size)
+  (( old_pipe_max < 4194304 )) && echo 4194304 >/proc/sys/fs/pipe-max-size
+fi
+
 cleanup() {
+  [[ -n $old_pipe_max ]] && echo "$old_pipe_max" >/proc/sys/fs/pipe-max-size
   # runc's CRIU child (the page server) outlives runc if only runc is killed.
   if [[ -n $ckpt_pid ]]; then
     for c in $(pgrep -P "$ckpt_pid"); do kill "$c" 2>/dev/null; done

@@ -27,6 +27,8 @@ struct ProgressUpdate {
   uint64_t bytesDone = 0;
   uint64_t bytesTotal = 0;
   uint64_t requestId = 0;
+  std::string error;  // the sender's side of this migration failed: why
+  ErrorKind errorKind = ErrorKind::Failed;
 };
 
 // A successful reply, owning the message it lives in.

@@ -486,8 +486,16 @@ void Migration::finishCommit() {
 void Migration::rollback(const std::exception& cause) {
   MigrationState reached = record().state;
   std::string error = cause.what();
-  if (cancelled_ && error.find("cancelled") == std::string::npos) error = "cancelled: " + error;
   ErrorKind kind = kindOf(cause);
+  {
+    // A stream cut by the other side: its own report is the root cause.
+    std::lock_guard lock(mutex_);
+    if (!peerError_.empty() && kind == ErrorKind::Disconnected) {
+      error = peerError_ + " (then: " + error + ")";
+      kind = peerErrorKind_;
+    }
+  }
+  if (cancelled_ && error.find("cancelled") == std::string::npos) error = "cancelled: " + error;
   logWarn("migration " + record_.id + ": rolling back from `" + std::string(stateName(reached)) + "`: " + error);
   {
     std::lock_guard lock(mutex_);
@@ -507,6 +515,7 @@ void Migration::rollback(const std::exception& cause) {
 }
 
 bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKind kind) {
+  bool targetCleanupPending = false;
   try {
     request(record_.target, "abortReceive", ctx_.timeouts.request,
             [&](proto::Request::Builder r) { r.initAbortReceive().setMigrationId(record_.id); });
@@ -522,8 +531,12 @@ bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKi
       return false;
     }
     if (!nothingThere) {
-      logWarn("migration " + record_.id + ": abortReceive on " + record_.target +
-              " failed; its receiver expires on its own: " + e.what());
+      // The target cannot run it (no restore was sent), so the source may
+      // run it again now; but what the target received must still go, so
+      // the migration stays `rolling-back` and the retry sends abortReceive
+      // again once the target is back.
+      logWarn("migration " + record_.id + ": abortReceive on " + record_.target + " failed (will retry): " + e.what());
+      targetCleanupPending = true;
     }
   }
   try {
@@ -538,6 +551,23 @@ bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKi
     ctx_.journal.setFailure(record_.id, MigrationState::RollingBack, waiting, kind);
     return false;
   }
+  if (targetCleanupPending) {
+    std::string waiting = error + "; `" + record_.container + "` runs on " + record_.source + " again; cleanup on " +
+                          record_.target + " pending (will retry)";
+    {
+      std::lock_guard lock(mutex_);
+      record_.error = waiting;
+      record_.stats["targetCleanupPending"] = true;  // the CLI stops waiting on this
+    }
+    saveStats();
+    ctx_.journal.setFailure(record_.id, MigrationState::RollingBack, waiting, kind);
+    return false;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    record_.stats.erase("targetCleanupPending");
+  }
+  saveStats();
   refreshHosts();  // before `rolled-back` is visible
   ctx_.journal.setFailure(record_.id, MigrationState::RolledBack, error, kind);
   {
@@ -684,6 +714,11 @@ void Migration::setPhase(const std::string& phase) {
 
 void Migration::onProgress(const ProgressUpdate& update) {
   std::lock_guard lock(mutex_);
+  if (!update.error.empty()) {
+    peerError_ = update.host + ": " + update.error;
+    peerErrorKind_ = update.errorKind;
+    return;
+  }
   auto now = Clock::now();
   if (update.phase != live_.phase) {
     live_ = LiveProgress{};

@@ -116,6 +116,8 @@ class Migration {
   void checkContainerOnSource();
   std::vector<ContainerSummary> listContainersOn(const std::string& host);
   void refreshHosts();
+  std::string peerError_;  // a failure an agent reported through progress (guarded by mutex_)
+  ErrorKind peerErrorKind_ = ErrorKind::Failed;
   void checkNameFreeOnTarget();
   void ensureImageOnTarget();
   void checkCpuCompatible();

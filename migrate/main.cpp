@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
     app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const ReportedFailure& e) {
+    std::cerr << "migrate: " << e.what() << "\n";
+    return 1;
   } catch (const std::exception& e) {
     if (common.json()) {
       std::cout << nlohmann::json{{"error", e.what()}, {"kind", kindName(kindOf(e))}}.dump(2) << "\n";

@@ -78,6 +78,9 @@ void runMove(const CommonOptions& common, const MoveVerbOptions& o) {
   }
   if (common.json()) printJson(m);
   else printMigrationReport(m);
+  if (!migrationSucceeded(m) && common.json()) {
+    throw ReportedFailure("migration " + id + " " + m.value("state", ""));
+  }
   if (!migrationSucceeded(m)) {
     fail(kindFromName(m.value("errorKind", json("failed")).is_string() ? m["errorKind"].get<std::string>() : "failed"),
          "migration " + id + " " + m.value("state", "") + ": " +

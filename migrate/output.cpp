@@ -41,8 +41,12 @@ bool migrationFinished(const json& m) {
   // do we stop waiting for it.
   bool cleanupPending = state == "committed" && m.contains("error") && m["error"].is_string() &&
                         !m["error"].get<std::string>().empty();
-  return state == "succeeded" || cleanupPending || state == "rolled-back" || state == "failed" ||
-         state == "cancelled";
+  // Likewise `rolling-back` once the source runs the container again and only
+  // the (unreachable) target's leftovers wait to be removed.
+  bool targetCleanupPending = state == "rolling-back" && m.contains("stats") && m["stats"].is_object() &&
+                              m["stats"].value("targetCleanupPending", false);
+  return state == "succeeded" || cleanupPending || targetCleanupPending || state == "rolled-back" ||
+         state == "failed" || state == "cancelled";
 }
 
 namespace {
@@ -58,6 +62,7 @@ void printMigrationReport(const json& m) {
   if (migrationSucceeded(m)) {
     std::cout << "migrated " << head << " in " << humanMs(number(stats, "totalMs")) << " (" << m.value("id", "")
               << ")\n";
+    std::cout << "  state           " << m.value("state", "?") << "\n";
   } else {
     std::cout << m.value("state", "?") << " " << head << " (" << m.value("id", "") << ")\n";
     if (m.contains("error") && m["error"].is_string()) {

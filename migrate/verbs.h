@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 
 #include "migrate/client.h"
@@ -15,6 +16,13 @@ struct CommonOptions {
   ClientOptions client;
   std::string output = "text";  // text | json
   bool json() const { return output == "json"; }
+};
+
+// A failure whose details the verb already printed (its JSON document says
+// what went wrong): main() exits non-zero without printing a second one.
+class ReportedFailure : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 void addMoveVerb(CLI::App& app, CommonOptions& common);  // `migrate move CTR --to HOST`, the default verb

@@ -68,7 +68,8 @@ class LabSession {
   static CniNetwork network(int host) {
     return CniNetwork::load("/run/migrate-lab/host" + std::to_string(host) + "/cni.conflist");
   }
-  static fs::path ipamStore(int host) { return "/run/migrate-lab/host" + std::to_string(host) + "/ipam/migrate-lab"; }
+  // One host-local store for the whole segment, shared by every host (lab.sh).
+  static fs::path ipamStore(int /*host*/) { return "/run/migrate-lab/ipam/migrate-lab"; }
 
  private:
   Fd lock_;

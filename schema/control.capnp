@@ -196,6 +196,14 @@ struct Progress {
 
   requestId @4 :UInt64;
   # The request doing the work; 0 if not tied to one.
+
+  error @5 :Text;
+  # Set when this side's part of the migration failed (e.g. the target's
+  # receiver ran out of disk): the root cause, which the coordinator reports
+  # instead of the other side's "broken pipe".
+
+  errorKind @6 :ErrorKind;
+  # Kind of `error`.
 }
 
 # ---------------------------------------------------------------------------

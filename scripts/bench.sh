@@ -17,7 +17,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=$here/bench-results
+out=/var/tmp/migrate-bench-results
 quick=0
 runs=
 sizes=

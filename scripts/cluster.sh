@@ -13,7 +13,8 @@
 #   cluster.sh env                     print MIGRATE_COORDINATOR / MIGRATE_TOKEN_FILE
 #
 # Binaries come from $BUILD_DIR (default: build/ at the top of the checkout).
-# Logs: /run/migrate-lab/coordinator.log, /run/migrate-lab/hostK/agent.log.
+# Logs: /run/migrate-lab/coordinator.log, /run/migrate-lab/hostK/agent.log;
+# `down` keeps a copy of the last run's in /var/tmp/migrate-lab-logs.
 # Agent state: /var/lib/migrate-lab/hostK; journal: /var/lib/migrate-lab/coordinator.db.
 set -euo pipefail
 
@@ -31,6 +32,10 @@ CTL_NET=198.19.0
 log() { [ -n "${LAB_QUIET:-}" ] || echo "cluster.sh: $*" >&2; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
+# A daemon is alive if its process exists and is not a zombie: daemons are
+# reparented to PID 1, which in some sandboxes never reaps them.
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+
 hosts() { ls -d "$RUN"/host* 2>/dev/null | xargs -rn1 basename | sort -V; }
 
 agent_cmd() {  # agent_cmd hostK ARGS...: the local agent CLI on that host's state
@@ -41,7 +46,7 @@ agent_cmd() {  # agent_cmd hostK ARGS...: the local agent CLI on that host's sta
 
 start_agent() {
   local h=$1 k=${1#host}
-  if [ -f "$RUN/$h/agent.pid" ] && kill -0 "$(cat "$RUN/$h/agent.pid")" 2>/dev/null; then return; fi
+  if [ -f "$RUN/$h/agent.pid" ] && alive "$(cat "$RUN/$h/agent.pid")"; then return; fi
   # setsid: the daemon is nobody's child; it stops by its pid file (lab.sh down).
   setsid nsenter --net="/run/netns/$h" -- "$AGENT" --state "$VAR/$h" --host "$h" \
     --cni-config "$RUN/$h/cni.conflist" daemon \
@@ -53,7 +58,7 @@ start_agent() {
 }
 
 start_coordinator() {
-  if [ -f "$RUN/coordinator.pid" ] && kill -0 "$(cat "$RUN/coordinator.pid")" 2>/dev/null; then return; fi
+  if [ -f "$RUN/coordinator.pid" ] && alive "$(cat "$RUN/coordinator.pid")"; then return; fi
   setsid nsenter --net=/run/netns/fabric -- "$COORDINATOR" \
     --listen "tcp://$CTL_NET.1:7700" --key-dir "$KEYS" --agents "$KEYS/agents" \
     --db "$VAR/coordinator.db" --http "$CTL_NET.1:8080" --http-socket "$RUN/coordinator.sock" \
@@ -114,7 +119,7 @@ cmd_down() {
     [ -f "$f" ] || continue
     pid=$(cat "$f")
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$f"
   done
@@ -130,6 +135,11 @@ cmd_down() {
     # Whatever a killed agent left half-made: its mounts go before the files.
     grep -F " $d/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   done
+  # Keep the last run's logs for whoever investigates a failure.
+  rm -rf /var/tmp/migrate-lab-logs
+  mkdir -p /var/tmp/migrate-lab-logs
+  cp "$RUN"/*.log /var/tmp/migrate-lab-logs/ 2>/dev/null || true
+  for d in "$RUN"/host*; do [ -f "$d/agent.log" ] && cp "$d/agent.log" "/var/tmp/migrate-lab-logs/$(basename "$d").log"; done
   "$LAB" down
   rm -rf "$VAR"
 }

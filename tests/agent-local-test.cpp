@@ -116,10 +116,10 @@ TEST_CASE("containers outlive the agent process: a new agent lists and controls 
   REQUIRE(ps.size() == 1);
   CHECK(ps[0]["state"]["status"] == "running");
   int pid = ps[0]["state"]["pid"];
-  CHECK(::kill(pid, 0) == 0);
+  CHECK(processAlive(pid));
   home.agent({"stop", "--time", "2", "c1"});
   CHECK(home.agentJson({"inspect", "c1"})["state"]["status"] == "stopped");
-  CHECK(waitUntil([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(5)));
+  CHECK(waitUntil([&] { return !processAlive(pid); }, std::chrono::seconds(5)));
   home.agent({"rm", "c1"});
   CHECK(home.agentJson({"ps"}).empty());
 }

@@ -163,6 +163,14 @@ json ClusterGuard::agentJson(const std::string& host, const std::vector<std::str
   return json::parse(run(full));
 }
 
+bool processAlive(int pid) {
+  auto status = readFileIfExists("/proc/" + std::to_string(pid) + "/status");
+  if (!status) return false;
+  auto state = status->find("State:");
+  return state != std::string::npos && status->find_first_not_of(" \t", state + 6) != std::string::npos &&
+         (*status)[status->find_first_not_of(" \t", state + 6)] != 'Z';
+}
+
 bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {

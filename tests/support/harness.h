@@ -98,6 +98,10 @@ class ClusterGuard {
   Fd sessionLock_;
 };
 
+// True while `pid` runs (a zombie does not count: daemons are reparented to
+// PID 1, which in some sandboxes never reaps them).
+bool processAlive(int pid);
+
 // Polls `condition` every 50 ms until true or `timeout`; returns its last value.
 bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
