@@ -24,6 +24,7 @@ struct GlobalOptions {
   std::string hostName;
   std::string cniConfig;
   std::string output = "text";
+  bool checkpointsOnDisk = false;
 };
 
 AgentOptions agentOptions(const GlobalOptions& g) {
@@ -37,6 +38,7 @@ AgentOptions agentOptions(const GlobalOptions& g) {
     o.hostName = name;
   }
   if (!g.cniConfig.empty()) o.cniConfig = g.cniConfig;
+  o.checkpointsInMemory = !g.checkpointsOnDisk;
   return o;
 }
 
@@ -96,6 +98,8 @@ int main(int argc, char** argv) {
   app.add_option("--host", g.hostName, "this host's name (default: hostname)");
   app.add_option("--cni-config", g.cniConfig, "CNI conflist for container networking");
   app.add_option("--output,-o", g.output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  app.add_flag("--checkpoints-on-disk", g.checkpointsOnDisk,
+               "keep CRIU images in the state directory instead of a tmpfs (survive a reboot, slower)");
 
   std::function<void()> action;
 

@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <signal.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -56,6 +57,12 @@ Agent::Agent(AgentOptions options)
   // annotation. nftables locks the network during a TCP dump and restore:
   // CRIU's default (iptables) would touch the host's tables.
   writeFileAtomic(criuConfig(), "network-lock nftables\n");
+}
+
+void Agent::prepareCheckpointDirectory(const fs::path& dir) {
+  releaseDirectory(dir);
+  if (options_.checkpointsInMemory) mountScratchTmpfs(dir);
+  else fs::create_directories(dir);
 }
 
 void Agent::removeStaleImports() {
@@ -359,6 +366,7 @@ void Agent::remove(const std::string& ref, bool force) {
   }
   runtime_.remove(c.config.id);
   cleanupAfterStop(c);
+  releaseDirectory(c.paths.checkpoint());
   removeTree(c.paths.dir);
   logInfo("removed `" + c.config.name + "`");
 }
@@ -370,6 +378,7 @@ Container Agent::checkpoint(const std::string& ref, const CheckpointRequest& req
   if (c.state.status != ContainerStatus::Running) {
     fail(ErrorKind::Conflict, "container is " + statusName(c.state.status) + ", not running");
   }
+  prepareCheckpointDirectory(c.paths.checkpoint());
   auto start = Clock::now();
   runtime_.checkpoint(c.config.id, c.paths, CheckpointOptions{request.tcpEstablished, request.leaveRunning});
   if (times) times->add("dump", secondsSince(start));
@@ -437,6 +446,19 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   // Unpack into a directory beside the containers' that no listing sees
   // (no container.json yet) and that disappears if anything fails.
   TempDir staging(options_.stateDir / "containers", ".import");
+  // The CRIU images land on a tmpfs (the reader accepts checkpoint/ as an
+  // empty mount point); unmounted before the staging dir goes if we fail.
+  struct CheckpointMount {
+    fs::path dir;
+    bool armed = false;
+    ~CheckpointMount() {
+      if (armed) ::umount2(dir.c_str(), MNT_DETACH);
+    }
+  } checkpointMount{staging.path() / "checkpoint"};
+  if (options_.checkpointsInMemory) {
+    mountScratchTmpfs(checkpointMount.dir);
+    checkpointMount.armed = true;
+  }
   Sha256InputStream hashed(in);
   ZstdInputStream zstd(hashed);
   auto manifest = readBundle(zstd, staging.path(), BundleLimits{}, [&](const BundleManifest& m) {
@@ -483,7 +505,8 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   fs::create_directories(staging.path() / "upper");
   fs::create_directories(staging.path() / "bundle");
   writeFileAtomic(staging.path() / "bundle" / "imported-spec.json", spec.dump(2));
-  fs::rename(staging.path(), c.paths.dir);
+  fs::rename(staging.path(), c.paths.dir);  // the tmpfs mount moves with its parent
+  checkpointMount.armed = false;
   staging.keep();
   save(c);
   logInfo("imported `" + c.config.name + "` from " + manifest.sourceHost);
@@ -541,7 +564,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   save(c);
   fs::remove(c.paths.bundle() / "imported-spec.json");
   if (!request.keepCheckpoint) {
-    removeTree(c.paths.checkpoint());
+    releaseDirectory(c.paths.checkpoint());
     for (auto name : {"network.status", "config.dump", "spec.dump", "manifest.json", "deleted.files", "stats-dump"}) {
       fs::remove(c.paths.dir / name);
     }

@@ -24,6 +24,7 @@ struct AgentOptions {
   std::string hostName = "local";      // names the host in bundles and cgroup paths
   std::optional<fs::path> cniConfig;   // CNI conflist; containers run with network only when set
   RuntimeOptions runtime;              // runcRoot defaults to stateDir/runc
+  bool checkpointsInMemory = true;     // CRIU images on a tmpfs per container (storage.h)
 };
 
 struct RunRequest {
@@ -117,6 +118,7 @@ class Agent {
   void teardownNetwork(Container& container);
   void writeSpec(Container& container, const std::optional<nlohmann::json>& importedSpec);
   void cleanupAfterStop(Container& container);
+  void prepareCheckpointDirectory(const fs::path& dir);
   void pruneCgroupParents();
 
   AgentOptions options_;

@@ -112,7 +112,13 @@ class BundleReader {
  private:
   void openTarget() {
     if (!fs::is_directory(dir_)) fail(ErrorKind::NotFound, "bundle: target " + dir_.string() + " is not a directory");
-    if (!fs::is_empty(dir_)) fail(ErrorKind::Conflict, "bundle: target " + dir_.string() + " is not empty");
+    // Empty, but for an empty checkpoint/ the caller may have prepared as a
+    // mount point (a tmpfs for the CRIU images).
+    for (auto& entry : fs::directory_iterator(dir_)) {
+      bool preparedImages = entry.path().filename() == bundle::kCheckpointDir && entry.is_directory() &&
+                            !entry.is_symlink() && fs::is_empty(entry.path());
+      if (!preparedImages) fail(ErrorKind::Conflict, "bundle: target " + dir_.string() + " is not empty");
+    }
     rootFd_ = Fd(SYSCALL(::open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC), "open", dir_.string()));
   }
 

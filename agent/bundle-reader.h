@@ -22,7 +22,8 @@ struct BundleLimits {
 };
 
 // Reads a bundle tar stream (already decompressed, e.g. by ZstdInputStream)
-// into `dir`, which must exist and be empty. Afterwards `dir` holds
+// into `dir`, which must exist and be empty (but for an empty
+// `checkpoint/` the caller may prepare, e.g. as a tmpfs mount point). Afterwards `dir` holds
 // manifest.json, config.dump, spec.dump, [network.status], checkpoint/...,
 // [rootfs-diff/...] (ready to be an overlay upper dir: whiteouts re-created
 // from deleted.files, opaque xattrs kept), [deleted.files], [ctr.log],

@@ -131,7 +131,7 @@ void Runtime::remove(const std::string& id) {
 }
 
 void Runtime::checkpoint(const std::string& id, const ContainerPaths& paths, const CheckpointOptions& options) {
-  removeTree(paths.checkpoint());
+  // The image directory is the caller's to prepare (it may be a tmpfs).
   removeTree(paths.criuWork());
   fs::create_directories(paths.checkpoint());
   fs::create_directories(paths.criuWork());

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/syscall.h"
 
 namespace migrate {
@@ -32,6 +33,19 @@ void mountOverlay(const OverlayPaths& paths) {
   std::string options = "lowerdir=" + paths.lower.string() + ",upperdir=" + paths.upper.string() +
                         ",workdir=" + paths.work.string();
   SYSCALL(::mount("overlay", paths.merged.c_str(), "overlay", 0, options.c_str()), "mount overlay", options);
+}
+
+void mountScratchTmpfs(const fs::path& dir) {
+  fs::create_directories(dir);
+  if (isMountPoint(dir)) return;
+  SYSCALL(::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700"), "mount tmpfs", dir.string());
+}
+
+void releaseDirectory(const fs::path& dir) {
+  if (isMountPoint(dir)) SYSCALL(::umount2(dir.c_str(), MNT_DETACH), "umount", dir.string());
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (ec) fail("remove " + dir.string() + ": " + ec.message());
 }
 
 void unmountOverlay(const fs::path& merged) {

@@ -22,4 +22,13 @@ void mountOverlay(const OverlayPaths& paths);
 void unmountOverlay(const fs::path& merged);
 bool isMountPoint(const fs::path& path);
 
+// A fresh, empty tmpfs at `dir` (created if missing), for CRIU images: a dump
+// written to memory and restored from memory skips two passes over the disk
+// on the migration's critical path (docs/benchmarks.md). The price: images
+// in memory do not survive a reboot of the host, which the frozen container
+// would not survive either.
+void mountScratchTmpfs(const fs::path& dir);
+// Unmounts `dir` if something is mounted there, then removes it.
+void releaseDirectory(const fs::path& dir);
+
 }  // namespace migrate

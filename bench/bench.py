@@ -618,6 +618,106 @@ class Ours:
         rmdir_cgroups(f"migrate/{self.host}")
 
 
+class LabMigration:
+    """Our live migration between two lab hosts: `migrate CTR --to host2
+    --tcp-established` through the coordinator, with an agent daemon per lab
+    host (scripts/cluster.sh). Downtime is the coordinator's own figure (from
+    sending checkpointAndSend until the target's restore reply: frozen on host1
+    until running on host2); total is the whole CLI command."""
+    name = "migration"
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.cluster = os.path.join(top, "scripts", "cluster.sh")
+        self.cluster_env = dict(os.environ, BUILD_DIR=ctx.build, LAB_QUIET="1")
+        self.cli = os.path.join(ctx.build, "migrate", "migrate")
+        self.cli_env = dict(os.environ, MIGRATE_COORDINATOR="unix:/run/migrate-lab/coordinator.sock",
+                            MIGRATE_TOKEN_FILE="/var/lib/migrate-lab/keys/token")
+        subprocess.run([self.cluster, "up", "2", ctx.image, "test"], check=True, env=self.cluster_env)
+        self.live = set()
+
+    def migrate_cli(self, args, check=True):
+        p = subprocess.run([self.cli] + args + ["--output", "json"], capture_output=True, text=True,
+                           env=self.cli_env)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"migration: migrate {' '.join(args)}: {p.stderr.strip()} {p.stdout.strip()[-500:]}")
+        return json.loads(p.stdout) if p.stdout.strip() else {}
+
+    @staticmethod
+    def daemon_pids():
+        pids = []
+        for f in ["/run/migrate-lab/coordinator.pid", "/run/migrate-lab/host1/agent.pid",
+                  "/run/migrate-lab/host2/agent.pid"]:
+            try:
+                with open(f) as fh:
+                    pids.append(int(fh.read().strip()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    @staticmethod
+    def cpu_seconds(pids):
+        total = 0.0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
+
+    @staticmethod
+    def peak_rss_kib(pids):
+        peak = 0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]))
+            except OSError:
+                pass
+        return peak
+
+    def start(self, wl, ident):
+        out = self.migrate_cli(["run", "--on", "host1", "--name", ident, "test"] + workload_command(wl))
+        self.live.add(ident)
+        return {"id": ident, "cid": out["id"], "host": "host1"}
+
+    def log_path(self, h):
+        return f"/var/lib/migrate-lab/{h['host']}/containers/{h['cid']}/ctr.log"
+
+    def migrate(self, h):
+        pids = self.daemon_pids()
+        cpu0 = self.cpu_seconds(pids)
+        t = time.monotonic()
+        m = self.migrate_cli([h["id"], "--to", "host2", "--tcp-established"])
+        wall = time.monotonic() - t
+        if m.get("state") != "succeeded":
+            raise RuntimeError(f"migration {m.get('id')} {m.get('state')}: {m.get('error')}")
+        cpu = self.cpu_seconds(pids) - cpu0
+        h["host"] = "host2"
+        # The log came along in the bundle: its last round before the freeze is
+        # at most the last one there now (the next one proves it runs again).
+        h["frozenRound"] = read_rounds(self.log_path(h))[0]
+        stats = m.get("stats", {})
+        phases = {k: v / 1000.0 for k, v in stats.get("phases", {}).items()}
+        return {"downtime": stats.get("downtimeMs", 0) / 1000.0, "total": wall, "bytes": stats.get("bytesWire", 0),
+                "bytesRaw": stats.get("bytesRaw"), "peakRssKiB": self.peak_rss_kib(pids), "cpuSeconds": cpu,
+                "phases": phases, "agentPhases": stats.get("agentPhases")}
+
+    def cleanup(self, h):
+        self.migrate_cli(["rm", "--force", h["id"]], check=False)
+        self.live.discard(h["id"])
+
+    def close(self):
+        for ident in list(self.live):
+            self.migrate_cli(["rm", "--force", ident], check=False)
+        subprocess.run([self.cluster, "down"], env=self.cluster_env, stderr=subprocess.DEVNULL)
+
+
 class Podman:
     """What a user would do today: podman container checkpoint --export
     (zstd), copy, podman container restore --import; podman 4.3.1 on runc,
@@ -837,6 +937,11 @@ def measure(args):
             elif name == "ours-tmpfs":
                 # Same agent, its state dir (CRIU images, staging) on tmpfs.
                 methods.append(Ours(ctx, state_parent="/dev/shm", name="ours-tmpfs"))
+            elif name == "migration":
+                for tool in ("coordinator/migrate-coordinator", "migrate/migrate"):
+                    if not os.access(os.path.join(ctx.build, tool), os.X_OK):
+                        raise SystemExit(f"migration: {tool} is not built in {ctx.build}")
+                methods.append(LabMigration(ctx))
             elif name == "podman":
                 p = Podman.probe(ctx)
                 if isinstance(p, str):

@@ -4,7 +4,7 @@
 #   postcopy  runc --lazy-pages + criu lazy-pages + runc restore --lazy-pages (local)
 #   ours      migrate-agent checkpoint --export FILE, copy, restore --import FILE
 #   podman    podman container checkpoint --export (zstd), copy, restore --import
-#   migration our migration between two lab hosts (bench_migration, when it exists)
+#   migration our live migration between two lab hosts (coordinator + agents, migrate CLI)
 # Workloads: memhog holding 64/256/1024 MiB of incompressible (random) and
 # compressible (text) data, and a container whose writable layer holds 20000
 # files of 1 KiB. Each figure is the median of several runs, with min and max.
@@ -21,7 +21,7 @@ out=/var/tmp/migrate-bench-results
 quick=0
 runs=
 sizes=
-methods=floor,postcopy,ours,podman
+methods=floor,postcopy,ours,migration,podman
 files=
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -51,7 +51,7 @@ build=${BUILD_DIR:-$here/build-bench}
 if [[ -z ${BUILD_DIR:-} ]]; then
   echo "bench.sh: building in $build" >&2
   cmake -S "$here" -B "$build" -DMIGRATE_WERROR=ON >/dev/null
-  cmake --build "$build" --target migrate-agent test-image memhog -j2 >/dev/null
+  cmake --build "$build" --target migrate-agent migrate-coordinator migrate test-image memhog -j2 >/dev/null
 fi
 for f in "$build/agent/migrate-agent" "$build/tests/test-image.tar"; do
   [[ -e $f ]] || { echo "bench.sh: $f missing (build migrate-agent and test-image)" >&2; exit 1; }
@@ -61,39 +61,8 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 rm -f "$out/runs.jsonl" "$out/results.json" "$out/notes.json" "$out/downtime.png"
 
-# ---------------------------------------------------------------------------
-# (4) Our migration between two lab hosts.
-#
-# HOOK FOR THE LEAD: fill in once the coordinator and the `migrate` CLI work.
-# Contract: for each workload (sizes in $sizes, kinds random and text, and the
-# small-files one) and run 1..$runs, start the container on lab host1, wait
-# for its first "verified N" log line, time `migrate CTR --to host2` (downtime
-# = from the migration's freeze to "running on host2": take it from the CLI's
-# final stats or the coordinator's journal timestamps; total = the whole
-# command), wait for the first "verified" after the move, remove it, and
-# append one JSON line per run to "$out/runs.jsonl":
-#   {"method": "migration", "workload": "random-256", "mib": 256, "mode": "random",
-#    "run": 1, "ok": true, "downtime": s, "total": s, "bytes": sent,
-#    "peakRssKiB": k, "cpuSeconds": s, "phases": {"dump": s, "stream": s, ...}}
-# `python3 bench/bench.py timed -- CMD...` runs one command and prints its wall
-# time, CPU (its own cgroup, so daemonized children count) and peak RSS.
-# The report then adds the migration column, ratios migration/floor and
-# podman/migration, and its line in the plot.
-bench_migration() {
-  local coordinator=$build/coordinator/migrate-coordinator cli=$build/migrate/migrate
-  if [[ ! -x $coordinator || ! -x $cli ]]; then
-    echo "bench.sh: migration between lab hosts: not available yet" \
-         "($coordinator or $cli not built)" >&2
-    return 0
-  fi
-  echo "bench.sh: migration between lab hosts: not available yet (hook not filled in)" >&2
-  return 0
-}
-# ---------------------------------------------------------------------------
-
 python3 "$here/bench/bench.py" measure --build "$build" --out "$out" --sizes "$sizes" \
   --modes random,text --files "$files" --runs "$runs" --methods "$methods"
-bench_migration
 python3 "$here/bench/bench.py" report --out "$out"
 
 if command -v gnuplot >/dev/null; then

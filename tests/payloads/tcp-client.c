@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,6 +56,8 @@ int main(int argc, char** argv) {
   }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  struct timeval replyTimeout = {30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &replyTimeout, sizeof replyTimeout);
   fprintf(stderr, "tcp-client: connected to %s:%s\n", argv[1], argv[2]);
 
   unsigned long sent = 0, verified = 0;
@@ -72,9 +75,12 @@ int main(int argc, char** argv) {
     int got = 0;
     while (got < len) {
       ssize_t n = read(fd, reply + got, len - got);
-      if (n < 0 && errno == EINTR) {
-        if (stop) break;
-        continue;
+      // A stop request waits for the reply in flight (bounded by SO_RCVTIMEO),
+      // so `sent == verified` holds for a clean stop.
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        error = "no reply within 30 s";
+        break;
       }
       if (n <= 0) {
         error = n == 0 ? "connection closed by peer" : strerror(errno);
