@@ -233,21 +233,27 @@ void AgentDaemon::sendHeartbeat() {
   post(std::move(message));
 }
 
+// Runs `work` to fill a reply to `requestId`; a throw becomes the reply's error.
+AgentDaemon::Outgoing AgentDaemon::makeReply(uint64_t requestId, const std::function<void(proto::Reply::Builder)>& work,
+                                             const std::string& what) {
+  auto message = std::make_unique<capnp::MallocMessageBuilder>();
+  auto reply = message->initRoot<proto::Message>().initReply();
+  reply.setRequestId(requestId);
+  try {
+    work(reply);
+    reply.setOk(true);
+  } catch (const std::exception& e) {
+    logWarn(what + ": " + e.what());
+    setReplyError(reply, e);
+    reply.setNone();
+  }
+  return message;
+}
+
 void AgentDaemon::spawn(uint64_t requestId, std::function<void(proto::Reply::Builder)> work, std::string what) {
   std::lock_guard lock(workersMutex_);
   workers_.emplace_back([this, requestId, work = std::move(work), what = std::move(what)] {
-    auto message = std::make_unique<capnp::MallocMessageBuilder>();
-    auto reply = message->initRoot<proto::Message>().initReply();
-    reply.setRequestId(requestId);
-    try {
-      work(reply);
-      reply.setOk(true);
-    } catch (const std::exception& e) {
-      logWarn(what + ": " + e.what());
-      setReplyError(reply, e);
-      reply.setNone();
-    }
-    post(std::move(message));
+    post(makeReply(requestId, work, what));
   });
 }
 
@@ -353,21 +359,11 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
     case proto::Request::DESCRIBE_HOST:
       spawn(id, [this](proto::Reply::Builder reply) { fillRegister(reply.initHostInfo()); }, "describe");
       return;
-    case proto::Request::PREPARE_RECEIVE: {
+    case proto::Request::PREPARE_RECEIVE:
       // Answered at once with the port; the receiver runs on its own thread.
-      auto message = std::make_unique<capnp::MallocMessageBuilder>();
-      auto reply = message->initRoot<proto::Message>().initReply();
-      reply.setRequestId(id);
-      try {
-        prepareReceive(id, request.getPrepareReceive(), reply);
-        reply.setOk(true);
-      } catch (const std::exception& e) {
-        setReplyError(reply, e);
-        reply.setNone();
-      }
-      post(std::move(message));
+      post(makeReply(id, [&](proto::Reply::Builder reply) { prepareReceive(id, request.getPrepareReceive(), reply); },
+                     "prepare receive"));
       return;
-    }
     case proto::Request::CHECKPOINT_AND_SEND: {
       // Copy what the worker needs: the request's memory goes with this message.
       auto copy = std::make_shared<capnp::MallocMessageBuilder>();
@@ -416,20 +412,10 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
       }, "cpuinfo check");
       return;
     }
-    case proto::Request::RECEIVE_IMAGE: {
-      auto message = std::make_unique<capnp::MallocMessageBuilder>();
-      auto reply = message->initRoot<proto::Message>().initReply();
-      reply.setRequestId(id);
-      try {
-        receiveImage(request.getReceiveImage(), reply);
-        reply.setOk(true);
-      } catch (const std::exception& e) {
-        setReplyError(reply, e);
-        reply.setNone();
-      }
-      post(std::move(message));
+    case proto::Request::RECEIVE_IMAGE:
+      post(makeReply(id, [&](proto::Reply::Builder reply) { receiveImage(request.getReceiveImage(), reply); },
+                     "receive image"));
       return;
-    }
     case proto::Request::SEND_IMAGE: {
       auto copy = std::make_shared<capnp::MallocMessageBuilder>();
       copy->setRoot(request.getSendImage());

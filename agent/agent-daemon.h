@@ -49,6 +49,8 @@ class AgentDaemon {
   void postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase, uint64_t done,
                     uint64_t total, const std::exception* failure = nullptr);
   void dispatch(proto::Request::Reader request);
+  Outgoing makeReply(uint64_t requestId, const std::function<void(proto::Reply::Builder)>& work,
+                     const std::string& what);
   // Runs `work` on a worker thread; it fills the reply's payload or throws.
   void spawn(uint64_t requestId, std::function<void(proto::Reply::Builder)> work, std::string what);
   void fillRegister(proto::Register::Builder reg);

@@ -12,13 +12,6 @@ using namespace migrate;
 using namespace migrate::test;
 using nlohmann::json;
 
-#define REQUIRE_PRIVILEGES()                                  \
-  do {                                                        \
-    if (auto why = missingPrivileges()) {                     \
-      WARN("skipped: " << *why);                              \
-      return;                                                 \
-    }                                                         \
-  } while (0)
 
 namespace {
 

@@ -19,13 +19,6 @@ using namespace migrate::test;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-#define REQUIRE_PRIVILEGES()              \
-  do {                                    \
-    if (auto why = missingPrivileges()) { \
-      WARN("skipped: " << *why);          \
-      return;                             \
-    }                                     \
-  } while (0)
 
 namespace {
 
@@ -124,14 +117,7 @@ TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files al
   std::string ip = before[0]["ip"], mac = before[0]["mac"];
   REQUIRE(waitUntil([&] { return lastCount(cluster, "web") >= 5; }, 10s));
 
-  int out[2];
-  REQUIRE(pipe(out) == 0);
-  Fd outRead(out[0]), outWrite(out[1]);
-  SubprocessOptions client = SubprocessOptions::of(
-      {"nsenter", "--net=/run/netns/client", "--", binary("tcp-client").string(), ip, "7777", "60", "10"});
-  client.stdoutFd = outWrite.get();
-  Subprocess tcp(client);
-  outWrite.reset();
+  TcpClient tcp(ip, 7777);
   REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "web"}).find("client connected") != std::string::npos; }, 10s));
 
   auto result = cluster.migrateJson({"web", "--to", "host2", "--tcp-established"});
@@ -163,19 +149,12 @@ TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files al
 
   // The same TCP connection went on: every message echoed, none lost.
   std::this_thread::sleep_for(2s);
-  tcp.kill(SIGTERM);
-  CHECK(tcp.wait() == 0);
-  std::string summary;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(outRead.get(), buf, sizeof buf)) > 0) summary.append(buf, static_cast<size_t>(n));
-  INFO(summary);
-  auto s = json::parse(summary);
-  CHECK(s["error"].is_null());
-  CHECK(s["verified"] == s["sent"]);
-  auto logs = cluster.migrate({"logs", "web"});
-  size_t connects = 0;
-  for (size_t p = 0; (p = logs.find("client connected", p)) != std::string::npos; ++p) ++connects;
+  auto summary = tcp.stop();
+  INFO(summary.dump());
+  CHECK(summary["exitStatus"] == 0);
+  CHECK(summary["error"].is_null());
+  CHECK(summary["verified"] == summary["sent"]);
+  auto connects = occurrences(cluster.migrate({"logs", "web"}), "client connected");
   CHECK(connects == 1);
 }
 

@@ -16,13 +16,6 @@ using namespace migrate;
 using namespace migrate::test;
 using nlohmann::json;
 
-#define REQUIRE_PRIVILEGES()              \
-  do {                                    \
-    if (auto why = missingPrivileges()) { \
-      WARN("skipped: " << *why);          \
-      return;                             \
-    }                                     \
-  } while (0)
 
 namespace {
 
@@ -98,14 +91,7 @@ TEST_CASE("an open TCP connection survives checkpoint on host1 and restore on ho
   std::string ip = c["state"]["ip"];
   // One connection from the client namespace, streaming numbered messages and
   // checking every echo, until we stop it.
-  int out[2];
-  REQUIRE(pipe(out) == 0);
-  Fd outRead(out[0]), outWrite(out[1]);
-  SubprocessOptions client = SubprocessOptions::of(
-      {"nsenter", "--net=/run/netns/client", "--", binary("tcp-client").string(), ip, "7777", "60", "10"});
-  client.stdoutFd = outWrite.get();
-  Subprocess tcp(client);
-  outWrite.reset();
+  TcpClient tcp(ip, 7777);
   REQUIRE(waitUntil([&] { return h1.agent({"logs", "echo"}).find("client connected") != std::string::npos; },
                     std::chrono::seconds(10)));
 
@@ -114,21 +100,14 @@ TEST_CASE("an open TCP connection survives checkpoint on host1 and restore on ho
   auto r = h2.agentJson({"restore", "--import", bundle});
   CHECK(r["state"]["ip"] == ip);
   std::this_thread::sleep_for(std::chrono::seconds(6));  // long enough for TCP's retransmission backoff
-  tcp.kill(SIGTERM);
-  CHECK(tcp.wait() == 0);
-  std::string summary;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(outRead.get(), buf, sizeof buf)) > 0) summary.append(buf, static_cast<size_t>(n));
-  INFO(summary);
-  auto s = json::parse(summary);
-  CHECK(s["error"].is_null());
-  CHECK(s["verified"] == s["sent"]);
-  CHECK(s["verified"].get<int>() > 20);
+  auto summary = tcp.stop();
+  INFO(summary.dump());
+  CHECK(summary["exitStatus"] == 0);
+  CHECK(summary["error"].is_null());
+  CHECK(summary["verified"] == summary["sent"]);
+  CHECK(summary["verified"].get<int>() > 20);
   // The server saw no second connection: the same one went on.
-  auto logs = h2.agent({"logs", "echo"});
-  size_t connects = 0;
-  for (size_t p = 0; (p = logs.find("client connected", p)) != std::string::npos; ++p) ++connects;
+  auto connects = occurrences(h2.agent({"logs", "echo"}), "client connected");
   CHECK(connects == 1);
 }
 

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <sstream>
@@ -161,6 +162,35 @@ json ClusterGuard::agentJson(const std::string& host, const std::vector<std::str
                                    host, "--output", "json"};
   full.insert(full.end(), args.begin(), args.end());
   return json::parse(run(full));
+}
+
+TcpClient::TcpClient(const std::string& ip, int port) {
+  int out[2];
+  SYSCALL(::pipe2(out, O_CLOEXEC), "pipe2");
+  output_ = Fd(out[0]);
+  Fd write(out[1]);
+  SubprocessOptions o = SubprocessOptions::of({"nsenter", "--net=/run/netns/client", "--", binary("tcp-client").string(),
+                                               ip, std::to_string(port), "120", "10"});
+  o.stdoutFd = write.get();
+  process_.emplace(o);
+}
+
+json TcpClient::stop() {
+  process_->kill(SIGTERM);
+  int status = process_->wait();
+  std::string summary;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(output_.get(), buf, sizeof buf)) > 0) summary.append(buf, static_cast<size_t>(n));
+  json j = json::parse(summary);
+  j["exitStatus"] = status;
+  return j;
+}
+
+size_t occurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = 0; (p = text.find(needle, p)) != std::string::npos; p += needle.size()) ++n;
+  return n;
 }
 
 bool processAlive(int pid) {

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
+#include "common/subprocess.h"
 
 namespace migrate::test {
 
@@ -102,6 +103,23 @@ class ClusterGuard {
 // PID 1, which in some sandboxes never reaps them).
 bool processAlive(int pid);
 
+// The test client (tests/payloads/tcp-client.c) in the `client` netns: one
+// TCP connection streaming numbered messages and checking every echo.
+class TcpClient {
+ public:
+  TcpClient(const std::string& ip, int port);
+  // SIGTERM, then its JSON summary {sent, verified, maxStallMs, error}; the
+  // exit status is in "exitStatus".
+  nlohmann::json stop();
+
+ private:
+  Fd output_;
+  std::optional<Subprocess> process_;
+};
+
+// How many times `needle` occurs in `text`.
+size_t occurrences(const std::string& text, const std::string& needle);
+
 // Polls `condition` every 50 ms until true or `timeout`; returns its last value.
 bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
@@ -109,3 +127,13 @@ bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds
 std::vector<unsigned long> counts(const std::string& log);
 
 }  // namespace migrate::test
+
+// Returns from the test (with a warning naming the reason) where it cannot
+// run: not root, or runc/conmon/CRIU missing. CI has them all.
+#define REQUIRE_PRIVILEGES()                                      \
+  do {                                                            \
+    if (auto why = ::migrate::test::missingPrivileges()) {        \
+      WARN("skipped: " << *why);                                  \
+      return;                                                     \
+    }                                                             \
+  } while (0)
