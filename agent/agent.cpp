@@ -70,7 +70,12 @@ void Agent::removeStaleImports() {
   for (auto& entry : fs::directory_iterator(options_.stateDir / "containers")) {
     if (entry.path().filename().string().rfind(".import", 0) != 0) continue;
     logWarn("removing " + entry.path().string() + ", left by an import that did not finish");
-    removeTree(entry.path());
+    try {
+      releaseDirectory(entry.path() / "checkpoint");  // its CRIU images' tmpfs
+      removeTree(entry.path());
+    } catch (const std::exception& e) {
+      logError(std::string("could not remove a stale import: ") + e.what());
+    }
   }
 }
 
@@ -128,7 +133,9 @@ std::vector<Container> Agent::list() {
 }
 
 std::optional<std::vector<Container>> Agent::listIfIdle() {
-  std::unique_lock lock(mutex_, std::try_to_lock);
+  // Short operations (logs, inspect) finish within this; a long export or
+  // import does not, and then the caller does without the list.
+  std::unique_lock lock(mutex_, std::chrono::milliseconds(250));
   if (!lock.owns_lock()) return std::nullopt;
   return list();
 }

@@ -125,7 +125,7 @@ class Agent {
   ImageStore images_;
   Runtime runtime_;
   CniClient cni_;
-  std::recursive_mutex mutex_;  // one operation at a time on this host's containers
+  std::recursive_timed_mutex mutex_;  // one operation at a time on this host's containers
 };
 
 }  // namespace migrate

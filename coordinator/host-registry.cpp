@@ -191,9 +191,13 @@ void HostRegistry::recordHeartbeat(const std::string& host, proto::Heartbeat::Re
   s.loadAvg1 = load.getLoadAvg1();
   s.memAvailableBytes = load.getMemAvailableBytes();
   s.diskAvailableBytes = load.getDiskAvailableBytes();
-  s.runningContainers = load.getRunningContainers();
   s.activeMigrations = load.getActiveMigrations();
-  s.containers = containersFromProto(heartbeat.getContainers());
+  // An agent busy with a long export or import sends its heartbeat without
+  // the list (no pointer, not an empty list): keep what we knew.
+  if (heartbeat.hasContainers()) {
+    s.runningContainers = load.getRunningContainers();
+    s.containers = containersFromProto(heartbeat.getContainers());
+  }
 }
 
 void HostRegistry::recordContainers(const std::string& host, std::vector<ContainerSummary> containers) {

@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 
 #include <cstdio>
+#include <thread>
 #include <ctime>
 
 #include "common/log.h"
@@ -487,8 +488,18 @@ void Migration::rollback(const std::exception& cause) {
   MigrationState reached = record().state;
   std::string error = cause.what();
   ErrorKind kind = kindOf(cause);
+  if (kind == ErrorKind::Disconnected) {
+    // A stream cut by the other side: its own report of why is the root
+    // cause, and it may arrive just after the sender's error. Wait a moment.
+    for (int i = 0; i < 20; ++i) {
+      {
+        std::lock_guard lock(mutex_);
+        if (!peerError_.empty()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
   {
-    // A stream cut by the other side: its own report is the root cause.
     std::lock_guard lock(mutex_);
     if (!peerError_.empty() && kind == ErrorKind::Disconnected) {
       error = peerError_ + " (then: " + error + ")";
@@ -552,6 +563,7 @@ bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKi
     return false;
   }
   if (targetCleanupPending) {
+    refreshHosts();  // the source runs it again: show that now
     std::string waiting = error + "; `" + record_.container + "` runs on " + record_.source + " again; cleanup on " +
                           record_.target + " pending (will retry)";
     {

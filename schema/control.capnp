@@ -174,6 +174,8 @@ struct Register {
 struct Heartbeat {
   containers @0 :List(ContainerInfo);
   # Current state of every container; the coordinator reconciles against it.
+  # Left unset (not empty) while the agent is busy with a long export or
+  # import: the coordinator then keeps the list it had.
 
   load @1 :Load;
 

@@ -200,9 +200,14 @@ TEST_CASE("target agent killed mid-stream: the migration fails clearly and the c
   // target received is cleaned up when it comes back, so until then the
   // migration stays `rolling-back`.
   REQUIRE(waitUntil([&] {
+    auto s = cluster.migrateJson({"status", id});
+    return s["state"] == "rolled-back" ||
+           (s["state"] == "rolling-back" && s["stats"].value("targetCleanupPending", false));
+  }, 120s));
+  REQUIRE(waitUntil([&] {
     auto big = entries(cluster, "big");
     return big.size() == 1 && big[0]["host"] == "host1" && big[0]["state"] == "running";
-  }, 120s));
+  }, 60s));
   auto status = cluster.migrateJson({"status", id});
   INFO(status.dump(2));
   CHECK((status["state"] == "rolling-back" || status["state"] == "rolled-back"));
@@ -261,15 +266,24 @@ TEST_CASE("a CRIU restore failure on the target rolls back: the container runs o
 TEST_CASE("a full disk on the target fails the migration cleanly") {
   REQUIRE_PRIVILEGES();
   ClusterGuard cluster(2);
-  cluster.migrate({"run", "--on", "host1", "--name", "mem", "test", "/usr/local/bin/memhog", "64", "random"});
+  // 16 MiB written into the container's writable layer: that goes to disk on
+  // the target (CRIU images go to memory).
+  cluster.migrate({"run", "--on", "host1", "--name", "mem", "test", "sh", "-c",
+                   "dd if=/dev/urandom of=/root/big bs=1M count=16 2>/dev/null; exec /usr/local/bin/memhog 16 random"});
   REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "mem"}).find("verified") != std::string::npos; }, 30s));
-  // host2's container storage is a 4 MiB filesystem: the 64 MiB bundle cannot land.
+  // host2's container storage is a 4 MiB filesystem: the writable layer cannot land.
   auto containers = ClusterGuard::agentState("host2") / "containers";
   REQUIRE(::mount("tmpfs", containers.c_str(), "tmpfs", 0, "size=4m") == 0);
   struct Unmount {
+    ClusterGuard& cluster;
     fs::path p;
-    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
-  } unmount{containers};
+    ~Unmount() {
+      // Should the container have landed there after all, remove it before
+      // its files vanish with the mount.
+      cluster.tryMigrate({"rm", "--force", "mem"});
+      ::umount2(p.c_str(), MNT_DETACH);
+    }
+  } unmount{cluster, containers};
 
   auto r = cluster.tryMigrate({"mem", "--to", "host2", "--output", "json"});
   CHECK(r.status != 0);
@@ -277,12 +291,13 @@ TEST_CASE("a full disk on the target fails the migration cleanly") {
   INFO(result.dump(2));
   CHECK(result["state"] == "rolled-back");
   CHECK(result["error"].get<std::string>().find("No space left") != std::string::npos);
+  CHECK(result["error"].get<std::string>().find("host2") != std::string::npos);
   auto mem = entries(cluster, "mem");
   REQUIRE(mem.size() == 1);
   CHECK(mem[0]["host"] == "host1");
   CHECK(mem[0]["state"] == "running");
   CHECK(countProcesses("/usr/local/bin/memhog") == 1);
-  CHECK(std::distance(fs::directory_iterator(containers), fs::directory_iterator()) == 0);
+  CHECK(fs::is_empty(containers));
 }
 
 TEST_CASE("a coordinator killed mid-migration resumes or rolls back on restart: the container runs exactly once") {
