@@ -638,7 +638,8 @@ class LabMigration:
         self.live = set()
 
     def migrate_cli(self, args, check=True):
-        p = subprocess.run([self.cli] + args + ["--output", "json"], capture_output=True, text=True,
+        # --output before the verb: after `run IMAGE` everything is the container's command.
+        p = subprocess.run([self.cli, "--output", "json"] + args, capture_output=True, text=True,
                            env=self.cli_env)
         if check and p.returncode != 0:
             raise RuntimeError(f"migration: migrate {' '.join(args)}: {p.stderr.strip()} {p.stdout.strip()[-500:]}")
