@@ -532,6 +532,8 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
   start = Clock::now();
   TlsOutputStream out(tls);
   ExportOptions exportOptions;
+  exportOptions.zstdLevel = options_.zstdLevel;
+  exportOptions.zstdThreads = options_.zstdThreads;
   if (request.getCompressionLevel() != 0) exportOptions.zstdLevel = request.getCompressionLevel();
   if (request.getCompressionThreads() != 0) exportOptions.zstdThreads = static_cast<int>(request.getCompressionThreads());
   auto lastProgress = Clock::now();

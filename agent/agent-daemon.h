@@ -28,6 +28,8 @@ struct DaemonOptions {
   std::string coordinatorPublicKey;    // pinned
   std::string dataAddress;             // where receivers bind and senders connect
   std::chrono::milliseconds heartbeatInterval{1000};
+  int zstdLevel = 3;     // stream compression, unless the coordinator asks otherwise
+  int zstdThreads = 2;   // zstd workers (0: compress on the streaming thread)
 };
 
 class AgentDaemon {

@@ -308,6 +308,9 @@ int main(int argc, char** argv) {
   daemonCmd->add_option("--key-name", keyName, "key pair name (default: the host name)");
   daemonCmd->add_option("--data-address", dataAddress, "address for migration streams (this host's fabric address)")
       ->required();
+  int daemonZstdLevel = 3, daemonZstdThreads = 2;
+  daemonCmd->add_option("--zstd-level", daemonZstdLevel, "stream compression level")->capture_default_str();
+  daemonCmd->add_option("--zstd-threads", daemonZstdThreads, "zstd worker threads (0: none)")->capture_default_str();
   daemonCmd->callback([&] {
     action = [&] {
       Agent agent(agentOptions(g));
@@ -316,6 +319,8 @@ int main(int argc, char** argv) {
       options.keys = loadKeyPair(keyDir, keyName.empty() ? agent.options().hostName : keyName);
       options.coordinatorPublicKey = loadPublicKey(coordinatorKeyFile);
       options.dataAddress = dataAddress;
+      options.zstdLevel = daemonZstdLevel;
+      options.zstdThreads = daemonZstdThreads;
       static std::atomic<bool> stop{false};
       struct sigaction sa = {};
       sa.sa_handler = [](int) { stop = true; };

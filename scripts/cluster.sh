@@ -13,6 +13,8 @@
 #   cluster.sh env                     print MIGRATE_COORDINATOR / MIGRATE_TOKEN_FILE
 #
 # Binaries come from $BUILD_DIR (default: build/ at the top of the checkout).
+# $AGENT_DAEMON_ARGS is added to every agent daemon's command line (e.g.
+# "--zstd-level 1 --zstd-threads 0" for benchmarks).
 # Logs: /run/migrate-lab/coordinator.log, /run/migrate-lab/hostK/agent.log;
 # `down` keeps a copy of the last run's in /var/tmp/migrate-lab-logs.
 # Agent state: /var/lib/migrate-lab/hostK; journal: /var/lib/migrate-lab/coordinator.db.
@@ -51,7 +53,7 @@ start_agent() {
   setsid nsenter --net="/run/netns/$h" -- "$AGENT" --state "$VAR/$h" --host "$h" \
     --cni-config "$RUN/$h/cni.conflist" daemon \
     --coordinator "tcp://$CTL_NET.1:7700" --coordinator-key "$KEYS/coordinator.pub" \
-    --key-dir "$KEYS" --data-address "$CTL_NET.$((10 + k))" \
+    --key-dir "$KEYS" --data-address "$CTL_NET.$((10 + k))" ${AGENT_DAEMON_ARGS:-} \
     </dev/null >>"$RUN/$h/agent.log" 2>&1 &
   echo $! >"$RUN/$h/agent.pid"
   log "agent $h: pid $!"
