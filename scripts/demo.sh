@@ -38,7 +38,7 @@ client_out=$(mktemp)
 scripts/lab.sh exec client "$BUILD_DIR/tests/payloads/tcp-client" "$ip" 7777 30 20 >"$client_out" 2>/dev/null &
 client=$!
 sleep 2
-before=$(migrate logs web --tail 1)
+before=$(migrate logs web | grep '^count' | tail -1)
 
 say "migrate web --to host2 --tcp-established"
 migrate web --to host2 --tcp-established
@@ -48,7 +48,7 @@ migrate ps
 sleep 3
 kill -TERM "$client" 2>/dev/null || true
 wait "$client" || true
-after=$(migrate logs web --tail 1)
+after=$(migrate logs web | grep '^count' | tail -1)
 scripts/lab.sh exec host2 true
 now=$(migrate ps --output json | python3 -c 'import json,sys; c=[c for c in json.load(sys.stdin) if c["name"]=="web"][0]; print(c["host"], c["ip"], c["mac"])')
 echo "counter before the move: $before; now: $after (it went on, not from 1)"
