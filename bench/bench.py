@@ -9,7 +9,7 @@ agent's export/import, on the same workloads.
   bench.py timed -- CMD...           # one command: wall, cpu, peak RSS (JSON)
 
 `measure` appends one JSON line per run to OUT/runs.jsonl; any other producer
-(scripts/bench.sh's bench_migration) may append lines of the same shape:
+(any other driver) may append lines of the same shape:
   {"method", "workload", "mib", "mode", "run", "ok", "downtime", "total",
    "bytes", "peakRssKiB", "cpuSeconds", "phases": {name: seconds}, ...}
 
