@@ -8,8 +8,8 @@ agent's export/import, on the same workloads.
   bench.py report --out DIR          # results.json, table, plot data
   bench.py timed -- CMD...           # one command: wall, cpu, peak RSS (JSON)
 
-`measure` appends one JSON line per run to OUT/runs.jsonl; any other producer
-(any other driver) may append lines of the same shape:
+`measure` appends one JSON line per run to OUT/runs.jsonl; another producer
+may append lines of the same shape:
   {"method", "workload", "mib", "mode", "run", "ok", "downtime", "total",
    "bytes", "peakRssKiB", "cpuSeconds", "phases": {name: seconds}, ...}
 
