@@ -41,16 +41,26 @@ std::set<std::string> netnsList() {
   return names;
 }
 
+// The lab with two hosts, each with a local agent on its CNI network and the
+// test image. Members die in reverse order: agents' containers go before the lab.
+struct TwoLabHosts {
+  LabGuard lab{2};
+  AgentHome h1{"host1"}, h2{"host2"};
+  TwoLabHosts() {
+    for (auto* h : {&h1, &h2}) {
+      placeInLabHost(*h, h->host());
+      h->importTestImage();
+    }
+  }
+};
+
 }  // namespace
 
 TEST_CASE("a container keeps its IP and MAC when exported on host1 and restored on host2") {
   REQUIRE_PRIVILEGES();
-  LabGuard lab(2);
-  AgentHome h1("host1"), h2("host2");
-  placeInLabHost(h1, "host1");
-  placeInLabHost(h2, "host2");
-  h1.importTestImage();
-  h2.importTestImage();
+  TwoLabHosts lab;
+  auto& h1 = lab.h1;
+  auto& h2 = lab.h2;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "web.tar.zst").string();
 
@@ -78,12 +88,9 @@ TEST_CASE("a container keeps its IP and MAC when exported on host1 and restored 
 
 TEST_CASE("an open TCP connection survives checkpoint on host1 and restore on host2") {
   REQUIRE_PRIVILEGES();
-  LabGuard lab(2);
-  AgentHome h1("host1"), h2("host2");
-  placeInLabHost(h1, "host1");
-  placeInLabHost(h2, "host2");
-  h1.importTestImage();
-  h2.importTestImage();
+  TwoLabHosts lab;
+  auto& h1 = lab.h1;
+  auto& h2 = lab.h2;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "echo.tar.zst").string();
 
@@ -113,12 +120,9 @@ TEST_CASE("an open TCP connection survives checkpoint on host1 and restore on ho
 
 TEST_CASE("a restore that fails on the target reports why and leaves no netns, lock or mount") {
   REQUIRE_PRIVILEGES();
-  LabGuard lab(2);
-  AgentHome h1("host1"), h2("host2");
-  placeInLabHost(h1, "host1");
-  placeInLabHost(h2, "host2");
-  h1.importTestImage();
-  h2.importTestImage();
+  TwoLabHosts lab;
+  auto& h1 = lab.h1;
+  auto& h2 = lab.h2;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "web.tar.zst").string();
 
