@@ -64,7 +64,6 @@ unsigned long lastCount(ClusterGuard& cluster, const std::string& name) {
 // cgroups, container processes.
 struct HostFootprint {
   size_t fds, mounts, netns, cgroups;
-  bool operator==(const HostFootprint&) const = default;
 };
 
 HostFootprint footprint(ClusterGuard& cluster, const std::string& host) {
@@ -176,8 +175,14 @@ TEST_CASE("migrating back and forth 5 times leaks nothing on either host") {
   auto after1 = footprint(cluster, "host1"), after2 = footprint(cluster, "host2");
   INFO("host1 before: " << footprintText(before1) << "; after: " << footprintText(after1));
   INFO("host2 before: " << footprintText(before2) << "; after: " << footprintText(after2));
-  CHECK(after1 == before1);
-  CHECK(after2 == before2);
+  // A leak grows; a transient fd (a stream still closing when we counted
+  // before) may make "before" the larger.
+  for (auto [before, after] : {std::pair{before1, after1}, std::pair{before2, after2}}) {
+    CHECK(after.fds <= before.fds);
+    CHECK(after.mounts == before.mounts);
+    CHECK(after.netns == before.netns);
+    CHECK(after.cgroups == before.cgroups);
+  }
   CHECK(countProcesses("/usr/local/bin/echo-server") == 1);
   CHECK(entries(cluster, "ping").size() == 1);
   CHECK(cluster.migrateJson({"history"}).size() == 12);
