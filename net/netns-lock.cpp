@@ -24,10 +24,6 @@ std::string lockScript() {
          "    type filter hook input priority -300; policy drop;\n"
          "    iif \"lo\" accept\n"
          "  }\n"
-         "  chain output {\n"
-         "    type filter hook output priority -300; policy drop;\n"
-         "    oif \"lo\" accept\n"
-         "  }\n"
          "}\n";
 }
 
