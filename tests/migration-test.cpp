@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -390,4 +391,30 @@ TEST_CASE("the CLI's JSON output parses and agrees with its human output") {
   CHECK(status["state"] == "succeeded");
   CHECK(cluster.migrate({"status", id["id"]}).find("succeeded") != std::string::npos);
   CHECK(cluster.migrateJson({"logs", "c1"})["logs"].get<std::string>().find("count") != std::string::npos);
+}
+
+TEST_CASE("evacuating a host moves every container off it, keeping their addresses") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "a", "test", "/usr/local/bin/counter"});
+  cluster.migrate({"run", "--on", "host1", "--name", "b", "test", "/usr/local/bin/echo-server", "7777"});
+  std::map<std::string, std::string> ips;
+  for (auto& c : cluster.migrateJson({"ps"})) ips[c["name"]] = c["ip"];
+  REQUIRE(ips.size() == 2);
+
+  auto started = cluster.migrateJson({"evacuate", "host1", "--to", "host2"});
+  INFO(started.dump(2));
+  REQUIRE(started["migrations"].size() == 2);
+  for (auto& id : started["migrations"]) {
+    auto final = waitFinal(cluster, id.get<std::string>(), 60s);
+    CHECK(final["state"] == "succeeded");
+  }
+  auto ps = cluster.migrateJson({"ps"});
+  REQUIRE(ps.size() == 2);
+  for (auto& c : ps) {
+    CHECK(c["host"] == "host2");
+    CHECK(c["state"] == "running");
+    CHECK(c["ip"] == ips[c["name"]]);
+  }
+  CHECK(cluster.agentJson("host1", {"ps"}).empty());
 }
