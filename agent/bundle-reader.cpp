@@ -395,7 +395,10 @@ class BundleReader {
     }
   }
 
-  void copyData(int fd, uint64_t size) {
+  // Calls `take(data, length, offset)` for each data block of the current
+  // entry, refusing any block that reaches past the entry's declared size.
+  template <typename Take>
+  void forEachDataBlock(uint64_t size, Take take) {
     for (;;) {
       const void* block;
       size_t length;
@@ -406,8 +409,14 @@ class BundleReader {
       if (offset < 0 || static_cast<uint64_t>(offset) + length > size) {
         fail(ErrorKind::InvalidInput, "data beyond the entry's size");
       }
-      writeSkippingZeros(fd, static_cast<const char*>(block), length, static_cast<uint64_t>(offset));
+      take(static_cast<const char*>(block), length, static_cast<uint64_t>(offset));
     }
+  }
+
+  void copyData(int fd, uint64_t size) {
+    forEachDataBlock(size, [&](const char* data, size_t length, uint64_t offset) {
+      writeSkippingZeros(fd, data, length, offset);
+    });
     // Extends over trailing holes; the file was created empty, so every
     // range not written reads as zeros.
     SYSCALL(::ftruncate(fd, static_cast<off_t>(size)), "ftruncate");
@@ -432,18 +441,9 @@ class BundleReader {
   std::string readSmall(uint64_t size, uint64_t limit) {
     if (size > limit) fail(ErrorKind::InvalidInput, "larger than " + std::to_string(limit) + " bytes");
     std::string text(static_cast<size_t>(size), '\0');
-    for (;;) {
-      const void* block;
-      size_t length;
-      la_int64_t offset;
-      int status = archive_read_data_block(archive_, &block, &length, &offset);
-      if (status == ARCHIVE_EOF) break;
-      checkRead(status);
-      if (offset < 0 || static_cast<uint64_t>(offset) + length > size) {
-        fail(ErrorKind::InvalidInput, "data beyond the entry's size");
-      }
-      std::memcpy(text.data() + offset, block, length);
-    }
+    forEachDataBlock(size, [&](const char* data, size_t length, uint64_t offset) {
+      std::memcpy(text.data() + offset, data, length);
+    });
     return text;
   }
 
