@@ -1,17 +1,21 @@
 #include "agent/agent-daemon.h"
 
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
+#include <optional>
 
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
 #include "common/subprocess.h"
 #include "net/data-listener.h"
+#include "net/tls-pump.h"
 #include "net/tls-stream.h"
 
 namespace migrate {
@@ -112,6 +116,14 @@ struct AgentDaemon::Receiver {
   std::atomic<int> socketFd{-1};
   std::atomic<bool> aborted{false};
 
+  // Post-copy: the page channel (the sender's second connection), and once
+  // restored, the lazy-pages daemon it feeds.
+  bool postCopy = false;
+  std::optional<TlsStream> pageStream;
+  std::optional<Subprocess> lazyPages;
+  PumpCounters pageCounters;
+  std::atomic<bool> stopPages{false};
+
   // Blocks until the stream was fully imported (or failed).
   void wait(milliseconds timeout) {
     std::unique_lock lock(mutex);
@@ -122,6 +134,49 @@ struct AgentDaemon::Receiver {
     if (error) std::rethrow_exception(error);
   }
 };
+
+// Source side of a post-copy migration: the lazy dump (container frozen,
+// CRIU's page server on 127.0.0.1) and the pump that carries its pages to
+// the target. The pump ending cleanly (the target's lazy-pages daemon has
+// every page) lets CRIU finish, which kills the frozen container here. A cut
+// page channel leaves it frozen until rollbackSource, which makes CRIU fail
+// on purpose so that it resumes the container: never both at once, because
+// the coordinator sends rollbackSource only after the target dropped its copy.
+struct AgentDaemon::PostCopySource {
+  std::string migrationId;
+  std::string containerName;
+  std::optional<LazyDump> dump;
+  std::optional<TlsStream> pageStream;
+  Fd criuSocket;
+  PumpCounters counters;
+  std::atomic<bool> stop{false};
+  Clock::time_point started = Clock::now();
+  std::thread thread;
+
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool pagesDone = false;   // the pump ended: cleanly, or `error`
+  bool finished = false;    // CRIU exited too (the thread is done)
+  bool resume = false;      // rollbackSource asked for the container back
+  std::exception_ptr error;
+  uint64_t pagesNs = 0;
+};
+
+namespace {
+
+// Makes a lazy dump's page server fail, so that CRIU resumes the frozen
+// container: an unknown command, then a reset. (A plain close would not do:
+// the page server takes EOF for "all pages fetched" and kills the container.)
+void failPageServer(uint16_t port, Fd existing) {
+  Fd sock = existing ? std::move(existing) : connectTcp("127.0.0.1", port, milliseconds(5000));
+  char garbage[64];
+  std::memset(garbage, 0xff, sizeof garbage);
+  (void)::send(sock.get(), garbage, sizeof garbage, MSG_NOSIGNAL);
+  linger reset{1, 0};
+  ::setsockopt(sock.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+}
+
+}  // namespace
 
 AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options) : agent_(agent), options_(std::move(options)) {
   agent_.removeStaleImports();
@@ -134,9 +189,25 @@ AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options) : agent_(agent), o
 
 AgentDaemon::~AgentDaemon() {
   {
+    // Shutting down mid post-copy: the page channel goes with us, so the
+    // containers we were serving resume here (see PostCopySource).
+    std::lock_guard lock(postCopiesMutex_);
+    for (auto& [name, p] : postCopies_) {
+      p->stop = true;
+      std::lock_guard plock(p->mutex);
+      p->resume = true;
+      p->cv.notify_all();
+    }
+  }
+  for (auto& [name, p] : postCopies_) {
+    if (p->thread.joinable()) p->thread.join();
+  }
+  {
     std::lock_guard lock(receiversMutex_);
     for (auto& [id, r] : receivers_) {
       r->aborted = true;
+      r->stopPages = true;
+      if (r->lazyPages) r->lazyPages->kill(SIGKILL);
       int fd = r->socketFd.load();
       if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
     }
@@ -381,6 +452,13 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
       }, "restore");
       return;
     }
+    case proto::Request::FINISH_POST_COPY: {
+      std::string name = request.getFinishPostCopy().getContainerName();
+      milliseconds timeout = request.getTimeoutMs() ? milliseconds(request.getTimeoutMs()) : std::chrono::hours(1);
+      spawn(id, [this, name, timeout](proto::Reply::Builder reply) { finishPostCopy(name, timeout, reply); },
+            "finish post-copy of `" + name + "`");
+      return;
+    }
     case proto::Request::COMMIT_SOURCE: {
       // (The target's copy keeps its migrationId until the next migration;
       // harmless: abortReceive is never sent after commit.)
@@ -440,6 +518,7 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
   r->containerName = request.getContainerName();
   r->psk = bytesOf(request.getPsk());
   r->expectedImage = request.getExpectedManifest().getImageDigest();
+  r->postCopy = request.getPostCopy();
   ErrorContext context("receive `" + r->containerName + "`");
   if (agent_.findIfExists(r->containerName)) {
     fail(ErrorKind::Conflict, "a container with this name exists on " + agent_.options().hostName);
@@ -457,8 +536,8 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
     receivers_[r->migrationId] = r;
   }
   r->thread = std::thread([this, r, acceptTimeout, requestId] {
-    try {
-      // Accept in short slices so an abort does not wait out the whole timeout.
+    // Accept in short slices so an abort does not wait out the whole timeout.
+    auto acceptSender = [&] {
       auto deadline = Clock::now() + acceptTimeout;
       Fd sock;
       while (!sock) {
@@ -469,7 +548,11 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
           if (e.kind() != ErrorKind::Disconnected || Clock::now() > deadline) throw;
         }
       }
-      r->listener.reset();  // one stream only
+      return sock;
+    };
+    try {
+      Fd sock = acceptSender();
+      if (!r->postCopy) r->listener.reset();  // one stream only
       r->socketFd = sock.get();
       auto tls = TlsStream::accept(std::move(sock), r->migrationId, r->psk);
       TlsInputStream in(tls);
@@ -492,9 +575,16 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
       // compares it with its own before reporting success.
       tls.write(sha.data(), sha.size());
       tls.shutdownWrite();
+      std::optional<TlsStream> pages;
+      if (r->postCopy) {
+        // Post-copy: the sender's second connection carries the pages.
+        pages.emplace(TlsStream::accept(acceptSender(), r->migrationId, r->psk));
+        r->listener.reset();
+      }
       std::lock_guard lock(r->mutex);
       r->sha256 = sha;
       r->containerId = c.config.id;
+      r->pageStream = std::move(pages);
     } catch (const std::exception& e) {
       // Tell the coordinator at once: the sender only sees a broken pipe.
       if (!r->aborted) postProgress(r->migrationId, requestId, "receive", 0, 0, &e);
@@ -524,12 +614,43 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
   postProgress(migrationId, requestId, "checkpoint", 0, 0);
   start = Clock::now();
   PhaseTimes times;
-  agent_.checkpoint(name, CheckpointRequest{request.getTcpEstablished(), request.getLeaveRunning()}, &times);
+  std::shared_ptr<PostCopySource> postCopy;
+  if (request.getPostCopy()) {
+    if (request.getLeaveRunning()) fail(ErrorKind::InvalidInput, "post-copy cannot leave the source running");
+    postCopy = std::make_shared<PostCopySource>();
+    postCopy->migrationId = migrationId;
+    postCopy->containerName = name;
+    postCopy->dump.emplace(agent_.startLazyCheckpoint(name, CheckpointRequest{request.getTcpEstablished(), false},
+                                                      freeLoopbackPort(), &times));
+  } else {
+    agent_.checkpoint(name, CheckpointRequest{request.getTcpEstablished(), request.getLeaveRunning()}, &times);
+  }
   uint64_t checkpointNs = nanosSince(start);
+  try {
+    sendCheckpoint(requestId, request, tls, checkpointNs, connectNs, postCopy, reply);
+  } catch (...) {
+    if (postCopy) {
+      // Nothing of it runs anywhere else yet: CRIU resumes the container here.
+      try {
+        failPageServer(postCopy->dump->pageServerPort, Fd());
+        agent_.finishLazyCheckpoint(name, *postCopy->dump);
+      } catch (const std::exception& e) {
+        logInfo("post-copy of `" + name + "` abandoned before its pages went: " + e.what());
+      }
+    }
+    throw;
+  }
+}
+
+void AgentDaemon::sendCheckpoint(uint64_t requestId, proto::CheckpointAndSend::Reader request, TlsStream& tls,
+                                 uint64_t checkpointNs, uint64_t connectNs,
+                                 const std::shared_ptr<PostCopySource>& postCopy, proto::Reply::Builder reply) {
+  std::string name = request.getContainerName();
+  std::string migrationId = request.getMigrationId();
   auto container = agent_.inspect(name);
   uint64_t total = treeSize(container.paths.checkpoint()) + treeSize(container.paths.upper());
 
-  start = Clock::now();
+  auto start = Clock::now();
   TlsOutputStream out(tls);
   ExportOptions exportOptions;
   exportOptions.zstdLevel = options_.zstdLevel;
@@ -557,10 +678,27 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
     fail(ErrorKind::Failed, "target received a stream with SHA-256 " + theirs + ", sent " + stats.sha256);
   }
   postProgress(migrationId, requestId, "stream", stats.bytesRaw, total);
+  uint64_t streamNs = nanosSince(start);
+
+  if (postCopy) {
+    // The page channel: a second connection to the same receiver, pumped to
+    // CRIU's page server until the target has every page.
+    postCopy->pageStream.emplace(TlsStream::connect(
+        connectTcp(request.getTargetAddress(), request.getTargetPort(), milliseconds(10000)), migrationId,
+        bytesOf(request.getPsk())));
+    postCopy->criuSocket = connectTcp("127.0.0.1", postCopy->dump->pageServerPort, milliseconds(5000));
+    {
+      std::lock_guard lock(postCopiesMutex_);
+      if (postCopies_.count(name)) fail(ErrorKind::Conflict, "`" + name + "` is already serving its pages");
+      postCopies_[name] = postCopy;
+    }
+    postCopy->started = Clock::now();
+    postCopy->thread = std::thread([this, postCopy] { servePages(postCopy); });
+  }
 
   auto s = reply.initStats();
   s.setCheckpointNs(checkpointNs);
-  s.setStreamNs(nanosSince(start));
+  s.setStreamNs(streamNs);
   s.setBytesRaw(stats.bytesRaw);
   s.setBytesWire(stats.bytesCompressed);
   s.setSha256(stats.sha256);
@@ -571,6 +709,133 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
   phases[1].setNanos(checkpointNs);
   phases[2].setPhase("stream");
   phases[2].setNanos(s.getStreamNs());
+}
+
+void AgentDaemon::servePages(const std::shared_ptr<PostCopySource>& p) {
+  std::exception_ptr pumpError;
+  try {
+    pumpTls(*p->pageStream, p->criuSocket.get(), p->stop, &p->counters);
+    if (p->stop) fail(ErrorKind::Failed, "page channel stopped");
+  } catch (...) {
+    pumpError = std::current_exception();
+  }
+  if (!pumpError) {
+    // The target's lazy-pages daemon said goodbye: every page went. CRIU
+    // finishes, and the frozen container here is gone.
+    p->criuSocket.reset();
+    std::exception_ptr error;
+    try {
+      agent_.finishLazyCheckpoint(p->containerName, *p->dump);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard lock(p->mutex);
+    p->pagesNs = nanosSince(p->started);
+    p->error = error;
+    p->pagesDone = p->finished = true;
+    p->cv.notify_all();
+    return;
+  }
+  // A cut channel: the target may already run the container, with part of
+  // its memory. Stay frozen until the coordinator, having made the target
+  // drop its copy, asks for this one back (rollbackSource).
+  std::unique_lock lock(p->mutex);
+  p->pagesNs = nanosSince(p->started);
+  p->error = pumpError;
+  p->pagesDone = true;
+  p->cv.notify_all();
+  p->cv.wait(lock, [&] { return p->resume; });
+  lock.unlock();
+  p->pageStream.reset();
+  failPageServer(p->dump->pageServerPort, std::move(p->criuSocket));
+  try {
+    agent_.finishLazyCheckpoint(p->containerName, *p->dump);
+  } catch (const std::exception& e) {
+    logInfo("post-copy of `" + p->containerName + "` undone, the container runs here again: " + e.what());
+  }
+  lock.lock();
+  p->finished = true;
+  p->cv.notify_all();
+}
+
+std::shared_ptr<AgentDaemon::PostCopySource> AgentDaemon::postCopyFor(const std::string& name) {
+  std::lock_guard lock(postCopiesMutex_);
+  auto it = postCopies_.find(name);
+  return it == postCopies_.end() ? nullptr : it->second;
+}
+
+void AgentDaemon::finishPostCopy(const std::string& name, milliseconds timeout, proto::Reply::Builder reply) {
+  ErrorContext context("post-copy of `" + name + "`");
+  auto p = postCopyFor(name);
+  if (!p) fail(ErrorKind::NotFound, "no post-copy of `" + name + "` on " + agent_.options().hostName);
+  {
+    std::unique_lock lock(p->mutex);
+    if (!p->cv.wait_for(lock, timeout, [&] { return p->finished || (p->pagesDone && p->error); })) {
+      fail(ErrorKind::Disconnected, "pages still flowing after " + std::to_string(timeout.count() / 1000) + " s");
+    }
+    // A failure stays on record for rollbackSource, which resumes the container.
+    if (p->error) std::rethrow_exception(p->error);
+  }
+  if (p->thread.joinable()) p->thread.join();
+  {
+    std::lock_guard lock(postCopiesMutex_);
+    postCopies_.erase(name);
+  }
+  auto s = reply.initStats();
+  s.setPagesNs(p->pagesNs);
+  s.setBytesPages(p->counters.toTls);
+  logInfo("post-copy of `" + name + "`: " + std::to_string(p->counters.toTls >> 20) + " MiB of pages in " +
+          std::to_string(p->pagesNs / 1000000) + " ms");
+}
+
+void AgentDaemon::startPostCopyTarget(const std::shared_ptr<Receiver>& r) {
+  if (!r->pageStream) fail(ErrorKind::Disconnected, "no page channel arrived from the source");
+  // The lazy-pages daemon speaks plain TCP; it gets a loopback port whose
+  // one connection we pump through the TLS page channel.
+  auto local = std::make_shared<DataListener>("127.0.0.1");
+  r->lazyPages.emplace(agent_.startLazyPages(r->containerId, local->port()));
+  std::lock_guard lock(workersMutex_);
+  workers_.emplace_back([this, r, local] {
+    std::optional<int> daemonStatus;
+    auto daemonExit = [&] {
+      if (!daemonStatus) daemonStatus = r->lazyPages->wait();
+      return *daemonStatus;
+    };
+    try {
+      Fd conn;
+      auto deadline = Clock::now() + std::chrono::seconds(30);
+      while (!conn) {
+        if (r->stopPages) fail("stopped");
+        try {
+          conn = local->acceptOne(milliseconds(250));
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::Disconnected || Clock::now() > deadline) throw;
+        }
+      }
+      // The daemon's end of file is a clean end only if it exited 0 (all
+      // pages in); otherwise the source must see a cut stream, not a close.
+      pumpTls(*r->pageStream, conn.get(), r->stopPages, &r->pageCounters, [&] { return daemonExit() == 0; });
+      if (r->stopPages) fail("stopped");
+      if (daemonExit() != 0) fail("criu lazy-pages exited with status " + std::to_string(daemonExit()));
+      logInfo("post-copy of `" + r->containerName + "` complete: " +
+              std::to_string(r->pageCounters.fromTls >> 20) + " MiB of pages received");
+    } catch (const std::exception& e) {
+      if (r->pageStream) ::shutdown(r->pageStream->fd(), SHUT_RDWR);  // cut, never a clean close
+      if (!daemonStatus) {
+        r->lazyPages->kill(SIGKILL);
+        daemonExit();
+      }
+      logError("post-copy of `" + r->containerName + "`: page channel failed: " + e.what());
+    }
+    try {
+      if (agent_.findIfExists(r->containerId)) agent_.releaseCheckpoint(r->containerId);
+    } catch (const std::exception& e) {
+      logWarn("post-copy of `" + r->containerName + "`: " + e.what());
+    }
+    std::lock_guard lock(receiversMutex_);
+    auto it = receivers_.find(r->migrationId);
+    if (it != receivers_.end() && it->second == r) receivers_.erase(it);
+  });
 }
 
 std::shared_ptr<AgentDaemon::Receiver> AgentDaemon::receiverFor(const std::string& migrationId) {
@@ -591,7 +856,19 @@ void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder 
   }
   auto start = Clock::now();
   PhaseTimes times;
-  auto c = agent_.restore(r->containerId, RestoreRequest{request.getTcpEstablished(), false, false, false}, &times);
+  bool postCopy = request.getPostCopy();
+  if (postCopy) startPostCopyTarget(r);
+  RestoreRequest restoreRequest{request.getTcpEstablished(), false, false, false, postCopy};
+  Container c;
+  try {
+    c = agent_.restore(r->containerId, restoreRequest, &times);
+  } catch (...) {
+    if (postCopy) {
+      r->stopPages = true;
+      r->lazyPages->kill(SIGKILL);
+    }
+    throw;
+  }
   auto result = reply.initRestored();
   fillContainer(result.initContainer(), c);
   auto stats = result.initStats();
@@ -603,6 +880,7 @@ void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder 
     phases[static_cast<unsigned>(i)].setNanos(static_cast<uint64_t>(times.seconds[i].second * 1e9));
   }
   if (r->thread.joinable()) r->thread.join();
+  if (postCopy) return;  // the page thread lets go of the receiver after the last page
   std::lock_guard lock(receiversMutex_);
   receivers_.erase(migrationId);
 }
@@ -616,6 +894,8 @@ void AgentDaemon::abortReceive(const std::string& migrationId) {
   }
   if (r) {
     r->aborted = true;
+    r->stopPages = true;
+    if (r->lazyPages) r->lazyPages->kill(SIGKILL);
     int fd = r->socketFd.load();
     if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
     if (r->thread.joinable()) r->thread.join();
@@ -632,6 +912,18 @@ void AgentDaemon::abortReceive(const std::string& migrationId) {
 }
 
 void AgentDaemon::rollbackSource(const std::string& name, proto::Reply::Builder reply) {
+  if (auto p = postCopyFor(name)) {
+    // Mid post-copy: CRIU resumes the frozen container (servePages).
+    p->stop = true;
+    {
+      std::lock_guard lock(p->mutex);
+      p->resume = true;
+      p->cv.notify_all();
+    }
+    if (p->thread.joinable()) p->thread.join();
+    std::lock_guard lock(postCopiesMutex_);
+    postCopies_.erase(name);
+  }
   auto c = agent_.inspect(name);
   if (c.state.status == ContainerStatus::Checkpointed) {
     // Still frozen in its checkpoint here: bring it back from there.

@@ -17,6 +17,7 @@
 #include <capnp/message.h>
 
 #include "agent/agent.h"
+#include "net/tls-stream.h"
 #include "net/control-channel.h"
 #include "net/curve-keys.h"
 
@@ -42,6 +43,7 @@ class AgentDaemon {
 
  private:
   struct Receiver;  // one incoming migration stream (prepareReceive .. restore/abort)
+  struct PostCopySource;  // a frozen container serving its pages (checkpointAndSend .. finishPostCopy)
 
   using Outgoing = std::unique_ptr<capnp::MallocMessageBuilder>;
 
@@ -59,9 +61,16 @@ class AgentDaemon {
 
   void prepareReceive(uint64_t requestId, proto::PrepareReceive::Reader request, proto::Reply::Builder reply);
   void checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request, proto::Reply::Builder reply);
+  void sendCheckpoint(uint64_t requestId, proto::CheckpointAndSend::Reader request, TlsStream& tls,
+                      uint64_t checkpointNs, uint64_t connectNs, const std::shared_ptr<PostCopySource>& postCopy,
+                      proto::Reply::Builder reply);
   void restore(proto::Restore::Reader request, proto::Reply::Builder reply);
   void abortReceive(const std::string& migrationId);
   void rollbackSource(const std::string& name, proto::Reply::Builder reply);
+  void finishPostCopy(const std::string& name, std::chrono::milliseconds timeout, proto::Reply::Builder reply);
+  void startPostCopyTarget(const std::shared_ptr<Receiver>& r);
+  void servePages(const std::shared_ptr<PostCopySource>& p);
+  std::shared_ptr<PostCopySource> postCopyFor(const std::string& name);
   void checkCpuInfo(capnp::Data::Reader cpuInfo);
   void receiveImage(proto::ReceiveImage::Reader request, proto::Reply::Builder reply);
   void sendImage(proto::SendImage::Reader request);
@@ -79,6 +88,9 @@ class AgentDaemon {
 
   std::mutex receiversMutex_;
   std::map<std::string, std::shared_ptr<Receiver>> receivers_;
+
+  std::mutex postCopiesMutex_;
+  std::map<std::string, std::shared_ptr<PostCopySource>> postCopies_;  // by container name
 };
 
 // `criu cpuinfo dump` of this host as bytes, and the check of another's.

@@ -1,7 +1,11 @@
 #include "agent/agent.h"
 
 #include <signal.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -210,6 +214,24 @@ void Agent::teardownNetwork(Container& c) {
   c.state.netns.clear();
 }
 
+void Agent::releaseAddress(Container& c) {
+  if (c.state.netns.empty() || !options_.cniConfig) return;
+  std::optional<CniResult> prev;
+  auto results = parseNetworkStatus(c.state.networkStatus.dump());
+  if (!results.empty()) prev = results.front();
+  cni_.del(CniNetwork::load(*options_.cniConfig), CniAttachment{c.config.id, c.state.netns, "eth0", {}, {}}, prev);
+}
+
+void Agent::reattachAddress(Container& c) {
+  if (c.state.netns.empty() || !options_.cniConfig || !netnsExists(c.state.netns)) return;
+  ErrorContext context("network");
+  std::optional<std::string> ip, mac;
+  if (!c.state.ip.empty()) ip = c.state.ip;
+  if (!c.state.mac.empty()) mac = c.state.mac;
+  cni_.add(CniNetwork::load(*options_.cniConfig), CniAttachment{c.config.id, c.state.netns, "eth0", ip, mac});
+  if (ip) announceAddress(c.state.netns, "eth0", *ip);
+}
+
 void Agent::writeSpec(Container& c, const std::optional<json>& importedSpec) {
   SpecInputs inputs;
   inputs.rootfs = c.paths.rootfs();
@@ -389,13 +411,7 @@ Container Agent::checkpoint(const std::string& ref, const CheckpointRequest& req
   auto start = Clock::now();
   runtime_.checkpoint(c.config.id, c.paths, CheckpointOptions{request.tcpEstablished, request.leaveRunning});
   if (times) times->add("dump", secondsSince(start));
-
-  // What a restore elsewhere needs beside the CRIU images (libpod's checkpoint()).
-  writeFileAtomic(c.paths.dir / "network.status", c.state.networkStatus.dump(2));
-  writeFileAtomic(c.paths.dir / "config.dump", c.config.toJson().dump(2));
-  fs::copy_file(c.paths.spec(), c.paths.dir / "spec.dump", fs::copy_options::overwrite_existing);
-  c.state.checkpointedAt = nowIso8601();
-  c.state.checkpointTcpEstablished = request.tcpEstablished;
+  recordCheckpoint(c, request);
   if (!request.leaveRunning) {
     runtime_.remove(c.config.id);
     c.state.status = ContainerStatus::Checkpointed;
@@ -405,6 +421,103 @@ Container Agent::checkpoint(const std::string& ref, const CheckpointRequest& req
   save(c);
   logInfo("checkpointed `" + c.config.name + "`");
   return c;
+}
+
+void Agent::recordCheckpoint(Container& c, const CheckpointRequest& request) {
+  // What a restore elsewhere needs beside the CRIU images (libpod's checkpoint()).
+  writeFileAtomic(c.paths.dir / "network.status", c.state.networkStatus.dump(2));
+  writeFileAtomic(c.paths.dir / "config.dump", c.config.toJson().dump(2));
+  fs::copy_file(c.paths.spec(), c.paths.dir / "spec.dump", fs::copy_options::overwrite_existing);
+  c.state.checkpointedAt = nowIso8601();
+  c.state.checkpointTcpEstablished = request.tcpEstablished;
+}
+
+LazyDump Agent::startLazyCheckpoint(const std::string& ref, const CheckpointRequest& request, uint16_t port,
+                                    PhaseTimes* times) {
+  std::lock_guard lock(mutex_);
+  auto c = inspect(ref);
+  ErrorContext context("post-copy checkpoint of `" + c.config.name + "`");
+  if (c.state.status != ContainerStatus::Running) {
+    fail(ErrorKind::Conflict, "container is " + statusName(c.state.status) + ", not running");
+  }
+  checkLazyPagesSupported();
+  prepareCheckpointDirectory(c.paths.checkpoint());
+  auto start = Clock::now();
+  auto dump = runtime_.startLazyCheckpoint(c.config.id, c.paths, CheckpointOptions{request.tcpEstablished, false}, port);
+  if (times) times->add("dump", secondsSince(start));
+  recordCheckpoint(c, request);
+  save(c);
+  // The target is about to claim the same address (one IPAM for the
+  // cluster): give it up, keeping the netns the frozen processes live in.
+  releaseAddress(c);
+  logInfo("`" + c.config.name + "` frozen; serving its memory on 127.0.0.1:" + std::to_string(port));
+  return dump;
+}
+
+Container Agent::finishLazyCheckpoint(const std::string& ref, LazyDump& dump) {
+  // Not under the agent's lock: the transfer lasts as long as the target's
+  // lazy-pages daemon keeps fetching.
+  auto c = inspect(ref);
+  ErrorContext context("post-copy of `" + c.config.name + "`");
+  try {
+    runtime_.finishLazyCheckpoint(c.config.id, c.paths, dump);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    try {
+      auto resumed = inspect(ref);
+      reattachAddress(resumed);
+      undoCriuNetworkLock(resumed);
+    } catch (const std::exception& e) {
+      logWarn("after the failed post-copy of `" + c.config.name + "`: " + e.what());
+    }
+    throw;
+  }
+  std::lock_guard lock(mutex_);
+  c = inspect(ref);
+  runtime_.remove(c.config.id);
+  c.state.status = ContainerStatus::Checkpointed;
+  c.state.pid = 0;
+  cleanupAfterStop(c);
+  save(c);
+  logInfo("post-copy of `" + c.config.name + "` complete: every page went");
+  return c;
+}
+
+// CRIU's lazy dump resumes the container when the page transfer fails, but
+// that path skips network_unlock() (cr_dump_finish() decides on unlocking
+// before the transfer starts): CRIU's nftables table stays in the netns and
+// the dumped TCP sockets stay in repair mode, so no packet flows. Undo both
+// as network_unlock() would: drop the CRIU-<pid> tables and take every TCP
+// socket of the container's processes out of repair (through a pidfd_getfd()
+// duplicate; TCP_REPAIR_OFF on a socket not in repair is harmless).
+void Agent::undoCriuNetworkLock(const Container& c) {
+  if (!c.state.netns.empty()) removeCriuLockTables(c.state.netns);
+  if (c.state.pid <= 0) return;
+  auto pidNs = [](const std::string& pid) {
+    std::error_code ec;
+    auto target = fs::read_symlink("/proc/" + pid + "/ns/pid", ec);
+    return ec ? std::string() : target.string();
+  };
+  std::string containerNs = pidNs(std::to_string(c.state.pid));
+  if (containerNs.empty()) return;
+  int repaired = 0;
+  for (auto& entry : fs::directory_iterator("/proc")) {
+    std::string pid = entry.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos || pidNs(pid) != containerNs) continue;
+    Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, std::stoi(pid), 0)));
+    if (!pidfd) continue;
+    std::error_code ec;
+    for (auto& fdEntry : fs::directory_iterator("/proc/" + pid + "/fd", ec)) {
+      auto link = fs::read_symlink(fdEntry.path(), ec);
+      if (ec || link.string().rfind("socket:", 0) != 0) continue;
+      Fd sock(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), std::stoi(fdEntry.path().filename()), 0)));
+      if (!sock) continue;
+      int off = 0;  // TCP_REPAIR_OFF
+      if (::setsockopt(sock.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) == 0) ++repaired;
+    }
+  }
+  logInfo("`" + c.config.name + "`: CRIU's network lock removed after the failed post-copy (" +
+          std::to_string(repaired) + " TCP socket(s) out of repair)");
 }
 
 ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options) {
@@ -549,7 +662,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (times) times->add("network", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
-    c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp});
+    c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages});
     if (!c.state.netns.empty()) {
       unlockNetns(c.state.netns);
       if (!c.state.ip.empty()) announceAddress(c.state.netns, "eth0", c.state.ip);
@@ -570,14 +683,27 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   c.state.exitCode.reset();
   save(c);
   fs::remove(c.paths.bundle() / "imported-spec.json");
-  if (!request.keepCheckpoint) {
-    releaseDirectory(c.paths.checkpoint());
-    for (auto name : {"network.status", "config.dump", "spec.dump", "manifest.json", "deleted.files", "stats-dump"}) {
-      fs::remove(c.paths.dir / name);
-    }
-  }
+  if (!request.keepCheckpoint && !request.lazyPages) releaseCheckpointFiles(c);
   logInfo("restored `" + c.config.name + "` pid " + std::to_string(c.state.pid));
   return c;
+}
+
+Subprocess Agent::startLazyPages(const std::string& ref, uint16_t port) {
+  auto c = inspect(ref);
+  ErrorContext context("lazy-pages daemon for `" + c.config.name + "`");
+  return runtime_.startLazyPages(c.paths, port);
+}
+
+void Agent::releaseCheckpoint(const std::string& ref) {
+  std::lock_guard lock(mutex_);
+  releaseCheckpointFiles(inspect(ref));
+}
+
+void Agent::releaseCheckpointFiles(const Container& c) {
+  releaseDirectory(c.paths.checkpoint());
+  for (auto name : {"network.status", "config.dump", "spec.dump", "manifest.json", "deleted.files", "stats-dump"}) {
+    fs::remove(c.paths.dir / name);
+  }
 }
 
 }  // namespace migrate

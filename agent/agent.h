@@ -63,6 +63,8 @@ struct RestoreRequest {
   bool ignoreStaticIp = false;
   bool ignoreStaticMac = false;
   bool keepCheckpoint = false;
+  // Post-copy: memory from the lazy-pages daemon (startLazyPages first).
+  bool lazyPages = false;
 };
 
 // How long each step took, for migration stats and the benchmarks.
@@ -96,6 +98,22 @@ class Agent {
 
   // runc checkpoint, then network.status, config.dump and spec.dump beside it.
   Container checkpoint(const std::string& ref, const CheckpointRequest& request, PhaseTimes* times = nullptr);
+  // Post-copy, source side: a lazy runc checkpoint whose page server listens
+  // on 127.0.0.1:port; returns once every image but the pages is written
+  // (network.status, config.dump and spec.dump too). The container stays
+  // frozen, still `running` in our records, until finishLazyCheckpoint().
+  LazyDump startLazyCheckpoint(const std::string& ref, const CheckpointRequest& request, uint16_t port,
+                               PhaseTimes* times = nullptr);
+  // Waits for the page transfer. Success: the container is gone from this
+  // host, `checkpointed`. Failure: CRIU resumed it; its network is unlocked
+  // here and the error rethrown, the container `running` again.
+  Container finishLazyCheckpoint(const std::string& ref, LazyDump& dump);
+  // Post-copy, target side: the lazy-pages daemon for restoring `ref` with
+  // lazyPages, fetching from 127.0.0.1:port.
+  Subprocess startLazyPages(const std::string& ref, uint16_t port);
+  // Deletes the checkpoint a restore kept (keepCheckpoint, or post-copy
+  // until the last page arrived).
+  void releaseCheckpoint(const std::string& ref);
   // Streams the checkpointed container as a bundle (tar -> zstd) into `out`.
   ExportStats exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options = {});
   // Reads a bundle stream (zstd-compressed) into a new container in status
@@ -116,9 +134,16 @@ class Agent {
   void prepareStorage(const Container& container);
   void setupNetwork(Container& container, std::optional<std::string> ip, std::optional<std::string> mac, bool lock);
   void teardownNetwork(Container& container);
+  // Post-copy source: CNI DEL while the frozen processes keep their netns,
+  // and CNI ADD into that same netns (same IP and MAC) if they resume here.
+  void releaseAddress(Container& container);
+  void reattachAddress(Container& container);
   void writeSpec(Container& container, const std::optional<nlohmann::json>& importedSpec);
   void cleanupAfterStop(Container& container);
   void prepareCheckpointDirectory(const fs::path& dir);
+  void releaseCheckpointFiles(const Container& container);
+  void recordCheckpoint(Container& container, const CheckpointRequest& request);
+  void undoCriuNetworkLock(const Container& container);
   void pruneCgroupParents();
 
   AgentOptions options_;

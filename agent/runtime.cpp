@@ -3,7 +3,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +22,28 @@
 namespace migrate {
 
 using nlohmann::json;
+
+uint16_t freeLoopbackPort() {
+  Fd sock(SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  SYSCALL(::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "bind 127.0.0.1:0");
+  socklen_t len = sizeof addr;
+  SYSCALL(::getsockname(sock.get(), reinterpret_cast<sockaddr*>(&addr), &len), "getsockname");
+  return ntohs(addr.sin_port);
+}
+
+void checkLazyPagesSupported() {
+  constexpr uint64_t kCriuPagePipeBytes = 4 << 20;  // PIPE_MAX_SIZE pages in criu/page-pipe.h
+  auto text = readFileIfExists("/proc/sys/fs/pipe-max-size");
+  uint64_t max = text ? std::stoull(*text) : 0;
+  if (max >= kCriuPagePipeBytes) return;
+  fail(ErrorKind::Unimplemented, "post-copy needs fs.pipe-max-size >= " + std::to_string(kCriuPagePipeBytes) +
+                                   " on this host (it is " + std::to_string(max) +
+                                   "; CRIU's page server cannot size its pipe otherwise): "
+                                   "sysctl -w fs.pipe-max-size=" + std::to_string(kCriuPagePipeBytes));
+}
 
 std::string logTail(const fs::path& file, size_t lines) {
   auto content = readFileIfExists(file);
@@ -69,6 +97,7 @@ pid_t Runtime::runConmon(const std::string& id, const ContainerPaths& paths,
     conmon.args.insert(conmon.args.end(), {"--restore", paths.checkpoint().string(),
                                            "--runtime-opt", "--work-path=" + paths.criuWork().string()});
     if (restore->tcpEstablished) conmon.args.insert(conmon.args.end(), {"--runtime-opt", "--tcp-established"});
+    if (restore->lazyPages) conmon.args.insert(conmon.args.end(), {"--runtime-opt", "--lazy-pages"});
   }
   conmon.env = {{"_OCI_SYNCPIPE", "3"}};
   conmon.passFds = {syncWrite.get()};
@@ -146,6 +175,77 @@ void Runtime::checkpoint(const std::string& id, const ContainerPaths& paths, con
     fail("criu: checkpoint of `" + id + "` failed (" + (paths.criuWork() / "dump.log").string() + "): " +
          result.err + "\n" + logTail(paths.criuWork() / "dump.log"));
   }
+}
+
+LazyDump Runtime::startLazyCheckpoint(const std::string& id, const ContainerPaths& paths,
+                                      const CheckpointOptions& options, uint16_t port) {
+  removeTree(paths.criuWork());
+  fs::create_directories(paths.checkpoint());
+  fs::create_directories(paths.criuWork());
+  int status[2];
+  SYSCALL(::pipe2(status, O_CLOEXEC), "pipe2");
+  Fd statusRead(status[0]), statusWrite(status[1]);
+  Fd errors(SYSCALL(::open((paths.criuWork() / "runc-checkpoint.err").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                           0600), "open", (paths.criuWork() / "runc-checkpoint.err").string()));
+  std::vector<std::string> args = {options_.runc, "--root", options_.runcRoot.string(), "checkpoint",
+                                   "--lazy-pages", "--page-server", "127.0.0.1:" + std::to_string(port),
+                                   "--status-fd", "3",
+                                   "--image-path", paths.checkpoint().string(),
+                                   "--work-path", paths.criuWork().string()};
+  if (options.tcpEstablished) args.push_back("--tcp-established");
+  args.push_back(id);
+  auto spawn = SubprocessOptions::of(args);
+  spawn.passFds = {statusWrite.get()};
+  spawn.stdoutFd = errors.get();
+  spawn.stderrFd = errors.get();
+  LazyDump dump{Subprocess(spawn), port};
+  statusWrite.reset();
+  // CRIU writes one byte once the images are out and the page server
+  // listens; end of file instead means it failed.
+  char ready = 1;
+  ssize_t n;
+  do n = ::read(statusRead.get(), &ready, 1);
+  while (n < 0 && errno == EINTR);
+  if (n != 1) {
+    int code = dump.runc.wait();
+    fail("criu: lazy checkpoint of `" + id + "` failed (runc exit " + std::to_string(code) + "): " +
+         readFileIfExists(paths.criuWork() / "runc-checkpoint.err").value_or("") + "\n" +
+         logTail(paths.criuWork() / "dump.log"));
+  }
+  return dump;
+}
+
+void Runtime::finishLazyCheckpoint(const std::string& id, const ContainerPaths& paths, LazyDump& dump) {
+  int code = dump.runc.wait();
+  if (code != 0) {
+    fail("criu: post-copy page transfer of `" + id + "` failed (runc exit " + std::to_string(code) + "): " +
+         readFileIfExists(paths.criuWork() / "runc-checkpoint.err").value_or("") + "\n" +
+         logTail(paths.criuWork() / "dump.log"));
+  }
+}
+
+Subprocess Runtime::startLazyPages(const ContainerPaths& paths, uint16_t port) {
+  fs::create_directories(paths.criuWork());
+  fs::path socket = paths.criuWork() / "lazy-pages.socket";
+  fs::remove(socket);
+  Subprocess daemon(SubprocessOptions::of({"criu", "lazy-pages", "--page-server", "--address", "127.0.0.1",
+                                           "--port", std::to_string(port),
+                                           "--images-dir", paths.checkpoint().string(),
+                                           "--work-dir", paths.criuWork().string(),
+                                           "-o", "lazy-pages.log", "-v4"}));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!fs::exists(socket)) {
+    if (auto code = daemon.poll()) {
+      fail("criu lazy-pages exited with status " + std::to_string(*code) + ":\n" +
+           logTail(paths.criuWork() / "lazy-pages.log"));
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      fail("criu lazy-pages did not open " + socket.string() + " within 10 s:\n" +
+           logTail(paths.criuWork() / "lazy-pages.log"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return daemon;
 }
 
 pid_t Runtime::restore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& options) {

@@ -10,6 +10,8 @@
 #include <string>
 
 #include "agent/container.h"
+#include "common/fd.h"
+#include "common/subprocess.h"
 
 namespace migrate {
 
@@ -26,6 +28,19 @@ struct CheckpointOptions {
 
 struct RestoreOptions {
   bool tcpEstablished = false;
+  // Post-copy: memory comes from the lazy-pages daemon listening in
+  // paths.criuWork() (startLazyPages), not from the images.
+  bool lazyPages = false;
+};
+
+// Post-copy, source side: a `runc checkpoint --lazy-pages` that has written
+// every image but the memory pages and now serves those from its page server
+// until one lazy-pages daemon has fetched them all. The container stays
+// frozen meanwhile; runc exits when the last page went (the container is
+// then gone) or when the transfer failed (CRIU then resumes it).
+struct LazyDump {
+  Subprocess runc;
+  uint16_t pageServerPort = 0;  // on 127.0.0.1
 };
 
 // runc's view of a container ("runc state"); nullopt when runc has none.
@@ -50,6 +65,17 @@ class Runtime {
   // runc checkpoint (CRIU dump) into paths.checkpoint(); CRIU's dump.log is
   // kept in paths.criuWork() and quoted in errors.
   void checkpoint(const std::string& id, const ContainerPaths& paths, const CheckpointOptions& options);
+  // Starts the lazy dump and returns once its page server listens on
+  // 127.0.0.1:port (runc's --status-fd), or throws with CRIU's dump.log.
+  LazyDump startLazyCheckpoint(const std::string& id, const ContainerPaths& paths, const CheckpointOptions& options,
+                               uint16_t port);
+  // Waits for the lazy dump to end; throws with CRIU's dump.log if the page
+  // transfer failed.
+  void finishLazyCheckpoint(const std::string& id, const ContainerPaths& paths, LazyDump& dump);
+  // Post-copy, target side: `criu lazy-pages` fetching pages from
+  // 127.0.0.1:port for a restore from paths.checkpoint(); returns once its
+  // socket in paths.criuWork() exists. It exits after the last page.
+  Subprocess startLazyPages(const ContainerPaths& paths, uint16_t port);
   // runc restore under conmon (CRIU restore) from paths.checkpoint(); returns the init pid.
   pid_t restore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& options);
 
@@ -62,6 +88,14 @@ class Runtime {
 
   RuntimeOptions options_;
 };
+
+// A free TCP port on 127.0.0.1 for a local CRIU page server (bound, then
+// released: the caller's listener takes it right away).
+uint16_t freeLoopbackPort();
+
+// Post-copy needs CRIU's page-server pipe of 4 MiB: without CAP_SYS_RESOURCE
+// that is only allowed when fs.pipe-max-size >= 4 MiB. Throws naming the fix.
+void checkLazyPagesSupported();
 
 // The last `lines` lines of a log file, for error messages.
 std::string logTail(const fs::path& file, size_t lines = 12);

@@ -259,6 +259,7 @@ void HttpApi::routes(Server& server) {
                 r.target = field<std::string>(body, "target", "");
                 r.options.tcpEstablished = field<bool>(body, "tcpEstablished", true);
                 r.options.leaveRunning = field<bool>(body, "leaveRunning", false);
+                r.options.postCopy = field<bool>(body, "postCopy", false);
                 std::string id = c.startMigration(r);
                 sendJson(res, 202, {{"id", id}});
               }));

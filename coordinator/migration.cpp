@@ -72,13 +72,16 @@ std::string newMigrationId() {
   return id;
 }
 
-json MigrationOptions::toJson() const { return {{"tcpEstablished", tcpEstablished}, {"leaveRunning", leaveRunning}}; }
+json MigrationOptions::toJson() const {
+  return {{"tcpEstablished", tcpEstablished}, {"leaveRunning", leaveRunning}, {"postCopy", postCopy}};
+}
 
 MigrationOptions MigrationOptions::fromJson(const json& j) {
   MigrationOptions o;
   if (j.is_object()) {
     o.tcpEstablished = j.value("tcpEstablished", true);
     o.leaveRunning = j.value("leaveRunning", false);
+    o.postCopy = j.value("postCopy", false);
   }
   return o;
 }
@@ -151,6 +154,10 @@ void Migration::run() {
     checkpointAndStream();
     throwIfStopped();
     timed("restore", [&] { restore(); });
+    // Post-copy: the container runs on the target, its memory still coming
+    // from the source. Not committed before the last page: if the channel
+    // breaks, the source (still frozen) is the intact copy to roll back to.
+    if (options_.postCopy) timed("pages", [&] { awaitPages(); });
     // No cancellation past this point: the target runs the container, and
     // committing is the quickest way back to one copy.
     timed("commit", [&] { commit(); });
@@ -342,6 +349,7 @@ void Migration::prepareTarget() {
     prepare.setMigrationId(record_.id);
     prepare.setContainerName(record_.container);
     prepare.setPsk(bytesOf(psk_));
+    prepare.setPostCopy(options_.postCopy);
     auto expected = prepare.initExpectedManifest();
     expected.setContainerName(record_.container);
     expected.setImageDigest(containerInfo_.imageDigest);
@@ -374,6 +382,7 @@ void Migration::checkpointAndStream() {
                          send.setPsk(bytesOf(psk_));
                          send.setTcpEstablished(options_.tcpEstablished);
                          send.setLeaveRunning(options_.leaveRunning);
+                         send.setPostCopy(options_.postCopy);
                        });
   double wallMs = msSince(start);
   if (!reply.get().isStats()) fail("source " + record_.source + " answered checkpointAndSend without stats");
@@ -409,6 +418,7 @@ void Migration::restore() {
     // The target refuses to restore a bundle whose received digest differs.
     restore.setExpectedSha256(sourceSha256_);
     restore.setTcpEstablished(options_.tcpEstablished);
+    restore.setPostCopy(options_.postCopy);
   });
   double downtimeMs = msSince(freezeStarted_);
   std::string targetSha;
@@ -430,6 +440,21 @@ void Migration::restore() {
     fail(ErrorKind::InvalidInput, "bundle digest mismatch: source sent sha256 " + sourceSha256_ + ", target got " +
                                       targetSha);
   }
+}
+
+void Migration::awaitPages() {
+  setPhase("pages");
+  auto reply = request(record_.source, "finishPostCopy", ctx_.timeouts.finishPostCopy, [&](proto::Request::Builder r) {
+    auto finish = r.initFinishPostCopy();
+    finish.setMigrationId(record_.id);
+    finish.setContainerName(record_.container);
+  });
+  if (!reply.get().isStats()) return;
+  auto s = reply.get().getStats();
+  std::lock_guard lock(mutex_);
+  record_.stats["pagesMs"] = s.getPagesNs() / 1e6;
+  record_.stats["bytesPages"] = s.getBytesPages();
+  ctx_.journal.setStats(record_.id, record_.stats);
 }
 
 void Migration::commit() {

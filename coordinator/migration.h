@@ -33,12 +33,18 @@ struct MigrationTimeouts {
   std::chrono::milliseconds restore = std::chrono::minutes(10);
   std::chrono::milliseconds sendImage = std::chrono::hours(1);
   std::chrono::milliseconds commitSource = std::chrono::minutes(2);
+  std::chrono::milliseconds finishPostCopy = std::chrono::hours(1);
   std::chrono::milliseconds rollbackSource = std::chrono::minutes(10);
 };
 
 struct MigrationOptions {
   bool tcpEstablished = true;
   bool leaveRunning = false;
+  // Post-copy (CRIU lazy pages): the target runs the container before its
+  // memory arrived and fetches pages on demand from the frozen source. Short
+  // downtime whatever the memory size; until the last page went, losing the
+  // source host loses the container.
+  bool postCopy = false;
 
   nlohmann::json toJson() const;
   static MigrationOptions fromJson(const nlohmann::json& j);
@@ -109,6 +115,7 @@ class Migration {
   void prepareTarget();
   void checkpointAndStream();
   void restore();
+  void awaitPages();
   void commit();
   void rollback(const std::exception& cause);
 

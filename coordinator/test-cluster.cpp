@@ -28,6 +28,7 @@ std::string requestName(proto::Request::Reader request) {
     case proto::Request::START_CONTAINER: return "startContainer";
     case proto::Request::LIST_IMAGES: return "listImages";
     case proto::Request::DESCRIBE_HOST: return "describeHost";
+    case proto::Request::FINISH_POST_COPY: return "finishPostCopy";
   }
   return "unknown";
 }

@@ -143,7 +143,8 @@ json startMigration(Client& client, const MoveOptions& o) {
   return client.post("/v1/migrations", {{"container", o.container},
                                         {"target", o.target},
                                         {"tcpEstablished", o.tcpEstablished},
-                                        {"leaveRunning", o.leaveRunning}});
+                                        {"leaveRunning", o.leaveRunning},
+                                        {"postCopy", o.postCopy}});
 }
 
 json migrationStatus(Client& client, const std::string& id) { return client.get("/v1/migrations/" + pathSegment(id)); }

@@ -44,6 +44,7 @@ struct MoveOptions {
   std::string target;
   bool tcpEstablished = true;
   bool leaveRunning = false;
+  bool postCopy = false;
 };
 
 struct EvacuateOptions {

@@ -98,6 +98,9 @@ void addMoveVerb(CLI::App& app, CommonOptions& common) {
   cmd->add_flag("--tcp-established,!--no-tcp-established", o->move.tcpEstablished,
                 "Checkpoint established TCP connections (default on)");
   cmd->add_flag("--leave-running", o->move.leaveRunning, "Keep the source running (a copy, for tests)");
+  cmd->add_flag("--postcopy", o->move.postCopy,
+                "Post-copy: run on the target first, memory follows on demand (downtime independent of memory "
+                "size; the source host must stay up until the last page went)");
   cmd->add_flag("--detach", o->detach, "Print the migration id and return at once");
   cmd->callback([&common, o] { runMove(common, *o); });
 }

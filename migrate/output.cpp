@@ -80,9 +80,14 @@ void printMigrationReport(const json& m) {
     std::cout << "  bytes on wire   " << humanBytes(number(stats, "bytesWire")) << " (raw "
               << humanBytes(number(stats, "bytesRaw")) << ", compression " << ratio << ")\n";
   }
+  if (stats.contains("bytesPages")) {
+    std::cout << "  post-copy       " << humanBytes(number(stats, "bytesPages")) << " of memory followed in "
+              << humanMs(number(stats, "pagesMs")) << " (the container ran on " << m.value("target", "?")
+              << " meanwhile)\n";
+  }
   if (stats.contains("phases") && stats["phases"].is_object()) {
     std::cout << "  phases         ";
-    for (auto phase : {"precheck", "prepare", "checkpoint", "stream", "restore", "commit"}) {
+    for (auto phase : {"precheck", "prepare", "checkpoint", "stream", "restore", "pages", "commit"}) {
       if (stats["phases"].contains(phase)) std::cout << " " << phase << " " << humanMs(number(stats["phases"], phase));
     }
     std::cout << "\n";

@@ -1,5 +1,8 @@
 #include "net/netns-lock.h"
 
+#include <sstream>
+#include <string>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "common/subprocess.h"
@@ -53,6 +56,19 @@ void lockNetns(const fs::path& netns) {
 void unlockNetns(const fs::path& netns) {
   if (!netnsExists(netns)) return;  // A netns that is gone holds no lock.
   applyScript(netns, removeScript(), "unlock");
+}
+
+void removeCriuLockTables(const fs::path& netns) {
+  if (!netnsExists(netns)) return;
+  auto tables = nft(netns, {"list", "tables"});
+  if (tables.status != 0) fail("netns-lock: nft list tables in `" + netns.string() + "`: " + tables.err);
+  std::istringstream lines(tables.out);
+  std::string word, family, name;
+  while (lines >> word >> family >> name) {  // "table inet CRIU-1234"
+    if (word != "table" || name.rfind("CRIU-", 0) != 0) continue;
+    auto result = nft(netns, {"delete", "table", family, name});
+    if (result.status != 0) fail("netns-lock: nft delete table " + family + " " + name + ": " + result.err);
+  }
 }
 
 bool isNetnsLocked(const fs::path& netns) {

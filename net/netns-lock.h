@@ -26,6 +26,11 @@ namespace fs = std::filesystem;
 void lockNetns(const fs::path& netns);
 // Removes the lock; no-op when there is none.
 void unlockNetns(const fs::path& netns);
+// Deletes the nftables tables CRIU's own network lock leaves (`CRIU-<pid>`),
+// for the one path where CRIU does not remove them itself (a failed lazy
+// dump, agent.cpp). No-op when there are none.
+void removeCriuLockTables(const fs::path& netns);
+
 // True while the lock table exists in the netns.
 bool isNetnsLocked(const fs::path& netns);
 

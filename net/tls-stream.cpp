@@ -393,6 +393,12 @@ void TlsStream::shutdownWrite() {
   impl_->writeShut = true;
 }
 
+size_t TlsStream::pending() const {
+  if (impl_->readEof) return 0;
+  int n = SSL_pending(impl_->ssl.get());
+  return n > 0 ? static_cast<size_t>(n) : 0;
+}
+
 const std::string& TlsStream::peer() const { return impl_->peer; }
 int TlsStream::fd() const { return impl_->fd.get(); }
 

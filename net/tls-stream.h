@@ -56,6 +56,10 @@ class TlsStream {
   // Sends close_notify; the stream stays readable. Idempotent.
   void shutdownWrite();
 
+  // Decrypted bytes buffered inside TLS that read() returns without touching
+  // the socket (so a poll() on fd() would not show them).
+  size_t pending() const;
+
   // "198.19.0.12:41234"; for messages.
   const std::string& peer() const;
   int fd() const;

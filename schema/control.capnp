@@ -293,6 +293,11 @@ struct Request {
 
     describeHost @20 :Void;
     # Fresh copy of what `register` carried. Reply: `hostInfo`.
+
+    finishPostCopy @21 :FinishPostCopy;
+    # Source side of a post-copy migration, after the target restored: wait
+    # until the last page went. Reply: `stats` (pagesNs, bytesPages); error
+    # when the transfer failed (the source then runs the container again).
   }
 }
 
@@ -384,6 +389,11 @@ struct PrepareReceive {
 
   acceptTimeoutMs @4 :UInt32;
   # How long the receiver waits for the sender; 0 = agent default.
+
+  postCopy @5 :Bool;
+  # The receiver also accepts a second TLS connection after the bundle: the
+  # page channel between the source's CRIU page server and the target's
+  # lazy-pages daemon.
 }
 
 struct CheckpointAndSend {
@@ -416,6 +426,12 @@ struct CheckpointAndSend {
 
   fileLocks @9 :Bool;
   # CRIU --file-locks.
+
+  postCopy @10 :Bool;
+  # Post-copy (CRIU lazy pages): the bundle carries every image but the
+  # memory pages; after it, a second TLS connection to the same port carries
+  # the pages on demand until finishPostCopy. The container stays frozen here
+  # meanwhile.
 }
 
 struct Restore {
@@ -429,6 +445,15 @@ struct Restore {
 
   tcpEstablished @3 :Bool;
   # Restore established TCP connections (must match the dump).
+
+  postCopy @4 :Bool;
+  # Restore with `--lazy-pages`: memory is fetched from the source through
+  # the page channel while the container runs.
+}
+
+struct FinishPostCopy {
+  migrationId @0 :Text;
+  containerName @1 :Text;
 }
 
 struct CommitSource {
@@ -534,6 +559,13 @@ struct MigrationStats {
 
   phases @12 :List(PhaseTiming);
   # Every named phase in order, including ones without a field above.
+
+  pagesNs @13 :UInt64;
+  # Post-copy: from the source's reply to checkpointAndSend until the last
+  # page went (finishPostCopy).
+
+  bytesPages @14 :UInt64;
+  # Post-copy: bytes the page channel carried to the target.
 }
 
 struct RestoreResult {

@@ -9,7 +9,8 @@
 # compressible (text) data, and a container whose writable layer holds 20000
 # files of 1 KiB. Each figure is the median of several runs, with min and max.
 #
-#   scripts/bench.sh [--quick] [--out DIR] [--runs N] [--sizes 64,256] [--methods floor,ours,...]
+#   scripts/bench.sh [--quick] [--out DIR] [--runs N] [--sizes 64,256] [--modes random,text]
+#                    [--files N] [--methods floor,ours,...]
 #
 # Writes DIR/runs.jsonl (one line per run), DIR/results.json, DIR/downtime.png
 # and prints a table with ratios. BUILD_DIR=... uses an existing build tree.
@@ -22,6 +23,7 @@ quick=0
 runs=
 sizes=
 methods=floor,postcopy,ours,migration,podman
+modes=random,text
 files=
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -31,7 +33,8 @@ while [[ $# -gt 0 ]]; do
     --sizes) sizes=$2; shift ;;
     --methods) methods=$2; shift ;;
     --files) files=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --modes) modes=$2; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -62,7 +65,7 @@ out=$(cd "$out" && pwd)
 rm -f "$out/runs.jsonl" "$out/results.json" "$out/notes.json" "$out/downtime.png"
 
 python3 "$here/bench/bench.py" measure --build "$build" --out "$out" --sizes "$sizes" \
-  --modes random,text --files "$files" --runs "$runs" --methods "$methods"
+  --modes "$modes" --files "$files" --runs "$runs" --methods "$methods"
 python3 "$here/bench/bench.py" report --out "$out"
 
 if command -v gnuplot >/dev/null; then
