@@ -91,6 +91,10 @@ cmd_up() {
   local n=${1:?usage: cluster.sh up N [IMAGE_TAR NAME]} image=${2:-} name=${3:-}
   for b in "$AGENT" "$COORDINATOR" "$MIGRATE"; do [ -x "$b" ] || die "$b is not built"; done
   "$LAB" up "$n"
+  # Post-copy (--postcopy) needs CRIU's 4 MiB page-server pipe, which without
+  # CAP_SYS_RESOURCE only fs.pipe-max-size allows; put back by `down`.
+  [ -f "$RUN/pipe-max-size.orig" ] || cat /proc/sys/fs/pipe-max-size >"$RUN/pipe-max-size.orig"
+  [ "$(cat /proc/sys/fs/pipe-max-size)" -ge 4194304 ] || echo 4194304 >/proc/sys/fs/pipe-max-size
   mkdir -p "$KEYS"
   chmod 700 "$KEYS"
   if [ ! -f "$KEYS/coordinator.key" ]; then
@@ -142,6 +146,7 @@ cmd_down() {
   mkdir -p /var/tmp/migrate-lab-logs
   cp "$RUN"/*.log /var/tmp/migrate-lab-logs/ 2>/dev/null || true
   for d in "$RUN"/host*; do [ -f "$d/agent.log" ] && cp "$d/agent.log" "/var/tmp/migrate-lab-logs/$(basename "$d").log"; done
+  if [ -f "$RUN/pipe-max-size.orig" ]; then cat "$RUN/pipe-max-size.orig" >/proc/sys/fs/pipe-max-size; fi
   "$LAB" down
   rm -rf "$VAR"
 }
