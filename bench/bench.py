@@ -626,7 +626,12 @@ class LabMigration:
     until running on host2); total is the whole CLI command."""
     name = "migration"
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, post_copy=False):
+        # post_copy: `--postcopy` (CRIU lazy pages through the agents' TLS
+        # page channel); total then runs until the last page went.
+        self.post_copy = post_copy
+        if post_copy:
+            self.name = "migration-postcopy"
         self.ctx = ctx
         top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.cluster = os.path.join(top, "scripts", "cluster.sh")
@@ -694,7 +699,7 @@ class LabMigration:
         pids = self.daemon_pids()
         cpu0 = self.cpu_seconds(pids)
         t = time.monotonic()
-        m = self.migrate_cli([h["id"], "--to", "host2", "--tcp-established"])
+        m = self.migrate_cli([h["id"], "--to", "host2", "--tcp-established"] + (["--postcopy"] if self.post_copy else []))
         wall = time.monotonic() - t
         if m.get("state") != "succeeded":
             raise RuntimeError(f"migration {m.get('id')} {m.get('state')}: {m.get('error')}")
@@ -705,7 +710,8 @@ class LabMigration:
         h["frozenRound"] = read_rounds(self.log_path(h))[0]
         stats = m.get("stats", {})
         phases = {k: v / 1000.0 for k, v in stats.get("phases", {}).items()}
-        return {"downtime": stats.get("downtimeMs", 0) / 1000.0, "total": wall, "bytes": stats.get("bytesWire", 0),
+        return {"downtime": stats.get("downtimeMs", 0) / 1000.0, "total": wall,
+                "bytes": stats.get("bytesWire", 0) + stats.get("bytesPages", 0),
                 "bytesRaw": stats.get("bytesRaw"), "peakRssKiB": self.peak_rss_kib(pids), "cpuSeconds": cpu,
                 "phases": phases, "agentPhases": stats.get("agentPhases")}
 
@@ -938,11 +944,11 @@ def measure(args):
             elif name == "ours-tmpfs":
                 # Same agent, its state dir (CRIU images, staging) on tmpfs.
                 methods.append(Ours(ctx, state_parent="/dev/shm", name="ours-tmpfs"))
-            elif name == "migration":
+            elif name in ("migration", "migration-postcopy"):
                 for tool in ("coordinator/migrate-coordinator", "migrate/migrate"):
                     if not os.access(os.path.join(ctx.build, tool), os.X_OK):
                         raise SystemExit(f"migration: {tool} is not built in {ctx.build}")
-                methods.append(LabMigration(ctx))
+                methods.append(LabMigration(ctx, post_copy=name == "migration-postcopy"))
             elif name == "podman":
                 p = Podman.probe(ctx)
                 if isinstance(p, str):
@@ -1027,7 +1033,7 @@ def report(args):
     if os.path.exists(os.path.join(args.out, "notes.json")):
         with open(os.path.join(args.out, "notes.json")) as f:
             notes = json.load(f)
-    order = ["floor", "postcopy", "ours", "ours-tmpfs", "migration", "podman"]
+    order = ["floor", "postcopy", "ours", "ours-tmpfs", "migration", "migration-postcopy", "podman"]
     methods = sorted({r["method"] for r in runs}, key=lambda m: order.index(m) if m in order else 99)
     wls = []
     for r in runs:
@@ -1062,8 +1068,9 @@ def report(args):
             entry["methods"][m] = e
         med = lambda m: (entry["methods"].get(m, {}).get("downtime") or {}).get("median")  # noqa: E731
         ratios = {}
-        for a, b in (("ours", "floor"), ("postcopy", "floor"), ("ours-tmpfs", "floor"), ("migration", "floor"), ("podman", "ours"),
-                     ("podman", "migration")):
+        for a, b in (("ours", "floor"), ("postcopy", "floor"), ("ours-tmpfs", "floor"), ("migration", "floor"),
+                     ("migration-postcopy", "floor"), ("podman", "ours"), ("podman", "migration"),
+                     ("podman", "migration-postcopy")):
             if med(a) and med(b):
                 ratios[f"{a}/{b}"] = med(a) / med(b)
         entry["ratios"] = ratios

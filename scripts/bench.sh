@@ -22,7 +22,7 @@ out=/var/tmp/migrate-bench-results
 quick=0
 runs=
 sizes=
-methods=floor,postcopy,ours,migration,podman
+methods=floor,postcopy,ours,migration,migration-postcopy,podman
 modes=random,text
 files=
 while [[ $# -gt 0 ]]; do
@@ -69,7 +69,7 @@ python3 "$here/bench/bench.py" measure --build "$build" --out "$out" --sizes "$s
 python3 "$here/bench/bench.py" report --out "$out"
 
 if command -v gnuplot >/dev/null; then
-  gnuplot -e "datafile='$out/plot.dat'; outfile='$out/downtime.png'; methods='$(cat "$out/plot.methods")'" \
+  gnuplot -e "datafile='$out/plot.dat'; outfile='$out/downtime.png'; methods='$(cat "$out/plot.methods")'; modes='${modes//,/ }'" \
     "$here/bench/downtime.gp" && echo "plot: $out/downtime.png"
 else
   echo "bench.sh: gnuplot not installed, no plot (apt-get install gnuplot-nox)" >&2
