@@ -433,7 +433,7 @@ size_t verifiedRounds(ClusterGuard& cluster, const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("post-copy: the container runs on host2 before its memory arrived; memory, TCP, IP and MAC all carry over") {
+TEST_CASE("post-copy: the container runs on host2 before its memory arrived, and memory, TCP, IP and MAC carry over") {
   REQUIRE_PRIVILEGES();
   ClusterGuard cluster(2);
   cluster.migrate({"run", "--on", "host1", "--name", "hog", "test", "sh", "-c",
