@@ -140,7 +140,8 @@ struct AgentDaemon::Receiver {
 // the target. The pump ending cleanly (the target's lazy-pages daemon has
 // every page) lets CRIU finish, which kills the frozen container here. A cut
 // page channel leaves it frozen until rollbackSource, which makes CRIU fail
-// on purpose so that it resumes the container: never both at once, because
+// on purpose so that it resumes the container (Agent::abortLazyCheckpoint):
+// never both at once, because
 // the coordinator sends rollbackSource only after the target dropped its copy.
 struct AgentDaemon::PostCopySource {
   std::string migrationId;
@@ -162,21 +163,6 @@ struct AgentDaemon::PostCopySource {
   uint64_t pagesNs = 0;
 };
 
-namespace {
-
-// Makes a lazy dump's page server fail, so that CRIU resumes the frozen
-// container: an unknown command, then a reset. (A plain close would not do:
-// the page server takes EOF for "all pages fetched" and kills the container.)
-void failPageServer(uint16_t port, Fd existing) {
-  Fd sock = existing ? std::move(existing) : connectTcp("127.0.0.1", port, milliseconds(5000));
-  char garbage[64];
-  std::memset(garbage, 0xff, sizeof garbage);
-  (void)::send(sock.get(), garbage, sizeof garbage, MSG_NOSIGNAL);
-  linger reset{1, 0};
-  ::setsockopt(sock.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
-}
-
-}  // namespace
 
 AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options) : agent_(agent), options_(std::move(options)) {
   agent_.removeStaleImports();
@@ -632,10 +618,9 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
     if (postCopy) {
       // Nothing of it runs anywhere else yet: CRIU resumes the container here.
       try {
-        failPageServer(postCopy->dump->pageServerPort, Fd());
-        agent_.finishLazyCheckpoint(name, *postCopy->dump);
+        agent_.abortLazyCheckpoint(name, *postCopy->dump, Fd());
       } catch (const std::exception& e) {
-        logInfo("post-copy of `" + name + "` abandoned before its pages went: " + e.what());
+        logError("post-copy of `" + name + "` abandoned before its pages went: " + e.what());
       }
     }
     throw;
@@ -747,11 +732,10 @@ void AgentDaemon::servePages(const std::shared_ptr<PostCopySource>& p) {
   p->cv.wait(lock, [&] { return p->resume; });
   lock.unlock();
   p->pageStream.reset();
-  failPageServer(p->dump->pageServerPort, std::move(p->criuSocket));
   try {
-    agent_.finishLazyCheckpoint(p->containerName, *p->dump);
+    agent_.abortLazyCheckpoint(p->containerName, *p->dump, std::move(p->criuSocket));
   } catch (const std::exception& e) {
-    logInfo("post-copy of `" + p->containerName + "` undone, the container runs here again: " + e.what());
+    logError("post-copy of `" + p->containerName + "`: giving the container back failed: " + e.what());
   }
   lock.lock();
   p->finished = true;

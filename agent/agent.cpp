@@ -8,7 +8,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "agent/bundle-reader.h"
@@ -464,9 +466,13 @@ Container Agent::finishLazyCheckpoint(const std::string& ref, LazyDump& dump) {
   } catch (...) {
     std::lock_guard lock(mutex_);
     try {
+      // CRIU resumed it on its own: its sockets may have run in repair mode
+      // for a moment (reads fail with EPERM), the best we can do now.
       auto resumed = inspect(ref);
-      reattachAddress(resumed);
-      undoCriuNetworkLock(resumed);
+      if (!dump.networkReleased) {
+        reattachAddress(resumed);
+        undoCriuNetworkLock(resumed);
+      }
     } catch (const std::exception& e) {
       logWarn("after the failed post-copy of `" + c.config.name + "`: " + e.what());
     }
@@ -481,6 +487,32 @@ Container Agent::finishLazyCheckpoint(const std::string& ref, LazyDump& dump) {
   save(c);
   logInfo("post-copy of `" + c.config.name + "` complete: every page went");
   return c;
+}
+
+Container Agent::abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd pageServer) {
+  {
+    std::lock_guard lock(mutex_);
+    auto c = inspect(ref);
+    ErrorContext context("giving `" + c.config.name + "` back after a post-copy that did not complete");
+    // While CRIU still holds the processes stopped: once they run, a read on
+    // a socket still in repair mode fails (EPERM) and the program drops the
+    // connection.
+    try {
+      reattachAddress(c);
+      undoCriuNetworkLock(c);
+    } catch (const std::exception& e) {
+      // Still better running without its network than frozen for good.
+      logError(std::string("`") + c.config.name + "` resumes without its network: " + e.what());
+    }
+    dump.networkReleased = true;
+    runtime_.abortLazyCheckpoint(dump, std::move(pageServer));
+  }
+  try {
+    return finishLazyCheckpoint(ref, dump);  // CRIU finished after all: the container is gone here
+  } catch (const std::exception& e) {
+    logInfo("post-copy of `" + ref + "` undone, the container runs here again (" + e.what() + ")");
+  }
+  return inspect(ref);
 }
 
 // CRIU's lazy dump resumes the container when the page transfer fails, but
@@ -500,7 +532,8 @@ void Agent::undoCriuNetworkLock(const Container& c) {
   };
   std::string containerNs = pidNs(std::to_string(c.state.pid));
   if (containerNs.empty()) return;
-  int repaired = 0;
+  int sockets = 0, repaired = 0;
+  std::string errors;
   for (auto& entry : fs::directory_iterator("/proc")) {
     std::string pid = entry.path().filename();
     if (pid.find_first_not_of("0123456789") != std::string::npos || pidNs(pid) != containerNs) continue;
@@ -510,14 +543,21 @@ void Agent::undoCriuNetworkLock(const Container& c) {
     for (auto& fdEntry : fs::directory_iterator("/proc/" + pid + "/fd", ec)) {
       auto link = fs::read_symlink(fdEntry.path(), ec);
       if (ec || link.string().rfind("socket:", 0) != 0) continue;
+      ++sockets;
       Fd sock(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd.get(), std::stoi(fdEntry.path().filename()), 0)));
-      if (!sock) continue;
+      if (!sock) {
+        errors += std::string(" pidfd_getfd: ") + strerror(errno) + ";";
+        continue;
+      }
       int off = 0;  // TCP_REPAIR_OFF
+      // EPERM: not a connected TCP socket (a listener, UDP, unix), so never in repair.
       if (::setsockopt(sock.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) == 0) ++repaired;
+      else if (errno != EPERM && errno != EOPNOTSUPP) errors += " " + link.string() + ": " + strerror(errno) + ";";
     }
   }
-  logInfo("`" + c.config.name + "`: CRIU's network lock removed after the failed post-copy (" +
-          std::to_string(repaired) + " TCP socket(s) out of repair)");
+  logInfo("`" + c.config.name + "`: CRIU's network lock removed (" + std::to_string(repaired) + " of " +
+          std::to_string(sockets) + " socket(s) were TCP connections, out of repair now" +
+          (errors.empty() ? "" : ";" + errors) + ")");
 }
 
 ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options) {

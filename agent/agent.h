@@ -108,6 +108,12 @@ class Agent {
   // host, `checkpointed`. Failure: CRIU resumed it; its network is unlocked
   // here and the error rethrown, the container `running` again.
   Container finishLazyCheckpoint(const std::string& ref, LazyDump& dump);
+  // Gives the frozen container back on this host: first undoes what CRIU's
+  // failure path would leave (its network lock, TCP repair mode) and takes
+  // the address back, while the processes are still stopped, then makes the
+  // page server fail so that CRIU resumes them. `pageServer`: our connection
+  // to it, if any. Returns the container, `running`.
+  Container abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd pageServer);
   // Post-copy, target side: the lazy-pages daemon for restoring `ref` with
   // lazyPages, fetching from 127.0.0.1:port.
   Subprocess startLazyPages(const std::string& ref, uint16_t port);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -22,6 +23,21 @@
 namespace migrate {
 
 using nlohmann::json;
+
+namespace {
+
+Fd connectTcpLoopback(uint16_t port) {
+  Fd sock(SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  SYSCALL(::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "connect",
+          "127.0.0.1:" + std::to_string(port));
+  return sock;
+}
+
+}  // namespace
 
 uint16_t freeLoopbackPort() {
   Fd sock(SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
@@ -213,6 +229,15 @@ LazyDump Runtime::startLazyCheckpoint(const std::string& id, const ContainerPath
          logTail(paths.criuWork() / "dump.log"));
   }
   return dump;
+}
+
+void Runtime::abortLazyCheckpoint(LazyDump& dump, Fd connection) {
+  Fd sock = connection ? std::move(connection) : connectTcpLoopback(dump.pageServerPort);
+  char garbage[64];
+  std::memset(garbage, 0xff, sizeof garbage);
+  (void)::send(sock.get(), garbage, sizeof garbage, MSG_NOSIGNAL);
+  linger reset{1, 0};
+  ::setsockopt(sock.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
 }
 
 void Runtime::finishLazyCheckpoint(const std::string& id, const ContainerPaths& paths, LazyDump& dump) {

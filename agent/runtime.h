@@ -41,6 +41,7 @@ struct RestoreOptions {
 struct LazyDump {
   Subprocess runc;
   uint16_t pageServerPort = 0;  // on 127.0.0.1
+  bool networkReleased = false;  // CRIU's lock undone, address back (abortLazyCheckpoint)
 };
 
 // runc's view of a container ("runc state"); nullopt when runc has none.
@@ -69,6 +70,11 @@ class Runtime {
   // 127.0.0.1:port (runc's --status-fd), or throws with CRIU's dump.log.
   LazyDump startLazyCheckpoint(const std::string& id, const ContainerPaths& paths, const CheckpointOptions& options,
                                uint16_t port);
+  // Makes the page server fail, so that CRIU resumes the frozen container:
+  // an unknown command, then a TCP reset, on `connection` (or a new one).
+  // A plain close would not do: the page server takes EOF for "all pages
+  // fetched" and kills the container.
+  void abortLazyCheckpoint(LazyDump& dump, Fd connection);
   // Waits for the lazy dump to end; throws with CRIU's dump.log if the page
   // transfer failed.
   void finishLazyCheckpoint(const std::string& id, const ContainerPaths& paths, LazyDump& dump);
