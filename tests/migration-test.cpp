@@ -526,3 +526,38 @@ TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on
   writeFileAtomic(criuConf, original);
   CHECK(cluster.migrateJson({"hog", "--to", "host2", "--postcopy"})["state"] == "succeeded");
 }
+
+TEST_CASE("post-copy: the target agent killed while pages flow: the frozen source copy comes back, once, memory intact") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "big", "test", "/usr/local/bin/memhog", "768", "random"});
+  REQUIRE(waitUntil([&] { return verifiedRounds(cluster, "big") >= 1; }, 60s));
+  auto id = cluster.migrateJson({"big", "--to", "host2", "--tcp-established", "--postcopy", "--detach"}).at("id").get<std::string>();
+  REQUIRE(waitUntil([&] { return cluster.migrateJson({"status", id})["phase"] == "pages"; }, 60s));
+  ::kill(cluster.agentPid("host2"), SIGKILL);
+
+  // host2 may still run a copy with part of the memory, so the source keeps
+  // its copy frozen: not committed, not rolled back, until host2 confirms.
+  std::this_thread::sleep_for(3s);
+  auto waiting = cluster.migrateJson({"status", id});
+  INFO(waiting.dump(2));
+  CHECK(waiting["state"] == "rolling-back");
+  CHECK_FALSE(waiting["error"].get<std::string>().empty());
+
+  cluster.startAgent("host2");
+  auto final = waitFinal(cluster, id, 120s);
+  INFO(final.dump(2));
+  CHECK(final["state"] == "rolled-back");
+  auto big = entries(cluster, "big");
+  REQUIRE(big.size() == 1);
+  CHECK(big[0]["host"] == "host1");
+  CHECK(big[0]["state"] == "running");
+  CHECK(cluster.agentJson("host2", {"ps"}).empty());
+  CHECK(waitUntil([&] { return countProcesses("/usr/local/bin/memhog") == 1; }, 10s));
+  // The same process, resumed by CRIU on host1 with all its memory.
+  auto at = verifiedRounds(cluster, "big");
+  CHECK(waitUntil([&] { return verifiedRounds(cluster, "big") >= at + 1; }, 60s));
+  auto log = cluster.migrate({"logs", "big"});
+  CHECK(log.find("CORRUPT") == std::string::npos);
+  CHECK(occurrences(log, "ready ") == 1);
+}
