@@ -414,15 +414,18 @@ Container Agent::checkpoint(const std::string& ref, const CheckpointRequest& req
   runtime_.checkpoint(c.config.id, c.paths, CheckpointOptions{request.tcpEstablished, request.leaveRunning});
   if (times) times->add("dump", secondsSince(start));
   recordCheckpoint(c, request);
-  if (!request.leaveRunning) {
-    runtime_.remove(c.config.id);
-    c.state.status = ContainerStatus::Checkpointed;
-    c.state.pid = 0;
-    cleanupAfterStop(c);
-  }
+  if (!request.leaveRunning) markCheckpointed(c);
   save(c);
   logInfo("checkpointed `" + c.config.name + "`");
   return c;
+}
+
+// Its processes are gone (the dump ended them): only the checkpoint is left.
+void Agent::markCheckpointed(Container& c) {
+  runtime_.remove(c.config.id);
+  c.state.status = ContainerStatus::Checkpointed;
+  c.state.pid = 0;
+  cleanupAfterStop(c);
 }
 
 void Agent::recordCheckpoint(Container& c, const CheckpointRequest& request) {
@@ -480,10 +483,7 @@ Container Agent::finishLazyCheckpoint(const std::string& ref, LazyDump& dump) {
   }
   std::lock_guard lock(mutex_);
   c = inspect(ref);
-  runtime_.remove(c.config.id);
-  c.state.status = ContainerStatus::Checkpointed;
-  c.state.pid = 0;
-  cleanupAfterStop(c);
+  markCheckpointed(c);
   save(c);
   logInfo("post-copy of `" + c.config.name + "` complete: every page went");
   return c;

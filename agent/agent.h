@@ -149,6 +149,7 @@ class Agent {
   void prepareCheckpointDirectory(const fs::path& dir);
   void releaseCheckpointFiles(const Container& container);
   void recordCheckpoint(Container& container, const CheckpointRequest& request);
+  void markCheckpointed(Container& container);
   void undoCriuNetworkLock(const Container& container);
   void pruneCgroupParents();
 
