@@ -499,7 +499,9 @@ EvacuationResult Coordinator::evacuate(const EvacuationRequest& request) {
   {
     std::lock_guard lock(mutex_);
     for (auto& move : plan.moves) {
-      auto migration = createMigrationLocked(move.container, request.host, move.target, MigrationOptions{});
+      MigrationOptions options;
+      options.postCopy = request.postCopy;
+      auto migration = createMigrationLocked(move.container, request.host, move.target, options);
       queue->waiting.push_back(migration);
       result.migrationIds.push_back(migration->id());
     }

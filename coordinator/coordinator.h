@@ -52,6 +52,7 @@ struct EvacuationRequest {
   std::string host;
   std::vector<std::string> targets;  // Empty: every other host.
   int parallel = 0;                  // 0: CoordinatorOptions::defaultParallel.
+  bool postCopy = false;             // MigrationOptions::postCopy for each move
 };
 
 struct EvacuationResult {

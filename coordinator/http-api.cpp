@@ -290,6 +290,7 @@ void HttpApi::routes(Server& server) {
                 r.host = field<std::string>(body, "host", "");
                 r.targets = field<std::vector<std::string>>(body, "targets", {});
                 r.parallel = field<int>(body, "parallel", 0);
+                r.postCopy = field<bool>(body, "postCopy", false);
                 if (r.parallel < 0) fail(ErrorKind::InvalidInput, "`parallel` must be positive");
                 sendJson(res, 202, c.evacuate(r).toJson());
               }));

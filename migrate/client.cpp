@@ -161,6 +161,7 @@ json evacuate(Client& client, const EvacuateOptions& o) {
   json body = {{"host", o.host}};
   if (!o.targets.empty()) body["targets"] = o.targets;
   if (o.parallel > 0) body["parallel"] = o.parallel;
+  if (o.postCopy) body["postCopy"] = true;
   return client.post("/v1/evacuations", body);
 }
 

@@ -51,6 +51,7 @@ struct EvacuateOptions {
   std::string host;
   std::vector<std::string> targets;
   int parallel = 0;
+  bool postCopy = false;
 };
 
 nlohmann::json listHosts(Client& client);

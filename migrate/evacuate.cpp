@@ -1,4 +1,4 @@
-// migrate evacuate HOST [--to H1,H2] [--parallel N]
+// migrate evacuate HOST [--to H1,H2] [--parallel N] [--postcopy]
 #include <iostream>
 #include <memory>
 
@@ -12,6 +12,7 @@ void addEvacuateVerb(CLI::App& app, CommonOptions& common) {
   cmd->add_option("host", o->host, "Host to drain")->required();
   cmd->add_option("--to", o->targets, "Target hosts (default: all others)")->delimiter(',');
   cmd->add_option("--parallel", o->parallel, "Migrations at once (default: the coordinator's)");
+  cmd->add_flag("--postcopy", o->postCopy, "Post-copy migrations (short downtime; the host must stay up until done)");
   cmd->callback([&common, o] {
     Client client(common.client);
     auto result = evacuate(client, *o);

@@ -399,8 +399,10 @@ TEST_CASE("the CLI's JSON output parses and agrees with its human output") {
   CHECK(cluster.migrateJson({"logs", "c1"})["logs"].get<std::string>().find("count") != std::string::npos);
 }
 
-TEST_CASE("evacuating a host moves every container off it, keeping their addresses") {
+TEST_CASE("evacuating a host moves every container off it, keeping their addresses (stop-and-copy and post-copy)") {
   REQUIRE_PRIVILEGES();
+  bool postCopy = GENERATE(false, true);
+  INFO("postcopy: " << postCopy);
   ClusterGuard cluster(2);
   cluster.migrate({"run", "--on", "host1", "--name", "a", "test", "/usr/local/bin/counter"});
   cluster.migrate({"run", "--on", "host1", "--name", "b", "test", "/usr/local/bin/echo-server", "7777"});
@@ -408,12 +410,16 @@ TEST_CASE("evacuating a host moves every container off it, keeping their address
   for (auto& c : cluster.migrateJson({"ps"})) ips[c["name"]] = c["ip"];
   REQUIRE(ips.size() == 2);
 
-  auto started = cluster.migrateJson({"evacuate", "host1", "--to", "host2"});
+  std::vector<std::string> evacuate = {"evacuate", "host1", "--to", "host2"};
+  if (postCopy) evacuate.push_back("--postcopy");
+  auto started = cluster.migrateJson(evacuate);
   INFO(started.dump(2));
   REQUIRE(started["migrations"].size() == 2);
   for (auto& id : started["migrations"]) {
     auto final = waitFinal(cluster, id.get<std::string>(), 60s);
     CHECK(final["state"] == "succeeded");
+    // Post-copy moves the memory through the page channel, after the restore.
+    CHECK(final["stats"].contains("bytesPages") == postCopy);
   }
   auto ps = cluster.migrateJson({"ps"});
   REQUIRE(ps.size() == 2);
