@@ -441,7 +441,7 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
     case proto::Request::FINISH_POST_COPY: {
       std::string name = request.getFinishPostCopy().getContainerName();
       milliseconds timeout = request.getTimeoutMs() ? milliseconds(request.getTimeoutMs()) : std::chrono::hours(1);
-      spawn(id, [this, name, timeout](proto::Reply::Builder reply) { finishPostCopy(name, timeout, reply); },
+      spawn(id, [this, id, name, timeout](proto::Reply::Builder reply) { finishPostCopy(id, name, timeout, reply); },
             "finish post-copy of `" + name + "`");
       return;
     }
@@ -748,14 +748,25 @@ std::shared_ptr<AgentDaemon::PostCopySource> AgentDaemon::postCopyFor(const std:
   return it == postCopies_.end() ? nullptr : it->second;
 }
 
-void AgentDaemon::finishPostCopy(const std::string& name, milliseconds timeout, proto::Reply::Builder reply) {
+void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& name, milliseconds timeout,
+                                 proto::Reply::Builder reply) {
   ErrorContext context("post-copy of `" + name + "`");
   auto p = postCopyFor(name);
   if (!p) fail(ErrorKind::NotFound, "no post-copy of `" + name + "` on " + agent_.options().hostName);
+  uint64_t total = 0;
+  try {
+    total = agent_.residentBytes(name);  // the frozen processes' memory: what has to go
+  } catch (const std::exception&) {
+    // Gone already (every page went): no total to show.
+  }
   {
+    auto deadline = Clock::now() + timeout;
     std::unique_lock lock(p->mutex);
-    if (!p->cv.wait_for(lock, timeout, [&] { return p->finished || (p->pagesDone && p->error); })) {
-      fail(ErrorKind::Disconnected, "pages still flowing after " + std::to_string(timeout.count() / 1000) + " s");
+    while (!p->cv.wait_for(lock, milliseconds(200), [&] { return p->finished || (p->pagesDone && p->error); })) {
+      if (Clock::now() > deadline) {
+        fail(ErrorKind::Disconnected, "pages still flowing after " + std::to_string(timeout.count() / 1000) + " s");
+      }
+      postProgress(p->migrationId, requestId, "pages", p->counters.toTls, std::max(total, p->counters.toTls.load()));
     }
     // A failure stays on record for rollbackSource, which resumes the container.
     if (p->error) std::rethrow_exception(p->error);

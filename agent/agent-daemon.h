@@ -67,7 +67,8 @@ class AgentDaemon {
   void restore(proto::Restore::Reader request, proto::Reply::Builder reply);
   void abortReceive(const std::string& migrationId);
   void rollbackSource(const std::string& name, proto::Reply::Builder reply);
-  void finishPostCopy(const std::string& name, std::chrono::milliseconds timeout, proto::Reply::Builder reply);
+  void finishPostCopy(uint64_t requestId, const std::string& name, std::chrono::milliseconds timeout,
+                      proto::Reply::Builder reply);
   void startPostCopyTarget(const std::shared_ptr<Receiver>& r);
   void servePages(const std::shared_ptr<PostCopySource>& p);
   std::shared_ptr<PostCopySource> postCopyFor(const std::string& name);

@@ -10,7 +10,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <functional>
 #include <cstring>
+#include <sstream>
 #include <thread>
 
 #include "agent/bundle-reader.h"
@@ -522,23 +524,33 @@ Container Agent::abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd 
 // as network_unlock() would: drop the CRIU-<pid> tables and take every TCP
 // socket of the container's processes out of repair (through a pidfd_getfd()
 // duplicate; TCP_REPAIR_OFF on a socket not in repair is harmless).
+namespace {
+
+// Every process in the pid namespace of `pid` (a container's init), by pid.
+void forEachProcessLike(pid_t pid, const std::function<void(const std::string& pid)>& visit) {
+  auto pidNs = [](const std::string& p) {
+    std::error_code ec;
+    auto target = fs::read_symlink("/proc/" + p + "/ns/pid", ec);
+    return ec ? std::string() : target.string();
+  };
+  std::string containerNs = pidNs(std::to_string(pid));
+  if (containerNs.empty()) return;
+  for (auto& entry : fs::directory_iterator("/proc")) {
+    std::string p = entry.path().filename();
+    if (p.find_first_not_of("0123456789") == std::string::npos && pidNs(p) == containerNs) visit(p);
+  }
+}
+
+}  // namespace
+
 void Agent::undoCriuNetworkLock(const Container& c) {
   if (!c.state.netns.empty()) removeCriuLockTables(c.state.netns);
   if (c.state.pid <= 0) return;
-  auto pidNs = [](const std::string& pid) {
-    std::error_code ec;
-    auto target = fs::read_symlink("/proc/" + pid + "/ns/pid", ec);
-    return ec ? std::string() : target.string();
-  };
-  std::string containerNs = pidNs(std::to_string(c.state.pid));
-  if (containerNs.empty()) return;
   int sockets = 0, repaired = 0;
   std::string errors;
-  for (auto& entry : fs::directory_iterator("/proc")) {
-    std::string pid = entry.path().filename();
-    if (pid.find_first_not_of("0123456789") != std::string::npos || pidNs(pid) != containerNs) continue;
+  forEachProcessLike(c.state.pid, [&](const std::string& pid) {
     Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, std::stoi(pid), 0)));
-    if (!pidfd) continue;
+    if (!pidfd) return;
     std::error_code ec;
     for (auto& fdEntry : fs::directory_iterator("/proc/" + pid + "/fd", ec)) {
       auto link = fs::read_symlink(fdEntry.path(), ec);
@@ -554,10 +566,25 @@ void Agent::undoCriuNetworkLock(const Container& c) {
       if (::setsockopt(sock.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) == 0) ++repaired;
       else if (errno != EPERM && errno != EOPNOTSUPP) errors += " " + link.string() + ": " + strerror(errno) + ";";
     }
-  }
+  });
   logInfo("`" + c.config.name + "`: CRIU's network lock removed (" + std::to_string(repaired) + " of " +
           std::to_string(sockets) + " socket(s) were TCP connections, out of repair now" +
           (errors.empty() ? "" : ";" + errors) + ")");
+}
+
+uint64_t Agent::residentBytes(const std::string& ref) {
+  auto c = inspect(ref);
+  uint64_t total = 0;
+  if (c.state.pid <= 0) return 0;
+  forEachProcessLike(c.state.pid, [&](const std::string& pid) {
+    std::istringstream status(readFileIfExists("/proc/" + pid + "/status").value_or(""));
+    std::string key;
+    uint64_t kib = 0;
+    while (status >> key) {
+      if ((key == "RssAnon:" || key == "RssShmem:") && status >> kib) total += kib << 10;
+    }
+  });
+  return total;
 }
 
 ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options) {

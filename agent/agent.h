@@ -114,6 +114,9 @@ class Agent {
   // page server fail so that CRIU resumes them. `pageServer`: our connection
   // to it, if any. Returns the container, `running`.
   Container abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd pageServer);
+  // Memory its processes hold (anonymous + shared, resident): how much a
+  // post-copy has to move.
+  uint64_t residentBytes(const std::string& ref);
   // Post-copy, target side: the lazy-pages daemon for restoring `ref` with
   // lazyPages, fetching from 127.0.0.1:port.
   Subprocess startLazyPages(const std::string& ref, uint16_t port);
