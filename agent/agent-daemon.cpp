@@ -208,8 +208,11 @@ AgentDaemon::~AgentDaemon() {
 }
 
 void AgentDaemon::post(Outgoing message) {
-  std::lock_guard lock(outboxMutex_);
-  outbox_.push_back(std::move(message));
+  {
+    std::lock_guard lock(outboxMutex_);
+    outbox_.push_back(std::move(message));
+  }
+  wakeup_.notify();
 }
 
 void AgentDaemon::postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase,
@@ -321,7 +324,7 @@ void AgentDaemon::run(const std::atomic<bool>& stop) {
   auto nextHeartbeat = Clock::now();
   while (!stop) {
     try {
-      if (auto message = client.receive(milliseconds(50))) {
+      if (auto message = client.receive(milliseconds(50), &wakeup_)) {
         auto root = message->root();
         if (root.isRequest()) {
           dispatch(root.getRequest());
@@ -567,10 +570,15 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
         pages.emplace(TlsStream::accept(acceptSender(), r->migrationId, r->psk));
         r->listener.reset();
       }
-      std::lock_guard lock(r->mutex);
-      r->sha256 = sha;
-      r->containerId = c.config.id;
-      r->pageStream = std::move(pages);
+      {
+        std::lock_guard lock(r->mutex);
+        r->sha256 = sha;
+        r->containerId = c.config.id;
+        r->pageStream = std::move(pages);
+      }
+      // The lazy-pages daemon starts now rather than at restore: its start-up
+      // is then not part of the downtime.
+      if (r->postCopy) startPostCopyTarget(r);
     } catch (const std::exception& e) {
       // Tell the coordinator at once: the sender only sees a broken pipe.
       if (!r->aborted) postProgress(r->migrationId, requestId, "receive", 0, 0, &e);
@@ -798,7 +806,8 @@ void AgentDaemon::startPostCopyTarget(const std::shared_ptr<Receiver>& r) {
     };
     try {
       Fd conn;
-      auto deadline = Clock::now() + std::chrono::seconds(30);
+      // Until restore makes the daemon connect (abortReceive stops us sooner).
+      auto deadline = Clock::now() + std::chrono::minutes(10);
       while (!conn) {
         if (r->stopPages) fail("stopped");
         try {
@@ -852,7 +861,7 @@ void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder 
   auto start = Clock::now();
   PhaseTimes times;
   bool postCopy = request.getPostCopy();
-  if (postCopy) startPostCopyTarget(r);
+  if (postCopy && !r->lazyPages) fail(ErrorKind::InvalidInput, "this receiver was not prepared for post-copy");
   RestoreRequest restoreRequest{request.getTcpEstablished(), false, false, false, postCopy};
   Container c;
   try {

@@ -83,6 +83,7 @@ class AgentDaemon {
 
   std::mutex outboxMutex_;
   std::deque<Outgoing> outbox_;
+  Wakeup wakeup_;  // post() wakes run()'s receive
 
   std::mutex workersMutex_;
   std::vector<std::thread> workers_;

@@ -9,9 +9,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// How long a send may wait in the outbox before the poll thread picks it up:
-// ControlServer::receive has no way to be woken, so the loop polls in slices.
-constexpr auto kPollSlice = 10ms;
+// The poll thread's slice; a queued send wakes it at once (wakeup_).
+constexpr auto kPollSlice = 100ms;
 // How often a waiting call re-checks that its host is still up.
 constexpr auto kLivenessCheck = 200ms;
 
@@ -39,8 +38,11 @@ void AgentLink::stop() {
 }
 
 void AgentLink::enqueue(Outgoing outgoing) {
-  std::lock_guard lock(mutex_);
-  outbox_.push_back(std::move(outgoing));
+  {
+    std::lock_guard lock(mutex_);
+    outbox_.push_back(std::move(outgoing));
+  }
+  wakeup_.notify();
 }
 
 void AgentLink::failPending(uint64_t requestId, Error error) {
@@ -72,6 +74,7 @@ ReplyMessage AgentLink::call(const CallSpec& spec, const RequestFiller& fill) {
     pending_[requestId] = Pending{spec.host, std::nullopt, std::nullopt};
     outbox_.push_back(Outgoing{spec.host, requestId, std::move(message)});
   }
+  wakeup_.notify();
   logDebug("link: " + spec.what + " -> " + spec.host + " (request " + std::to_string(requestId) + ")");
 
   auto deadline = Clock::now() + spec.timeout;
@@ -122,7 +125,7 @@ void AgentLink::pollLoop() {
   while (!stopping_) {
     sendQueued();
     try {
-      auto incoming = server_.receive(kPollSlice);
+      auto incoming = server_.receive(kPollSlice, &wakeup_);
       if (incoming) dispatch(*incoming);
     } catch (const std::exception& e) {
       // A malformed frame from one host must not stop the others' traffic.

@@ -110,6 +110,7 @@ class AgentLink {
   std::condition_variable changed_;
   std::map<uint64_t, Pending> pending_;
   std::deque<Outgoing> outbox_;
+  Wakeup wakeup_;  // enqueue() wakes pollLoop()'s receive
   std::thread thread_;
 };
 

@@ -15,6 +15,18 @@
 
 namespace migrate {
 
+Wakeup::Wakeup() : fd_(SYSCALL(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), "control: eventfd")) {}
+
+void Wakeup::notify() {
+  uint64_t one = 1;
+  (void)!::write(fd_.get(), &one, sizeof one);  // EAGAIN only when already pending
+}
+
+void Wakeup::drain() {
+  uint64_t count;
+  (void)!::read(fd_.get(), &count, sizeof count);
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -323,11 +335,16 @@ ControlServer::ControlServer(zmq::context_t& context, std::string endpoint, Curv
 
 ControlServer::~ControlServer() = default;
 
-std::optional<ControlServer::Incoming> ControlServer::receive(milliseconds timeout) {
+std::optional<ControlServer::Incoming> ControlServer::receive(milliseconds timeout, Wakeup* wakeup) {
   auto deadline = Clock::now() + timeout;
   for (;;) {
     std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    if (wakeup) items.push_back({nullptr, wakeup->fd(), ZMQ_POLLIN, 0});
     pollSockets(items, remainingUntil(deadline));
+    if (wakeup && (items[1].revents & ZMQ_POLLIN)) {
+      wakeup->drain();
+      if (!(items[0].revents & ZMQ_POLLIN)) return std::nullopt;
+    }
     if (!(items[0].revents & ZMQ_POLLIN)) {
       if (Clock::now() >= deadline) return std::nullopt;
       continue;
@@ -454,12 +471,17 @@ void ControlClient::send(capnp::MessageBuilder& message) {
   }
 }
 
-std::optional<ParsedMessage> ControlClient::receive(milliseconds timeout) {
+std::optional<ParsedMessage> ControlClient::receive(milliseconds timeout, Wakeup* wakeup) {
   auto deadline = Clock::now() + timeout;
   for (;;) {
     std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}, {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
+    if (wakeup) items.push_back({nullptr, wakeup->fd(), ZMQ_POLLIN, 0});
     pollSockets(items, remainingUntil(deadline));
     if (items[1].revents & ZMQ_POLLIN) pollEvents();
+    if (wakeup && (items[2].revents & ZMQ_POLLIN)) {
+      wakeup->drain();
+      if (!(items[0].revents & ZMQ_POLLIN)) return std::nullopt;
+    }
     if (items[0].revents & ZMQ_POLLIN) {
       std::vector<zmq::message_t> frames;
       if (zmq::recv_multipart(socket_, std::back_inserter(frames), zmq::recv_flags::dontwait)) {

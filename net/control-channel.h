@@ -31,10 +31,25 @@
 #include <zmq.hpp>
 
 #include "common/error.h"
+#include "common/fd.h"
 #include "net/curve-keys.h"
 #include "schema/control.capnp.h"
 
 namespace migrate {
+
+// Wakes a thread blocked in receive() (an eventfd it polls beside the
+// socket): a reply queued by another thread leaves at once instead of at the
+// end of the poll slice, which is downtime when the reply ends a freeze.
+class Wakeup {
+ public:
+  Wakeup();
+  void notify();  // any thread
+  void drain();
+  int fd() const { return fd_.get(); }
+
+ private:
+  Fd fd_;
+};
 
 // A frame larger than this is dropped by ZeroMQ before it reaches us
 // (ZMQ_MAXMSGSIZE), bounding what an authenticated but confused peer can make
@@ -106,7 +121,7 @@ class ControlServer {
 
   // Next message from any host, or nullopt after `timeout`. A malformed frame
   // is consumed and throws Error(InvalidInput) naming the host; call again.
-  std::optional<Incoming> receive(std::chrono::milliseconds timeout);
+  std::optional<Incoming> receive(std::chrono::milliseconds timeout, Wakeup* wakeup = nullptr);
 
   // Sends to the connection `host` last sent from. Throws Error(Disconnected)
   // if the host never connected or its connection is gone, Error(Overloaded)
@@ -161,7 +176,7 @@ class ControlClient {
   // Next message from the coordinator, or nullopt after `timeout`. Connection
   // events are processed here too (see onConnected). A malformed frame is
   // consumed and throws Error(InvalidInput).
-  std::optional<ParsedMessage> receive(std::chrono::milliseconds timeout);
+  std::optional<ParsedMessage> receive(std::chrono::milliseconds timeout, Wakeup* wakeup = nullptr);
 
   // Processes pending connection events without waiting for a message.
   void pollEvents();
