@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's first command: sets everything up (packages, CRIU, build),
 # starts a lab cluster (coordinator + 2 agents), runs a container on host1
-# with a TCP client attached, migrates it live to host2 with `migrate`, shows
-# what happened (downtime, the connection kept, the counter continued, same IP
-# and MAC) and takes the lab down again.
+# with a TCP client attached, migrates it live to host2 with `migrate`, and
+# back to host1 with post-copy (`--postcopy`), shows what happened (downtime,
+# the connection kept, the counter continued, same IP and MAC) and takes the
+# lab down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -45,13 +46,17 @@ migrate web --to host2 --tcp-established
 
 say "After the move"
 migrate ps
-sleep 3
+sleep 2
+say "And back: migrate web --to host1 --tcp-established --postcopy (runs on host1 first, its memory follows)"
+migrate web --to host1 --tcp-established --postcopy
+migrate ps
+sleep 2
 kill -TERM "$client" 2>/dev/null || true
 wait "$client" || true
 after=$(migrate logs web | grep '^count' | tail -1)
 scripts/lab.sh exec host2 true
 now=$(migrate ps --output json | python3 -c 'import json,sys; c=[c for c in json.load(sys.stdin) if c["name"]=="web"][0]; print(c["host"], c["ip"], c["mac"])')
-echo "counter before the move: $before; now: $after (it went on, not from 1)"
+echo "counter before the moves: $before; now: $after (it went on, not from 1)"
 echo "address before: $ip $mac; now on: $now"
 echo "TCP client summary: $(cat "$client_out")"
 python3 - "$client_out" <<'PY'
