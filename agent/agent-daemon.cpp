@@ -10,6 +10,7 @@
 #include <fstream>
 #include <optional>
 
+#include "agent/criu-stats.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -690,6 +691,16 @@ void AgentDaemon::sendCheckpoint(uint64_t requestId, proto::CheckpointAndSend::R
   }
 
   auto s = reply.initStats();
+  // CRIU's own account of the freeze (a lazy dump writes it only at its end).
+  if (auto criu = readCriuDumpStats(container.paths.criuWork() / "stats-dump"); criu && !postCopy) {
+    auto get = [&](const char* key) { return criu->count(key) ? criu->at(key) : 0; };
+    s.setFreezingNs(get("freezingTime"));
+    s.setFrozenNs(get("frozenTime"));
+    s.setMemdumpNs(get("memdumpTime"));
+    s.setMemwriteNs(get("memwriteTime"));
+    s.setPagesScanned(get("pagesScanned"));
+    s.setPagesWritten(get("pagesWritten"));
+  }
   s.setCheckpointNs(checkpointNs);
   s.setStreamNs(streamNs);
   s.setBytesRaw(stats.bytesRaw);
@@ -872,6 +883,12 @@ void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder 
       r->lazyPages->kill(SIGKILL);
     }
     throw;
+  }
+  // CRIU's part of the restore, beside ours (phases "criu-forking", "criu-restore").
+  if (auto criu = readCriuRestoreStats(c.paths.criuWork() / "stats-restore")) {
+    for (auto [key, phase] : {std::pair{"forkingTime", "criu-forking"}, std::pair{"restoreTime", "criu-restore"}}) {
+      if (criu->count(key)) times.add(phase, static_cast<double>(criu->at(key)) / 1e9);
+    }
   }
   auto result = reply.initRestored();
   fillContainer(result.initContainer(), c);

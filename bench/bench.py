@@ -713,7 +713,7 @@ class LabMigration:
         return {"downtime": stats.get("downtimeMs", 0) / 1000.0, "total": wall,
                 "bytes": stats.get("bytesWire", 0) + stats.get("bytesPages", 0),
                 "bytesRaw": stats.get("bytesRaw"), "peakRssKiB": self.peak_rss_kib(pids), "cpuSeconds": cpu,
-                "phases": phases, "agentPhases": stats.get("agentPhases")}
+                "phases": phases, "agentPhases": stats.get("agentPhases"), "criuMigration": stats.get("criu")}
 
     def cleanup(self, h):
         self.migrate_cli(["rm", "--force", h["id"]], check=False)

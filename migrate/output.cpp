@@ -92,6 +92,14 @@ void printMigrationReport(const json& m) {
     }
     std::cout << "\n";
   }
+  if (stats.contains("criu") && stats["criu"].is_object() && number(stats["criu"], "frozenMs") > 0) {
+    const json& criu = stats["criu"];
+    std::cout << "  criu            dump froze it " << humanMs(number(criu, "frozenMs")) << " (memdump "
+              << humanMs(number(criu, "memdumpMs")) << ", memwrite " << humanMs(number(criu, "memwriteMs")) << ")";
+    const json target = stats.value("agentPhases", json::object()).value("target", json::object());
+    if (target.contains("criu-restore")) std::cout << ", restore " << humanMs(number(target, "criu-restore"));
+    std::cout << "\n";
+  }
   if (m.value("state", "") == "committed" && m.contains("error") && m["error"].is_string()) {
     std::cout << "  note            " << m["error"].get<std::string>() << "\n";
   }

@@ -132,6 +132,10 @@ TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files al
   CHECK(result["stats"]["downtimeMs"].get<double>() > 0);
   CHECK(result["stats"]["bytesWire"].get<uint64_t>() > 0);
   CHECK(result["stats"]["sha256"] == result["stats"]["sha256Target"]);
+  // Where the frozen time went, in CRIU's own figures from both sides.
+  CHECK(result["stats"]["criu"]["frozenMs"].get<double>() > 0);
+  CHECK(result["stats"]["criu"]["pagesWritten"].get<uint64_t>() > 0);
+  CHECK(result["stats"]["agentPhases"]["target"]["criu-restore"].get<double>() > 0);
 
   auto after = entries(cluster, "web");
   REQUIRE(after.size() == 1);
