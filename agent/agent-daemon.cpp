@@ -154,6 +154,13 @@ struct AgentDaemon::PostCopySource {
   std::atomic<bool> stop{false};
   Clock::time_point started = Clock::now();
   std::thread thread;
+  std::once_flag joined;  // finishPostCopy, rollbackSource and shutdown may all join
+
+  void join() {
+    std::call_once(joined, [this] {
+      if (thread.joinable()) thread.join();
+    });
+  }
 
   std::mutex mutex;
   std::condition_variable cv;
@@ -176,18 +183,21 @@ AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options) : agent_(agent), o
 
 AgentDaemon::~AgentDaemon() {
   {
-    // Shutting down mid post-copy: the page channel goes with us, so the
-    // containers we were serving resume here (see PostCopySource).
+    // Shutting down mid post-copy: a transfer still flowing is let finish
+    // (the target runs the container and needs every page). One whose channel
+    // was cut can no longer help the target's copy, which the coordinator's
+    // rollback removes: that container resumes here rather than stay frozen.
     std::lock_guard lock(postCopiesMutex_);
     for (auto& [name, p] : postCopies_) {
-      p->stop = true;
-      std::lock_guard plock(p->mutex);
+      std::unique_lock plock(p->mutex);
+      if (!p->pagesDone) logInfo("stopping: waiting for the post-copy of `" + name + "` to send its last page");
+      p->cv.wait(plock, [&] { return p->pagesDone; });
       p->resume = true;
       p->cv.notify_all();
     }
   }
   for (auto& [name, p] : postCopies_) {
-    if (p->thread.joinable()) p->thread.join();
+    p->join();
   }
   {
     std::lock_guard lock(receiversMutex_);
@@ -771,7 +781,17 @@ void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& name, mi
                                  proto::Reply::Builder reply) {
   ErrorContext context("post-copy of `" + name + "`");
   auto p = postCopyFor(name);
-  if (!p) fail(ErrorKind::NotFound, "no post-copy of `" + name + "` on " + agent_.options().hostName);
+  if (!p) {
+    // Asked again after this agent restarted: a post-copy that completed
+    // left the container `checkpointed` here (its processes gone with the
+    // last page); one that did not left it running.
+    auto c = agent_.findIfExists(name);
+    if (c && c->state.status == ContainerStatus::Checkpointed) {
+      reply.initStats();
+      return;
+    }
+    fail(ErrorKind::NotFound, "no post-copy of `" + name + "` on " + agent_.options().hostName);
+  }
   uint64_t total = 0;
   try {
     total = agent_.residentBytes(name);  // the frozen processes' memory: what has to go
@@ -787,10 +807,19 @@ void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& name, mi
       }
       postProgress(p->migrationId, requestId, "pages", p->counters.toTls, std::max(total, p->counters.toTls.load()));
     }
-    // A failure stays on record for rollbackSource, which resumes the container.
-    if (p->error) std::rethrow_exception(p->error);
+    // A failure stays on record for rollbackSource, which resumes the
+    // container. Reported as `failed`, never `disconnected`: that kind is the
+    // coordinator's cue that this agent is away and the question is to be
+    // asked again.
+    if (p->error) {
+      try {
+        std::rethrow_exception(p->error);
+      } catch (const std::exception& e) {
+        fail(ErrorKind::Failed, std::string("page transfer failed: ") + e.what());
+      }
+    }
   }
-  if (p->thread.joinable()) p->thread.join();
+  p->join();
   {
     std::lock_guard lock(postCopiesMutex_);
     postCopies_.erase(name);
@@ -941,7 +970,7 @@ void AgentDaemon::rollbackSource(const std::string& name, proto::Reply::Builder 
       p->resume = true;
       p->cv.notify_all();
     }
-    if (p->thread.joinable()) p->thread.join();
+    p->join();
     std::lock_guard lock(postCopiesMutex_);
     postCopies_.erase(name);
   }

@@ -444,11 +444,26 @@ void Migration::restore() {
 
 void Migration::awaitPages() {
   setPhase("pages");
-  auto reply = request(record_.source, "finishPostCopy", ctx_.timeouts.finishPostCopy, [&](proto::Request::Builder r) {
-    auto finish = r.initFinishPostCopy();
-    finish.setMigrationId(record_.id);
-    finish.setContainerName(record_.container);
-  });
+  // The source agent being away (restarting) is no reason to give up: the
+  // container runs on the target and the source's CRIU keeps serving. Ask
+  // again until it answers; it reports a broken transfer as `failed`.
+  auto deadline = Clock::now() + ctx_.timeouts.finishPostCopy;
+  std::optional<ReplyMessage> answer;
+  while (!answer) {
+    try {
+      answer = request(record_.source, "finishPostCopy", ctx_.timeouts.finishPostCopy, [&](proto::Request::Builder r) {
+        auto finish = r.initFinishPostCopy();
+        finish.setMigrationId(record_.id);
+        finish.setContainerName(record_.container);
+      });
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::Disconnected || Clock::now() > deadline || abandoned_) throw;
+      logWarn("migration " + record_.id + ": " + record_.source + " away while its pages go (" + e.what() +
+              "); asking again");
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
+  auto& reply = *answer;
   if (!reply.get().isStats()) return;
   auto s = reply.get().getStats();
   std::lock_guard lock(mutex_);

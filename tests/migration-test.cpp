@@ -571,3 +571,31 @@ TEST_CASE("post-copy: the target agent killed while pages flow: the frozen sourc
   CHECK(log.find("CORRUPT") == std::string::npos);
   CHECK(occurrences(log, "ready ") == 1);
 }
+
+TEST_CASE("post-copy: the source agent restarted while pages flow: the transfer completes and the move commits") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "big", "test", "/usr/local/bin/memhog", "768", "random"});
+  REQUIRE(waitUntil([&] { return verifiedRounds(cluster, "big") >= 1; }, 60s));
+  auto id = cluster.migrateJson({"big", "--to", "host2", "--tcp-established", "--postcopy", "--detach"}).at("id").get<std::string>();
+  REQUIRE(waitUntil([&] { return cluster.migrateJson({"status", id})["phase"] == "pages"; }, 60s));
+  // A graceful stop (SIGTERM) lets the pages finish before the agent exits.
+  int pid = cluster.agentPid("host1");
+  ::kill(pid, SIGTERM);
+  REQUIRE(waitUntil([&] { return !processAlive(pid); }, 60s));
+  cluster.startAgent("host1");
+
+  auto final = waitFinal(cluster, id, 120s);
+  INFO(final.dump(2));
+  CHECK(final["state"] == "succeeded");
+  auto big = entries(cluster, "big");
+  REQUIRE(big.size() == 1);
+  CHECK(big[0]["host"] == "host2");
+  CHECK(cluster.agentJson("host1", {"ps"}).empty());
+  CHECK(countProcesses("/usr/local/bin/memhog") == 1);
+  auto at = verifiedRounds(cluster, "big");
+  CHECK(waitUntil([&] { return verifiedRounds(cluster, "big") >= at + 1; }, 60s));
+  auto log = cluster.migrate({"logs", "big"});
+  CHECK(log.find("CORRUPT") == std::string::npos);
+  CHECK(occurrences(log, "ready ") == 1);
+}
