@@ -536,22 +536,8 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
     receivers_[r->migrationId] = r;
   }
   r->thread = std::thread([this, r, acceptTimeout, requestId] {
-    // Accept in short slices so an abort does not wait out the whole timeout.
-    auto acceptSender = [&] {
-      auto deadline = Clock::now() + acceptTimeout;
-      Fd sock;
-      while (!sock) {
-        if (r->aborted) fail(ErrorKind::Failed, "receive aborted");
-        try {
-          sock = r->listener->acceptOne(milliseconds(250));
-        } catch (const Error& e) {
-          if (e.kind() != ErrorKind::Disconnected || Clock::now() > deadline) throw;
-        }
-      }
-      return sock;
-    };
     try {
-      Fd sock = acceptSender();
+      Fd sock = r->listener->acceptOne(acceptTimeout, r->aborted);
       if (!r->postCopy) r->listener.reset();  // one stream only
       r->socketFd = sock.get();
       auto tls = TlsStream::accept(std::move(sock), r->migrationId, r->psk);
@@ -578,7 +564,7 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
       std::optional<TlsStream> pages;
       if (r->postCopy) {
         // Post-copy: the sender's second connection carries the pages.
-        pages.emplace(TlsStream::accept(acceptSender(), r->migrationId, r->psk));
+        pages.emplace(TlsStream::accept(r->listener->acceptOne(acceptTimeout, r->aborted), r->migrationId, r->psk));
         r->listener.reset();
       }
       {
@@ -625,8 +611,11 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
     postCopy = std::make_shared<PostCopySource>();
     postCopy->migrationId = migrationId;
     postCopy->containerName = name;
+    // A free loopback port for CRIU's page server: bound here, released at
+    // once, taken by CRIU right after.
+    uint16_t pageServerPort = DataListener("127.0.0.1").port();
     postCopy->dump.emplace(agent_.startLazyCheckpoint(name, CheckpointRequest{request.getTcpEstablished(), false},
-                                                      freeLoopbackPort(), &times));
+                                                      pageServerPort, &times));
   } else {
     agent_.checkpoint(name, CheckpointRequest{request.getTcpEstablished(), request.getLeaveRunning()}, &times);
   }
@@ -845,17 +834,8 @@ void AgentDaemon::startPostCopyTarget(const std::shared_ptr<Receiver>& r) {
       return *daemonStatus;
     };
     try {
-      Fd conn;
       // Until restore makes the daemon connect (abortReceive stops us sooner).
-      auto deadline = Clock::now() + std::chrono::minutes(10);
-      while (!conn) {
-        if (r->stopPages) fail("stopped");
-        try {
-          conn = local->acceptOne(milliseconds(250));
-        } catch (const Error& e) {
-          if (e.kind() != ErrorKind::Disconnected || Clock::now() > deadline) throw;
-        }
-      }
+      Fd conn = local->acceptOne(std::chrono::minutes(10), r->stopPages);
       // The daemon's end of file is a clean end only if it exited 0 (all
       // pages in); otherwise the source must see a cut stream, not a close.
       pumpTls(*r->pageStream, conn.get(), r->stopPages, &r->pageCounters, [&] { return daemonExit() == 0; });

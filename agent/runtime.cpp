@@ -3,8 +3,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,36 +17,11 @@
 #include "common/log.h"
 #include "common/subprocess.h"
 #include "common/syscall.h"
+#include "net/data-listener.h"
 
 namespace migrate {
 
 using nlohmann::json;
-
-namespace {
-
-Fd connectTcpLoopback(uint16_t port) {
-  Fd sock(SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  SYSCALL(::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "connect",
-          "127.0.0.1:" + std::to_string(port));
-  return sock;
-}
-
-}  // namespace
-
-uint16_t freeLoopbackPort() {
-  Fd sock(SYSCALL(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket"));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  SYSCALL(::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), "bind 127.0.0.1:0");
-  socklen_t len = sizeof addr;
-  SYSCALL(::getsockname(sock.get(), reinterpret_cast<sockaddr*>(&addr), &len), "getsockname");
-  return ntohs(addr.sin_port);
-}
 
 void checkLazyPagesSupported() {
   constexpr uint64_t kCriuPagePipeBytes = 4 << 20;  // PIPE_MAX_SIZE pages in criu/page-pipe.h
@@ -232,7 +205,8 @@ LazyDump Runtime::startLazyCheckpoint(const std::string& id, const ContainerPath
 }
 
 void Runtime::abortLazyCheckpoint(LazyDump& dump, Fd connection) {
-  Fd sock = connection ? std::move(connection) : connectTcpLoopback(dump.pageServerPort);
+  Fd sock = connection ? std::move(connection)
+                      : connectTcp("127.0.0.1", dump.pageServerPort, std::chrono::seconds(5));
   char garbage[64];
   std::memset(garbage, 0xff, sizeof garbage);
   (void)::send(sock.get(), garbage, sizeof garbage, MSG_NOSIGNAL);

@@ -95,10 +95,6 @@ class Runtime {
   RuntimeOptions options_;
 };
 
-// A free TCP port on 127.0.0.1 for a local CRIU page server (bound, then
-// released: the caller's listener takes it right away).
-uint16_t freeLoopbackPort();
-
 // Post-copy needs CRIU's page-server pipe of 4 MiB: without CAP_SYS_RESOURCE
 // that is only allowed when fs.pipe-max-size >= 4 MiB. Throws naming the fix.
 void checkLazyPagesSupported();

@@ -125,6 +125,21 @@ Fd DataListener::acceptOne(std::chrono::milliseconds timeout) {
   return Fd(SYSCALL(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC), "data: accept on", where));
 }
 
+Fd DataListener::acceptOne(std::chrono::milliseconds timeout, const std::atomic<bool>& stop) {
+  constexpr std::chrono::milliseconds kSlice(250);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (stop) fail(ErrorKind::Failed, "data: stopped waiting for a sender on " + address_ + ":" + std::to_string(port_));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left <= std::chrono::milliseconds(0)) {
+      fail(ErrorKind::Disconnected, "data: no sender connected to " + address_ + ":" + std::to_string(port_) +
+                                        " within " + seconds(timeout));
+    }
+    // Readable: the plain accept takes it without waiting.
+    if (waitFor(fd_.get(), POLLIN, std::min(kSlice, left))) return acceptOne(std::chrono::milliseconds(0));
+  }
+}
+
 Fd connectTcp(const std::string& host, uint16_t port, std::chrono::milliseconds timeout) {
   std::string where = host + ":" + std::to_string(port);
   Address address = parseAddress(host, port, "address");

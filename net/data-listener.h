@@ -2,6 +2,7 @@
 // source's connect. TLS (tls-stream.h) runs on top.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -24,6 +25,9 @@ class DataListener {
   // `timeout`. Authentication is TLS's job: whoever connects first gets the
   // socket, and a stranger fails the PSK handshake.
   Fd acceptOne(std::chrono::milliseconds timeout);
+  // The same, but gives up with Error(Failed) soon after `stop` becomes true
+  // (it waits in short slices): for receivers an abort must reach.
+  Fd acceptOne(std::chrono::milliseconds timeout, const std::atomic<bool>& stop);
 
  private:
   std::string address_;

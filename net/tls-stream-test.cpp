@@ -7,6 +7,7 @@
 #include <cstring>
 #include <future>
 #include <iostream>
+#include <thread>
 
 #include "common/error.h"
 #include "common/hash-stream.h"
@@ -298,4 +299,35 @@ TEST_CASE("pumpTls: two local sockets talk both ways through one TLS stream, and
   targetSide.get();
   sourceSide.get();
   CHECK(::read(sourceApp.get(), buf, sizeof buf) == 0);
+}
+
+TEST_CASE("DataListener: an accept that can be stopped gives up on stop, on timeout, and takes a sender", "[tls]") {
+  DataListener listener("127.0.0.1");
+  std::atomic<bool> stop{false};
+  try {
+    listener.acceptOne(300ms, stop);
+    FAIL("accepted with nobody connecting");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Disconnected);
+    CHECK(std::string(e.what()).find("within") != std::string::npos);
+  }
+
+  auto stopper = std::async(std::launch::async, [&] {
+    std::this_thread::sleep_for(100ms);
+    stop = true;
+  });
+  try {
+    listener.acceptOne(60s, stop);
+    FAIL("accepted with nobody connecting");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Failed);
+    CHECK(std::string(e.what()).find("stopped") != std::string::npos);
+  }
+  stopper.get();
+
+  stop = false;
+  auto client = std::async(std::launch::async, [&] { return connectTcp("127.0.0.1", listener.port(), 5s); });
+  Fd accepted = listener.acceptOne(5s, stop);
+  CHECK(accepted);
+  CHECK(client.get());
 }
