@@ -110,6 +110,40 @@ json waitFinal(ClusterGuard& cluster, const std::string& id, std::chrono::second
   return status;
 }
 
+// Rounds of memhog's check of its whole buffer so far.
+size_t verifiedRounds(ClusterGuard& cluster, const std::string& name) {
+  return occurrences(cluster.migrate({"logs", name}), "verified ");
+}
+
+// memhog re-checks every byte `rounds` more times, and was not started again.
+void checkMemoryVerifies(ClusterGuard& cluster, const std::string& name, size_t rounds, std::chrono::seconds timeout) {
+  auto at = verifiedRounds(cluster, name);
+  CHECK(waitUntil([&] { return verifiedRounds(cluster, name) >= at + rounds; }, timeout));
+  auto log = cluster.migrate({"logs", name});
+  CHECK(log.find("CORRUPT") == std::string::npos);
+  CHECK(occurrences(log, "ready ") == 1);
+}
+
+// One TCP connection from the lab's client netns to the container's echo
+// server (port 7777), returned once the server saw it.
+TcpClient connectEchoClient(ClusterGuard& cluster, const std::string& name, const std::string& ip) {
+  TcpClient tcp(ip, 7777);
+  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", name}).find("client connected") != std::string::npos; }, 10s));
+  return tcp;
+}
+
+// That connection went on: after `settle` more of it, every message sent was
+// echoed intact, over the one connection.
+void checkConnectionKept(ClusterGuard& cluster, const std::string& name, TcpClient& tcp, std::chrono::seconds settle) {
+  std::this_thread::sleep_for(settle);
+  auto summary = tcp.stop();
+  INFO(summary.dump());
+  CHECK(summary["exitStatus"] == 0);
+  CHECK(summary["error"].is_null());
+  CHECK(summary["verified"] == summary["sent"]);
+  CHECK(occurrences(cluster.migrate({"logs", name}), "client connected") == 1);
+}
+
 }  // namespace
 
 TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files all carry over") {
@@ -123,8 +157,7 @@ TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files al
   std::string ip = before[0]["ip"], mac = before[0]["mac"];
   REQUIRE(waitUntil([&] { return lastCount(cluster, "web") >= 5; }, 10s));
 
-  TcpClient tcp(ip, 7777);
-  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "web"}).find("client connected") != std::string::npos; }, 10s));
+  auto tcp = connectEchoClient(cluster, "web", ip);
 
   auto result = cluster.migrateJson({"web", "--to", "host2", "--tcp-established"});
   INFO(result.dump(2));
@@ -158,14 +191,7 @@ TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files al
   CHECK(readFile(host2Web["dir"].get<std::string>() + "/rootfs/root/note") == "written-on-host1\n");
 
   // The same TCP connection went on: every message echoed, none lost.
-  std::this_thread::sleep_for(2s);
-  auto summary = tcp.stop();
-  INFO(summary.dump());
-  CHECK(summary["exitStatus"] == 0);
-  CHECK(summary["error"].is_null());
-  CHECK(summary["verified"] == summary["sent"]);
-  auto connects = occurrences(cluster.migrate({"logs", "web"}), "client connected");
-  CHECK(connects == 1);
+  checkConnectionKept(cluster, "web", tcp, 2s);
 }
 
 TEST_CASE("migrating back and forth 5 times leaks nothing on either host") {
@@ -435,14 +461,6 @@ TEST_CASE("evacuating a host moves every container off it, keeping their address
   CHECK(cluster.agentJson("host1", {"ps"}).empty());
 }
 
-namespace {
-
-size_t verifiedRounds(ClusterGuard& cluster, const std::string& name) {
-  return occurrences(cluster.migrate({"logs", name}), "verified ");
-}
-
-}  // namespace
-
 TEST_CASE("post-copy: the container runs on host2 before its memory arrived, and memory, TCP, IP and MAC carry over") {
   REQUIRE_PRIVILEGES();
   ClusterGuard cluster(2);
@@ -452,8 +470,7 @@ TEST_CASE("post-copy: the container runs on host2 before its memory arrived, and
   REQUIRE(before.size() == 1);
   std::string ip = before[0]["ip"], mac = before[0]["mac"];
   REQUIRE(waitUntil([&] { return verifiedRounds(cluster, "hog") >= 2; }, 30s));
-  TcpClient tcp(ip, 7777);
-  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "hog"}).find("client connected") != std::string::npos; }, 10s));
+  auto tcp = connectEchoClient(cluster, "hog", ip);
 
   auto result = cluster.migrateJson({"hog", "--to", "host2", "--tcp-established", "--postcopy"});
   INFO(result.dump(2));
@@ -474,23 +491,13 @@ TEST_CASE("post-copy: the container runs on host2 before its memory arrived, and
                       fs::directory_iterator()) == 0);
   CHECK(countProcesses("/usr/local/bin/memhog") == 1);
 
-  // Its whole memory is intact on host2 (memhog re-checks every byte each
-  // round), and it was not started again.
-  auto at = verifiedRounds(cluster, "hog");
-  CHECK(waitUntil([&] { return verifiedRounds(cluster, "hog") >= at + 2; }, 30s));
-  auto log = cluster.migrate({"logs", "hog"});
-  CHECK(log.find("CORRUPT") == std::string::npos);
-  CHECK(occurrences(log, "ready ") == 1);
+  // Its whole memory is intact on host2, and it was not started again.
+  checkMemoryVerifies(cluster, "hog", 2, 30s);
   // The checkpoint on host2 went once the last page was in.
   auto host2Hog = cluster.agentJson("host2", {"inspect", "hog"});
   CHECK(waitUntil([&] { return !fs::exists(host2Hog["dir"].get<std::string>() + "/checkpoint"); }, 10s));
 
-  std::this_thread::sleep_for(1s);
-  auto summary = tcp.stop();
-  INFO(summary.dump());
-  CHECK(summary["error"].is_null());
-  CHECK(summary["verified"] == summary["sent"]);
-  CHECK(occurrences(cluster.migrate({"logs", "hog"}), "client connected") == 1);
+  checkConnectionKept(cluster, "hog", tcp, 1s);
 }
 
 TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on host1, memory and TCP connection intact") {
@@ -500,8 +507,7 @@ TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on
                    "/usr/local/bin/echo-server 7777 & exec /usr/local/bin/memhog 32 random"});
   std::string ip = entries(cluster, "hog").at(0)["ip"];
   REQUIRE(waitUntil([&] { return verifiedRounds(cluster, "hog") >= 2; }, 30s));
-  TcpClient tcp(ip, 7777);
-  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "hog"}).find("client connected") != std::string::npos; }, 10s));
+  auto tcp = connectEchoClient(cluster, "hog", ip);
   auto criuConf = ClusterGuard::agentState("host2") / "criu.conf";
   auto original = readFile(criuConf);
   writeFileAtomic(criuConf, original + "no-such-criu-option\n");
@@ -519,19 +525,10 @@ TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on
   CHECK(cluster.agentJson("host2", {"ps"}).empty());
   CHECK(countProcesses("/usr/local/bin/memhog") == 1);
   // The same process goes on (CRIU resumed it; not restored, not restarted)...
-  auto at = verifiedRounds(cluster, "hog");
-  CHECK(waitUntil([&] { return verifiedRounds(cluster, "hog") >= at + 2; }, 30s));
-  auto log = cluster.migrate({"logs", "hog"});
-  CHECK(log.find("CORRUPT") == std::string::npos);
-  CHECK(occurrences(log, "ready ") == 1);
-  // Its TCP connection goes on too: out of CRIU's lock and repair mode
+  checkMemoryVerifies(cluster, "hog", 2, 30s);
+  // ...and so does its TCP connection: out of CRIU's lock and repair mode
   // before the processes ran again.
-  std::this_thread::sleep_for(2s);
-  auto summary = tcp.stop();
-  INFO(summary.dump());
-  CHECK(summary["error"].is_null());
-  CHECK(summary["verified"] == summary["sent"]);
-  CHECK(occurrences(cluster.migrate({"logs", "hog"}), "client connected") == 1);
+  checkConnectionKept(cluster, "hog", tcp, 2s);
 
   writeFileAtomic(criuConf, original);
   CHECK(cluster.migrateJson({"hog", "--to", "host2", "--postcopy"})["state"] == "succeeded");
@@ -565,11 +562,7 @@ TEST_CASE("post-copy: the target agent killed while pages flow: the frozen sourc
   CHECK(cluster.agentJson("host2", {"ps"}).empty());
   CHECK(waitUntil([&] { return countProcesses("/usr/local/bin/memhog") == 1; }, 10s));
   // The same process, resumed by CRIU on host1 with all its memory.
-  auto at = verifiedRounds(cluster, "big");
-  CHECK(waitUntil([&] { return verifiedRounds(cluster, "big") >= at + 1; }, 60s));
-  auto log = cluster.migrate({"logs", "big"});
-  CHECK(log.find("CORRUPT") == std::string::npos);
-  CHECK(occurrences(log, "ready ") == 1);
+  checkMemoryVerifies(cluster, "big", 1, 60s);
 }
 
 TEST_CASE("post-copy: the source agent restarted while pages flow: the transfer completes and the move commits") {
@@ -593,9 +586,5 @@ TEST_CASE("post-copy: the source agent restarted while pages flow: the transfer 
   CHECK(big[0]["host"] == "host2");
   CHECK(cluster.agentJson("host1", {"ps"}).empty());
   CHECK(countProcesses("/usr/local/bin/memhog") == 1);
-  auto at = verifiedRounds(cluster, "big");
-  CHECK(waitUntil([&] { return verifiedRounds(cluster, "big") >= at + 1; }, 60s));
-  auto log = cluster.migrate({"logs", "big"});
-  CHECK(log.find("CORRUPT") == std::string::npos);
-  CHECK(occurrences(log, "ready ") == 1);
+  checkMemoryVerifies(cluster, "big", 1, 60s);
 }
