@@ -57,10 +57,9 @@ class Meter:
             self.base = os.path.join(CPUACCT, f"migrate-bench-{os.getpid()}")
             os.makedirs(self.base, exist_ok=True)
 
-    def run(self, args, env=None, pass_fds=(), check=True, stdin=None, after=None):
-        """Returns dict(wall, cpu, maxrssKiB, status, out, err). `after`, if
-        given, runs once the process exited and before the clock stops (e.g.
-        reading conmon's sync pipe)."""
+    def _step_cgroup(self):
+        """A new cpuacct cgroup for one command (None without one), and the
+        preexec_fn that puts the child into it."""
         cg = None
         if self.base:
             cg = os.path.join(self.base, f"s{len(self.dirs)}")
@@ -71,6 +70,13 @@ class Meter:
             if cg:
                 with open(os.path.join(cg, "cgroup.procs"), "w") as f:
                     f.write(str(os.getpid()))
+        return cg, join
+
+    def run(self, args, env=None, pass_fds=(), check=True, stdin=None, after=None):
+        """Returns dict(wall, cpu, maxrssKiB, status, out, err). `after`, if
+        given, runs once the process exited and before the clock stops (e.g.
+        reading conmon's sync pipe)."""
+        cg, join = self._step_cgroup()
 
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.monotonic()
@@ -95,16 +101,7 @@ class Meter:
 
     def spawn(self, args, **kw):
         """Starts a command in its own step cgroup without waiting; reap() it."""
-        cg = None
-        if self.base:
-            cg = os.path.join(self.base, f"s{len(self.dirs)}")
-            os.mkdir(cg)
-            self.dirs.append(cg)
-
-        def join():
-            if cg:
-                with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-                    f.write(str(os.getpid()))
+        cg, join = self._step_cgroup()
 
         p = subprocess.Popen(args, preexec_fn=join, **kw)
         p.bench_cgroup = cg
