@@ -18,6 +18,7 @@
 #include "agent/bundle-reader.h"
 #include "agent/bundle-writer.h"
 #include "agent/bundle.h"
+#include "agent/identifiers.h"
 #include "agent/oci-spec.h"
 #include "agent/storage.h"
 #include "common/error.h"
@@ -40,14 +41,6 @@ namespace {
 
 double secondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-bool validName(const std::string& name) {
-  if (name.empty() || name.size() > 64) return false;
-  for (char c : name) {
-    if (!isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
-  }
-  return name[0] != '.' && name[0] != '-';
 }
 
 }  // namespace
@@ -236,7 +229,13 @@ void Agent::reattachAddress(Container& c) {
   if (ip) announceAddress(c.state.netns, "eth0", *ip);
 }
 
-void Agent::writeSpec(Container& c, const std::optional<json>& importedSpec) {
+// The spec is always this host's own, generated from its image and the
+// container's checked config: nothing security-relevant is taken from a
+// bundle's spec.dump (hooks, mount sources, devices, capabilities, namespace
+// paths, seccomp or LSM settings). The spec it was checkpointed with is only
+// compared, and what differs is logged. CRIU restores into the same mounts
+// and namespaces because the source generated its spec the same way.
+void Agent::writeSpec(Container& c, const std::optional<json>& checkpointedSpec) {
   SpecInputs inputs;
   inputs.rootfs = c.paths.rootfs();
   inputs.bindMounts = makeBindMounts(c.config, c.paths.userdata(), c.state.ip);
@@ -247,14 +246,13 @@ void Agent::writeSpec(Container& c, const std::optional<json>& importedSpec) {
   inputs.imageEnv = image.config.env;
   inputs.imageWorkingDir = image.config.workingDir;
   inputs.imageUser = image.config.user;
-  json spec;
-  if (importedSpec) {
-    // The spec the container was checkpointed with (spec.dump): CRIU restores
-    // into the same mounts and namespaces, with this host's paths.
-    fs::path oldDir = importedSpec->at("root").at("path").get<std::string>();
-    spec = rebaseSpec(*importedSpec, oldDir.parent_path(), c.paths.dir, inputs);
-  } else {
-    spec = generateSpec(c.config, inputs);
+  json spec = generateSpec(c.config, inputs);
+  if (checkpointedSpec) {
+    auto changes = specDifferences(*checkpointedSpec, spec, inputs);
+    for (size_t i = 0; i < changes.size() && i < 20; ++i) {
+      logWarn("`" + c.config.name + "`: spec.dump differs from this host's spec, not used: " + changes[i]);
+    }
+    if (changes.size() > 20) logWarn("`" + c.config.name + "`: " + std::to_string(changes.size() - 20) + " more spec.dump differences");
   }
   fs::create_directories(c.paths.bundle());
   writeFileAtomic(c.paths.spec(), spec.dump(2));
@@ -263,7 +261,7 @@ void Agent::writeSpec(Container& c, const std::optional<json>& importedSpec) {
 Container Agent::run(const RunRequest& request) {
   std::lock_guard lock(mutex_);
   ErrorContext context("run `" + request.name + "`");
-  if (!validName(request.name)) {
+  if (!isContainerName(request.name)) {
     fail(ErrorKind::InvalidInput, "invalid name (use 1-64 of [A-Za-z0-9_.-], not starting with . or -)");
   }
   if (findIfExists(request.name)) fail(ErrorKind::Conflict, "a container with this name exists on " + options_.hostName);
@@ -659,14 +657,26 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   if (sha256) *sha256 = hashed.hexDigest();
 
   auto config = ContainerConfig::fromJson(json::parse(readFile(staging.path() / "config.dump")));
-  auto spec = json::parse(readFile(staging.path() / "spec.dump"));
-  if (!images_.findIfExists(config.imageDigest)) {
-    fail(ErrorKind::NotFound, "image " + config.imageDigest + " (" + config.imageName + ") of `" + config.name +
-                                  "` is not on " + options_.hostName + "; import it first");
+  checkUntrustedConfig(config);
+  if (config.id != manifest.containerId || config.name != manifest.containerName) {
+    fail(ErrorKind::InvalidInput, "bundle: config.dump names container " + quotedForMessage(config.name) + " (" +
+                                      config.id + "), the manifest " + quotedForMessage(manifest.containerName) +
+                                      " (" + quotedForMessage(manifest.containerId) + ")");
   }
+  if (config.imageDigest != manifest.imageDigest) {
+    fail(ErrorKind::InvalidInput, "bundle: config.dump's image " + config.imageDigest + " is not the manifest's " +
+                                      quotedForMessage(manifest.imageDigest));
+  }
+  auto image = images_.findIfExists(config.imageDigest);
+  if (!image) {
+    fail(ErrorKind::NotFound, "image " + config.imageDigest + " (" + quotedForMessage(config.imageName) + ") of `" +
+                                  config.name + "` is not on " + options_.hostName + "; import it first");
+  }
+  // Shown and written into the container's files: this host's own name for it.
+  config.imageName = image->names.empty() ? image->digest : image->names.front();
   bool renamed = request.name && *request.name != config.name;
   if (renamed) {
-    if (!validName(*request.name)) fail(ErrorKind::InvalidInput, "invalid name `" + *request.name + "`");
+    if (!isContainerName(*request.name)) fail(ErrorKind::InvalidInput, "invalid name `" + *request.name + "`");
     config.name = *request.name;
     config.id = newContainerId();
     config.hostname = config.name;
@@ -691,7 +701,6 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   fs::rename(staging.path() / "rootfs-diff", staging.path() / "upper");
   fs::create_directories(staging.path() / "upper");
   fs::create_directories(staging.path() / "bundle");
-  writeFileAtomic(staging.path() / "bundle" / "imported-spec.json", spec.dump(2));
   fs::rename(staging.path(), c.paths.dir);  // the tmpfs mount moves with its parent
   checkpointMount.armed = false;
   staging.keep();
@@ -712,9 +721,11 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
                                   (c.paths.checkpoint() / "inventory.img").string() + " is missing)");
   }
   auto start = Clock::now();
-  std::optional<json> importedSpec;
-  if (auto text = readFileIfExists(c.paths.bundle() / "imported-spec.json")) importedSpec = json::parse(*text);
-  else importedSpec = json::parse(readFile(c.paths.dir / "spec.dump"));
+  std::optional<json> checkpointedSpec;
+  if (auto text = readFileIfExists(c.paths.dir / "spec.dump")) {
+    checkpointedSpec = json::parse(*text, nullptr, false);
+    if (checkpointedSpec->is_discarded()) checkpointedSpec.reset();
+  }
 
   try {
     prepareStorage(c);
@@ -725,7 +736,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (!request.ignoreStaticIp && !c.state.ip.empty()) ip = c.state.ip;
     if (!request.ignoreStaticMac && !c.state.mac.empty()) mac = c.state.mac;
     setupNetwork(c, ip, mac, true);
-    writeSpec(c, importedSpec);
+    writeSpec(c, checkpointedSpec);
     if (times) times->add("network", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
@@ -749,7 +760,6 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   c.state.startedAt = nowIso8601();
   c.state.exitCode.reset();
   save(c);
-  fs::remove(c.paths.bundle() / "imported-spec.json");
   if (!request.keepCheckpoint && !request.lazyPages) releaseCheckpointFiles(c);
   logInfo("restored `" + c.config.name + "` pid " + std::to_string(c.state.pid));
   return c;

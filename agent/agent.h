@@ -147,7 +147,7 @@ class Agent {
   // and CNI ADD into that same netns (same IP and MAC) if they resume here.
   void releaseAddress(Container& container);
   void reattachAddress(Container& container);
-  void writeSpec(Container& container, const std::optional<nlohmann::json>& importedSpec);
+  void writeSpec(Container& container, const std::optional<nlohmann::json>& checkpointedSpec);
   void cleanupAfterStop(Container& container);
   void prepareCheckpointDirectory(const fs::path& dir);
   void releaseCheckpointFiles(const Container& container);

@@ -93,8 +93,8 @@ struct SourceTree {
   SourceTree() {
     auto& r = root.path();
     sources.manifest.containerName = "web";
-    sources.manifest.containerId = "0123abcd";
-    sources.manifest.imageDigest = "sha256:feed";
+    sources.manifest.containerId = "0123abcd0123abcd0123abcd0123abcd";
+    sources.manifest.imageDigest = "sha256:" + std::string(64, 'f');
     sources.manifest.imageName = "docker.io/library/busybox:latest";
     sources.manifest.sourceHost = "host1";
     sources.manifest.criuVersion = "4.2.1";
@@ -165,7 +165,7 @@ void checkRoundTrip(const SourceTree& src, const fs::path& out, const BundleMani
   CHECK(readFile(out / "network.status") == "[]");
   CHECK(readFile(out / "ctr.log") == "hello from the container\n");
   CHECK(!fs::exists(out / "stats-dump"));
-  CHECK(BundleManifest::fromJson(nlohmann::json::parse(readFile(out / "manifest.json"))).containerId == "0123abcd");
+  CHECK(BundleManifest::fromJson(nlohmann::json::parse(readFile(out / "manifest.json"))).containerId == "0123abcd0123abcd0123abcd0123abcd");
 
   CHECK(readFile(out / "checkpoint" / "inventory.img") == "inventory");
   CHECK(readFile(out / "checkpoint" / "pages-1.img") == src.pages);
@@ -347,6 +347,9 @@ struct Tar {
     BundleManifest m;
     m.formatVersion = version;
     m.containerName = "web";
+    m.containerId = std::string(32, 'a');
+    m.imageDigest = "sha256:" + std::string(64, 'b');
+    m.sourceHost = "host1";
     m.checkpointBytes = checkpointBytes;
     m.rootfsDiffBytes = rootfsDiffBytes;
     return add("manifest.json", AE_IFREG, m.toJson().dump());

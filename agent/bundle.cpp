@@ -1,5 +1,6 @@
 #include "agent/bundle.h"
 
+#include "agent/identifiers.h"
 #include "common/error.h"
 
 namespace migrate {
@@ -52,6 +53,12 @@ BundleManifest BundleManifest::fromJson(const nlohmann::json& json) {
   m.checkpointBytes = field<uint64_t>(json, "checkpointBytes");
   m.rootfsDiffBytes = field<uint64_t>(json, "rootfsDiffBytes");
   m.tcpEstablished = field<bool>(json, "tcpEstablished");
+  // Identifiers name directories, log lines and records here: checked now,
+  // before anything is written for the bundle.
+  checkContainerName(m.containerName, "bundle manifest: `containerName`");
+  checkContainerId(m.containerId, "bundle manifest: `containerId`");
+  checkImageDigest(m.imageDigest, "bundle manifest: `imageDigest`");
+  checkHostName(m.sourceHost, "bundle manifest: `sourceHost`");
   return m;
 }
 

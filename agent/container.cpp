@@ -4,8 +4,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
+#include "agent/identifiers.h"
 #include "common/error.h"
 #include "common/files.h"
 
@@ -38,6 +40,72 @@ ContainerConfig ContainerConfig::fromJson(const json& j) {
   } catch (const json::exception& e) {
     fail(ErrorKind::InvalidInput, std::string("container config: ") + e.what());
   }
+}
+
+namespace {
+
+// Bounds for what a spec may carry from a bundle: far above any real
+// container's, far below what would cost this host anything.
+constexpr size_t kMaxArgs = 4096;
+constexpr size_t kMaxEnv = 4096;
+constexpr size_t kMaxStringBytes = 128 * 1024;
+constexpr size_t kMaxListBytes = 1024 * 1024;
+constexpr size_t kMaxPathBytes = 4096;
+
+[[noreturn]] void refuseField(const std::string& field, const std::string& rule) {
+  fail(ErrorKind::InvalidInput, "config.dump: `" + field + "` " + rule);
+}
+
+bool hasNul(const std::string& s) { return s.find('\0') != std::string::npos; }
+
+void checkStrings(const std::vector<std::string>& list, const std::string& field, size_t maxCount) {
+  if (list.size() > maxCount) refuseField(field, "has " + std::to_string(list.size()) + " entries, more than " + std::to_string(maxCount));
+  size_t total = 0;
+  for (size_t i = 0; i < list.size(); ++i) {
+    auto at = field + "[" + std::to_string(i) + "]";
+    if (hasNul(list[i])) refuseField(at, "contains a NUL byte");
+    if (list[i].size() > kMaxStringBytes) refuseField(at, "is longer than " + std::to_string(kMaxStringBytes) + " bytes");
+    total += list[i].size();
+  }
+  if (total > kMaxListBytes) refuseField(field, "holds more than " + std::to_string(kMaxListBytes) + " bytes");
+}
+
+// "uid[:gid]", each a decimal number below 2^32 - 1 (the kernel's "no id").
+bool isNumericUser(const std::string& user) {
+  auto isId = [](std::string_view s) {
+    if (s.empty() || s.size() > 10 || !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) return false;
+    return std::stoull(std::string(s)) < 0xffffffffull;
+  };
+  auto colon = user.find(':');
+  if (colon == std::string::npos) return isId(user);
+  return isId(std::string_view(user).substr(0, colon)) && isId(std::string_view(user).substr(colon + 1));
+}
+
+}  // namespace
+
+void checkUntrustedConfig(const ContainerConfig& c) {
+  checkContainerId(c.id, "config.dump: `id`");
+  checkContainerName(c.name, "config.dump: `name`");
+  checkImageDigest(c.imageDigest, "config.dump: `imageDigest`");
+  if (c.args.empty()) refuseField("args", "is empty: there is no command to run");
+  checkStrings(c.args, "args", kMaxArgs);
+  checkStrings(c.env, "env", kMaxEnv);
+  for (size_t i = 0; i < c.env.size(); ++i) {
+    auto eq = c.env[i].find('=');
+    if (eq == 0 || eq == std::string::npos) refuseField("env[" + std::to_string(i) + "]", "is not KEY=VALUE");
+  }
+  if (!c.workingDir.empty()) {
+    if (c.workingDir[0] != '/' || hasNul(c.workingDir) || c.workingDir.size() > kMaxPathBytes) {
+      refuseField("workingDir", quotedForMessage(c.workingDir) + " must be an absolute path of at most " +
+                                    std::to_string(kMaxPathBytes) + " bytes");
+    }
+  }
+  if (!c.user.empty() && !isNumericUser(c.user)) {
+    refuseField("user", quotedForMessage(c.user) + " must be numeric uid[:gid]");
+  }
+  if (!c.hostname.empty()) checkHostName(c.hostname, "config.dump: `hostname`");
+  if (c.imageName.size() > 255 || hasNul(c.imageName)) refuseField("imageName", "is not an image name");
+  if (c.createdAt.size() > 64 || hasNul(c.createdAt)) refuseField("createdAt", "is not a time");
 }
 
 std::string statusName(ContainerStatus status) {

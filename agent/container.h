@@ -32,6 +32,12 @@ struct ContainerConfig {
   static ContainerConfig fromJson(const nlohmann::json& j);
 };
 
+// Checks a config that came from outside this host (a bundle's config.dump):
+// identifiers by their patterns (agent/identifiers.h), the command, env, user,
+// working dir and hostname by what a spec may carry, every size bounded.
+// Throws Error(InvalidInput) "config.dump: `<field>` …: <the rule>".
+void checkUntrustedConfig(const ContainerConfig& config);
+
 enum class ContainerStatus { Created, Running, Stopped, Checkpointed };
 std::string statusName(ContainerStatus status);
 ContainerStatus statusFromName(const std::string& name);

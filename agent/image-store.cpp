@@ -16,6 +16,7 @@
 #include <memory>
 #include <set>
 
+#include "agent/identifiers.h"
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/files.h"
@@ -103,9 +104,7 @@ bool isLowerHex(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
-bool isDigest(std::string_view digest) {
-  return digest.starts_with("sha256:") && digest.size() == 7 + 64 && isLowerHex(digest.substr(7));
-}
+bool isDigest(std::string_view digest) { return isImageDigest(digest); }
 
 std::string_view hexOf(std::string_view digest) { return digest.substr(7); }
 

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <set>
 
 #include "common/files.h"
@@ -116,7 +117,7 @@ TEST_CASE("spec: a non-numeric user and an empty command are refused") {
   CHECK(spec["process"]["user"]["gid"] == 100);
 }
 
-TEST_CASE("spec: bind mounts of the generated /etc files, and rebasing onto another host's directory") {
+TEST_CASE("spec: bind mounts of the generated /etc files") {
   TempDir dir(fs::temp_directory_path(), "oci-spec-test");
   auto config = sampleConfig();
   auto mounts = makeBindMounts(config, dir.path() / "userdata", "198.18.0.21");
@@ -131,20 +132,57 @@ TEST_CASE("spec: bind mounts of the generated /etc files, and rebasing onto anot
   in.cgroupsPath = "/migrate/host1/x";
   auto spec = generateSpec(config, in);
   CHECK(findMount(spec, "/etc/hosts")["source"] == (dir.path() / "userdata" / "hosts").string());
+}
 
-  SpecInputs there;
-  there.rootfs = "/elsewhere/c/rootfs";
-  there.cgroupsPath = "/migrate/host2/x";
-  there.netns = "/elsewhere/netns/x";
-  auto moved = rebaseSpec(spec, dir.path(), "/elsewhere/c", there);
-  CHECK(findMount(moved, "/etc/hosts")["source"] == "/elsewhere/c/userdata/hosts");
-  CHECK(moved["root"]["path"] == "/elsewhere/c/rootfs");
-  CHECK(moved["linux"]["cgroupsPath"] == "/migrate/host2/x");
-  for (auto& ns : moved["linux"]["namespaces"]) {
-    if (ns["type"] == "network") CHECK(ns["path"] == "/elsewhere/netns/x");
+namespace {
+
+// The same container's spec as two hosts generate it.
+struct TwoHostsSpecs {
+  TempDir here{fs::temp_directory_path(), "oci-spec-here"}, there{fs::temp_directory_path(), "oci-spec-there"};
+  SpecInputs sourceInputs, targetInputs;
+  nlohmann::json source, target;
+
+  TwoHostsSpecs() {
+    auto config = sampleConfig();
+    sourceInputs.rootfs = here.path() / "rootfs";
+    sourceInputs.bindMounts = makeBindMounts(config, here.path() / "userdata", "198.18.0.21");
+    sourceInputs.cgroupsPath = "/migrate/host1/x";
+    sourceInputs.netns = "/var/lib/a/netns/x";
+    targetInputs.rootfs = there.path() / "rootfs";
+    targetInputs.bindMounts = makeBindMounts(config, there.path() / "userdata", "198.18.0.21");
+    targetInputs.cgroupsPath = "/migrate/host2/x";
+    targetInputs.netns = "/var/lib/b/netns/x";
+    source = generateSpec(config, sourceInputs);
+    target = generateSpec(config, targetInputs);
   }
-  // Mounts that are not ours (proc, tmpfs) are untouched.
-  CHECK(findMount(moved, "/proc") == findMount(spec, "/proc"));
+};
+
+}  // namespace
+
+TEST_CASE("spec: a checkpointed spec from another host differs only where it was tampered with") {
+  TwoHostsSpecs specs;
+  // Host paths are the hosts' own: no difference to report.
+  CHECK(specDifferences(specs.source, specs.target, specs.targetInputs).empty());
+
+  auto tampered = specs.source;
+  tampered["hooks"] = {{"prestart", {{{"path", "/bin/sh"}, {"args", {"sh", "-c", "id > /tmp/owned"}}}}}};
+  for (auto& mount : tampered["mounts"]) {
+    if (mount["destination"] == "/etc/hosts") mount["source"] = "/etc/shadow";
+  }
+  tampered["process"]["capabilities"]["effective"].push_back("CAP_SYS_ADMIN");
+  tampered["linux"]["devices"] = {{{"path", "/dev/loop0"}, {"type", "b"}, {"major", 7}, {"minor", 0}}};
+  auto changes = specDifferences(tampered, specs.target, specs.targetInputs);
+  auto mentions = [&](const std::string& what) {
+    return std::any_of(changes.begin(), changes.end(), [&](auto& line) { return line.find(what) != std::string::npos; });
+  };
+  CHECK(mentions("/hooks"));
+  CHECK(mentions("/etc/shadow"));
+  CHECK(mentions("/process/capabilities/effective"));
+  CHECK(mentions("/linux/devices"));
+  // Hostile shapes are reported, never thrown on.
+  CHECK(specDifferences(nlohmann::json::array(), specs.target, specs.targetInputs).size() == 1);
+  CHECK_NOTHROW(specDifferences({{"root", 5}, {"mounts", "x"}, {"linux", {{"namespaces", 3}}}}, specs.target,
+                                specs.targetInputs));
 }
 
 TEST_CASE("spec: SELinux labels only where SELinux is enabled") {

@@ -192,23 +192,56 @@ json generateSpec(const ContainerConfig& config, const SpecInputs& inputs) {
   return spec;
 }
 
-json rebaseSpec(json spec, const fs::path& oldDir, const fs::path& newDir, const SpecInputs& inputs) {
-  std::string from = oldDir.string(), to = newDir.string();
-  for (auto& mount : spec["mounts"]) {
-    if (mount.value("type", "") != "bind") continue;
-    std::string source = mount.value("source", "");
-    if (source.rfind(from + "/", 0) == 0) mount["source"] = to + source.substr(from.size());
+std::vector<std::string> specDifferences(const json& checkpointed, const json& generated, const SpecInputs& inputs) {
+  if (!checkpointed.is_object()) return {"spec.dump is not a JSON object"};
+  json spec = checkpointed;
+  // The source's container directory, read from its root path (<dir>/rootfs).
+  std::string from;
+  if (auto root = spec.find("root"); root != spec.end() && root->is_object()) {
+    if (auto path = root->find("path"); path != root->end() && path->is_string()) {
+      from = fs::path(path->get<std::string>()).parent_path().string();
+    }
   }
-  spec["root"]["path"] = inputs.rootfs.string();
-  spec["linux"]["cgroupsPath"] = inputs.cgroupsPath;
-  for (auto& ns : spec["linux"]["namespaces"]) {
-    if (ns.value("type", "") != "network") continue;
-    ns.erase("path");
-    if (inputs.netns) ns["path"] = inputs.netns->string();
+  std::string to = inputs.rootfs.parent_path().string();
+  if (auto mounts = spec.find("mounts"); mounts != spec.end() && mounts->is_array() && !from.empty()) {
+    for (auto& mount : *mounts) {
+      if (!mount.is_object() || !mount.contains("source") || !mount["source"].is_string()) continue;
+      std::string source = mount["source"];
+      if (source.rfind(from + "/", 0) == 0) mount["source"] = to + source.substr(from.size());
+    }
   }
-  if (inputs.criuConfig) spec["annotations"]["org.criu.config"] = inputs.criuConfig->string();
-  else if (spec.contains("annotations")) spec["annotations"].erase("org.criu.config");
-  return spec;
+  // Paths and labels that are this host's by nature.
+  for (auto pointer : {"/root/path", "/linux/cgroupsPath", "/annotations/org.criu.config", "/process/selinuxLabel",
+                       "/linux/mountLabel"}) {
+    json::json_pointer at(pointer);
+    if (generated.contains(at)) {
+      try {
+        spec[at] = generated[at];
+      } catch (const json::exception&) {
+      }
+    }
+  }
+  if (auto section = spec.find("linux"); section != spec.end() && section->is_object()) {
+    if (auto namespaces = section->find("namespaces"); namespaces != section->end() && namespaces->is_array()) {
+      for (auto& ns : *namespaces) {
+        if (!ns.is_object() || ns.value("type", json()) != "network") continue;
+        ns.erase("path");
+        if (inputs.netns) ns["path"] = inputs.netns->string();
+      }
+    }
+  }
+  std::vector<std::string> out;
+  for (auto& op : json::diff(spec, generated)) {
+    std::string line = op.value("op", "") + " " + op.value("path", "");
+    if (op.value("op", "") != "add") {
+      json::json_pointer at(op.value("path", ""));
+      std::string was = spec.contains(at) ? spec[at].dump() : "";
+      if (was.size() > 80) was = was.substr(0, 80) + "…";
+      line += " (was " + was + ")";
+    }
+    out.push_back(line);
+  }
+  return out;
 }
 
 }  // namespace migrate

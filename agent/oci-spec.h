@@ -46,10 +46,13 @@ std::optional<SelinuxLabels> containerSelinuxLabels();
 std::map<std::string, fs::path> makeBindMounts(const ContainerConfig& config, const fs::path& userdata,
                                                const std::string& ip);
 
-// Rewrites every host path in `spec` that lies under `oldDir` to lie under
-// `newDir` (a spec from another host's container directory), and sets the
-// root, netns and cgroups path for this host.
-nlohmann::json rebaseSpec(nlohmann::json spec, const fs::path& oldDir, const fs::path& newDir,
-                          const SpecInputs& inputs);
+// What a spec a container was checkpointed with (a bundle's spec.dump, from
+// another host and untrusted) has that `generated`, this host's own spec for
+// it, does not: one line per JSON-patch operation that would turn one into
+// the other, after the host-specific paths (root, container directory,
+// netns, cgroups path, CRIU config, SELinux labels) are mapped to this host's.
+// Only for showing; `checkpointed` may be any JSON.
+std::vector<std::string> specDifferences(const nlohmann::json& checkpointed, const nlohmann::json& generated,
+                                         const SpecInputs& inputs);
 
 }  // namespace migrate
