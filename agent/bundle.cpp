@@ -33,7 +33,8 @@ nlohmann::json BundleManifest::toJson() const {
       {"imageName", imageName},           {"sourceHost", sourceHost},
       {"criuVersion", criuVersion},       {"runtimeVersion", runtimeVersion},
       {"createdAt", createdAt},           {"checkpointBytes", checkpointBytes},
-      {"rootfsDiffBytes", rootfsDiffBytes}, {"tcpEstablished", tcpEstablished},
+      {"rootfsDiffBytes", rootfsDiffBytes}, {"checkpointEntries", checkpointEntries},
+      {"rootfsDiffEntries", rootfsDiffEntries}, {"tcpEstablished", tcpEstablished},
   };
 }
 
@@ -51,6 +52,8 @@ BundleManifest BundleManifest::fromJson(const nlohmann::json& json) {
   m.createdAt = field<std::string>(json, "createdAt");
   m.checkpointBytes = field<uint64_t>(json, "checkpointBytes");
   m.rootfsDiffBytes = field<uint64_t>(json, "rootfsDiffBytes");
+  m.checkpointEntries = field<uint64_t>(json, "checkpointEntries");
+  m.rootfsDiffEntries = field<uint64_t>(json, "rootfsDiffEntries");
   m.tcpEstablished = field<bool>(json, "tcpEstablished");
   return m;
 }

@@ -35,10 +35,15 @@ void mountOverlay(const OverlayPaths& paths) {
   SYSCALL(::mount("overlay", paths.merged.c_str(), "overlay", 0, options.c_str()), "mount overlay", options);
 }
 
-void mountScratchTmpfs(const fs::path& dir) {
+void mountScratchTmpfs(const fs::path& dir, std::optional<TmpfsBounds> bounds) {
   fs::create_directories(dir);
   if (isMountPoint(dir)) return;
-  SYSCALL(::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700"), "mount tmpfs", dir.string());
+  std::string options = "mode=0700";
+  if (bounds) {
+    options += ",size=" + std::to_string(bounds->bytes) + ",nr_inodes=" + std::to_string(bounds->inodes);
+  }
+  SYSCALL(::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()), "mount tmpfs", dir.string(),
+          options);
 }
 
 void releaseDirectory(const fs::path& dir) {
