@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/storage.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -58,13 +59,17 @@ namespace {
 
 // The pids in the container's cgroup, in every hierarchy (cgroup v1 has one
 // per controller, v2 one): `cgroupsPath` is the agent's own /migrate/... path.
-std::vector<pid_t> cgroupMembers(const std::string& cgroupsPath) {
-  std::vector<pid_t> pids;
+std::vector<fs::path> cgroupDirs(const std::string& cgroupsPath) {
   fs::path relative = fs::path(cgroupsPath).relative_path();
   std::vector<fs::path> dirs = {fs::path("/sys/fs/cgroup") / relative};
   std::error_code ec;
   for (auto& hierarchy : fs::directory_iterator("/sys/fs/cgroup", ec)) dirs.push_back(hierarchy.path() / relative);
-  for (auto& dir : dirs) {
+  return dirs;
+}
+
+std::vector<pid_t> cgroupMembers(const std::string& cgroupsPath) {
+  std::vector<pid_t> pids;
+  for (auto& dir : cgroupDirs(cgroupsPath)) {
     auto text = readFileTailIfExists(dir / "cgroup.procs", 1 << 20);
     if (!text) continue;
     std::istringstream lines(*text);
@@ -198,7 +203,7 @@ std::string Runtime::awaitConmonReply(int syncFd, const std::string& id, const C
       why = "wrote more than " + std::to_string(options_.criuLogMaxBytes) + " bytes of restore.log (--criu-log-max-bytes)";
     }
     if (why.empty()) continue;
-    killRestore(paths, *restore, conmonGroup);
+    killRestore(id, paths, *restore, conmonGroup);
     cutLogToTail(log);
     fail("restore of `" + id + "` " + why + ": CRIU, runc and conmon were killed (" + log.string() + "):\n" +
          logTail(log));
@@ -210,7 +215,8 @@ std::string Runtime::awaitConmonReply(int syncFd, const std::string& id, const C
 // group; runc moves CRIU into the container's cgroup before the restore
 // (libcontainer criuApplyCgroups), so CRIU's restored tasks, whose restorer
 // is what loops on a bad image, are born there and are killed there.
-void Runtime::killRestore(const ContainerPaths& paths, const RestoreOptions& restore, pid_t conmonGroup) {
+void Runtime::killRestore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& restore,
+                          pid_t conmonGroup) {
   std::vector<pid_t> groups = {conmonGroup};
   if (auto text = readFileIfExists(paths.conmonPidFile())) {
     long pid = std::strtol(text->c_str(), nullptr, 10);
@@ -222,22 +228,31 @@ void Runtime::killRestore(const ContainerPaths& paths, const RestoreOptions& res
   for (pid_t group : groups) {
     if (group > 1 && group != ::getpgrp()) ::kill(-group, SIGKILL);
   }
-  if (!isAgentCgroup(restore.cgroupsPath)) {
-    logWarn("restore: no cgroup of ours to clear (`" + restore.cgroupsPath + "`)");
-    return;
-  }
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  for (;;) {
-    auto pids = cgroupMembers(restore.cgroupsPath);
-    if (pids.empty()) return;
-    for (pid_t pid : pids) ::kill(pid, SIGKILL);
-    if (std::chrono::steady_clock::now() > until) {
-      logError("restore: " + std::to_string(pids.size()) + " process(es) still in " + restore.cgroupsPath +
-               " after SIGKILL");
-      return;
+  if (isAgentCgroup(restore.cgroupsPath)) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      auto pids = cgroupMembers(restore.cgroupsPath);
+      if (pids.empty()) break;
+      for (pid_t pid : pids) ::kill(pid, SIGKILL);
+      if (std::chrono::steady_clock::now() > until) {
+        logError("restore: " + std::to_string(pids.size()) + " process(es) still in " + restore.cgroupsPath +
+                 " after SIGKILL");
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // runc never recorded the container, so `runc delete` will not remove them.
+    for (auto& dir : cgroupDirs(restore.cgroupsPath)) ::rmdir(dir.c_str());
+  } else {
+    logWarn("restore: no cgroup of ours to clear (`" + restore.cgroupsPath + "`)");
   }
+  // What CRIU and runc would have unmounted had they finished: CRIU's
+  // cgroup yard in its work dir, runc's criu-root overlay.
+  unmountAllUnder(paths.criuWork());
+  unmountAllUnder(options_.runcRoot / id);
+  // runc's state for an id it never finished restoring ("container with given
+  // ID already exists" on the next try), which `runc delete` cannot read.
+  if (!fs::exists(options_.runcRoot / id / "state.json")) removeTree(options_.runcRoot / id);
 }
 
 pid_t Runtime::create(const std::string& id, const ContainerPaths& paths) {

@@ -107,7 +107,7 @@ class Runtime {
   // deadline and log cap, else the restore is killed and this throws.
   std::string awaitConmonReply(int syncFd, const std::string& id, const ContainerPaths& paths,
                                const std::optional<RestoreOptions>& restore, pid_t conmonGroup);
-  void killRestore(const ContainerPaths& paths, const RestoreOptions& restore, pid_t conmonGroup);
+  void killRestore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& restore, pid_t conmonGroup);
   std::string runcCommand(const std::vector<std::string>& args);
 
   RuntimeOptions options_;

@@ -23,6 +23,9 @@ void mountOverlay(const OverlayPaths& paths);
 // Lazily unmounts; no-op when not mounted.
 void unmountOverlay(const fs::path& merged);
 bool isMountPoint(const fs::path& path);
+// Lazily unmounts every mount at or below `dir`, deepest first: what a killed
+// CRIU leaves (its cgroup yard in the work dir, runc's criu-root overlay).
+void unmountAllUnder(const fs::path& dir);
 
 // A fresh, empty tmpfs at `dir` (created if missing), for CRIU images: a dump
 // written to memory and restored from memory skips two passes over the disk
