@@ -715,7 +715,9 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
     if (onManifest) onManifest(m.toJson());
     reservedName = request.name.value_or(m.containerName);
     reservation.emplace(options_.stateDir, reservedName, options_.hostName);
-    precheckImport(m, HostCapacity::measure(options_.stateDir), options_.checkpointsInMemory, options_.stateDir);
+    // Where the staging dir, and so rootfs-diff/, lands (it may be a mount of its own).
+    fs::path landing = options_.stateDir / "containers";
+    precheckImport(m, HostCapacity::measure(landing), options_.checkpointsInMemory, landing);
     if (options_.checkpointsInMemory) {
       mountScratchTmpfs(checkpointMount.dir, checkpointTmpfsBounds(m));
       checkpointMount.armed = true;

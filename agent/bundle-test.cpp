@@ -291,6 +291,26 @@ TEST_CASE("bundle streams through a pipe while it is written", "[bundle]") {
   arena.checkNothingOutside();
 }
 
+TEST_CASE("bundle carries the last 64 MiB of a longer ctr.log", "[bundle]") {
+  REQUIRE_ROOT();
+  SourceTree src;
+  {
+    // 65 MiB, sparse, but for a marker at each end.
+    Fd fd = openOrFail(*src.sources.ctrLog, O_WRONLY | O_TRUNC);
+    SYSCALL(::pwrite(fd.get(), "head", 4, 0), "pwrite");
+    SYSCALL(::pwrite(fd.get(), "tail", 4, (65 << 20) - 4), "pwrite");
+  }
+  Arena arena;
+  StringOutputStream sink;
+  writeBundle(src.sources, sink);
+  StringInputStream in(sink.data());
+  readBundle(in, arena.target);
+  auto log = arena.target / "ctr.log";
+  CHECK(fs::file_size(log) == bundle::kMaxCtrLogBytes);
+  CHECK(readFileTailIfExists(log, 4) == "tail");
+  CHECK(readFile(log).find("head") == std::string::npos);
+}
+
 TEST_CASE("bundle writer refuses what a bundle cannot carry", "[bundle]") {
   REQUIRE_ROOT();
   SourceTree src;

@@ -33,9 +33,9 @@ uint64_t readMemAvailable() {
 
 }  // namespace
 
-HostCapacity HostCapacity::measure(const fs::path& stateDir) {
+HostCapacity HostCapacity::measure(const fs::path& landingDir) {
   struct statvfs vfs;
-  SYSCALL(::statvfs(stateDir.c_str(), &vfs), "statvfs", stateDir.string());
+  SYSCALL(::statvfs(landingDir.c_str(), &vfs), "statvfs", landingDir.string());
   return HostCapacity{readMemAvailable(), saturatingMul(vfs.f_bavail, vfs.f_frsize), vfs.f_favail};
 }
 
@@ -47,7 +47,7 @@ TmpfsBounds checkpointTmpfsBounds(const BundleManifest& m) {
 }
 
 void precheckImport(const BundleManifest& m, const HostCapacity& free, bool checkpointsInMemory,
-                    const fs::path& stateDir) {
+                    const fs::path& landingDir) {
   uint64_t diskBytes = m.rootfsDiffBytes;
   uint64_t diskEntries = m.rootfsDiffEntries;
   if (checkpointsInMemory) {
@@ -65,14 +65,14 @@ void precheckImport(const BundleManifest& m, const HostCapacity& free, bool chec
   std::string what = checkpointsInMemory ? "rootfsDiffBytes" : "rootfsDiffBytes + checkpointBytes";
   if (diskBytes > free.diskAvailable) {
     fail(ErrorKind::Overloaded, "bundle declares " + what + " = " + std::to_string(diskBytes) + " (" + mib(diskBytes) +
-                                    ") but " + stateDir.string() + " has " + std::to_string(free.diskAvailable) +
+                                    ") but " + landingDir.string() + " has " + std::to_string(free.diskAvailable) +
                                     " bytes free (" + mib(free.diskAvailable) + ")");
   }
   // btrfs has no inode table and reports 0 free: no bound to check there.
   if (free.diskInodes != 0 && diskEntries > free.diskInodes) {
     fail(ErrorKind::Overloaded, "bundle declares " + std::string(checkpointsInMemory ? "rootfsDiffEntries" :
                                                                  "rootfsDiffEntries + checkpointEntries") +
-                                    " = " + std::to_string(diskEntries) + " but " + stateDir.string() + " has " +
+                                    " = " + std::to_string(diskEntries) + " but " + landingDir.string() + " has " +
                                     std::to_string(free.diskInodes) + " inodes free");
   }
 }

@@ -15,10 +15,10 @@ namespace fs = std::filesystem;
 
 struct HostCapacity {
   uint64_t memAvailable = 0;   // /proc/meminfo MemAvailable, bytes: what a tmpfs may take
-  uint64_t diskAvailable = 0;  // statvfs of the state dir: f_bavail * f_frsize
+  uint64_t diskAvailable = 0;  // statvfs of where imports land (stateDir/containers): f_bavail * f_frsize
   uint64_t diskInodes = 0;     // statvfs f_favail
 
-  static HostCapacity measure(const fs::path& stateDir);
+  static HostCapacity measure(const fs::path& landingDir);
 };
 
 // The checkpoint tmpfs for a bundle: its declared bytes plus a page per
@@ -28,8 +28,8 @@ TmpfsBounds checkpointTmpfsBounds(const BundleManifest& manifest);
 
 // Throws Error(Overloaded) naming the declared figure and the free one when
 // the bundle cannot fit: the checkpoint tmpfs in MemAvailable (or, with
-// checkpoints on disk, on the state dir's filesystem with rootfs-diff/).
+// checkpoints on disk, on `landingDir`'s filesystem with rootfs-diff/).
 void precheckImport(const BundleManifest& manifest, const HostCapacity& free, bool checkpointsInMemory,
-                    const fs::path& stateDir);
+                    const fs::path& landingDir);
 
 }  // namespace migrate

@@ -61,6 +61,19 @@ std::vector<std::string> mountsUnder(const fs::path& dir) {
   return found;
 }
 
+// The filesystem options (the last field) of the mount at `point`.
+std::string mountOptions(const fs::path& point) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, mountPoint;
+    fields >> id >> parent >> dev >> root >> mountPoint;
+    if (mountPoint == point.string()) return line.substr(line.rfind(' ') + 1);
+  }
+  return "";
+}
+
 std::vector<fs::path> stagingDirs(const AgentHome& home) {
   std::vector<fs::path> found;
   for (auto& e : fs::directory_iterator(home.dir() / "containers")) {
@@ -221,10 +234,36 @@ TEST_CASE("an import killed midway is removed, tmpfs and all, by the next comman
   auto staging = stagingDirs(target);
   REQUIRE(staging.size() == 1);
   CHECK(mountsUnder(target.dir()) == std::vector<std::string>{(staging[0] / "checkpoint").string()});
+  // Mounted once the manifest was read, sized from it.
+  auto tmpfs = mountOptions(staging[0] / "checkpoint");
+  CHECK_THAT(tmpfs, Catch::Contains("size=") && Catch::Contains("nr_inodes="));
 
   // Any next command of this agent clears it.
   CHECK(target.agentJson({"ps"}).empty());
   CHECK(stagingDirs(target).empty());
   CHECK(mountsUnder(target.dir()).empty());
   CHECK(target.agentJson({"restore", "--import", bundle.string()})["state"]["status"] == "running");
+}
+
+TEST_CASE("a bundle without rootfs-diff/ restores with an empty upper layer") {
+  REQUIRE_PRIVILEGES();
+  AgentHome source("src"), target("dst");
+  source.importTestImage();
+  target.importTestImage();
+  TempDir scratch("/var/tmp", "migrate-bundle");
+  auto bundle = scratch.path() / "m.tar.zst";
+  auto bare = scratch.path() / "bare.tar.zst";
+  exportCounter(source, "m", bundle);
+  {
+    HostileBundle b(bundle);
+    removeTree(b.dir() / "rootfs-diff");
+    fs::remove(b.dir() / "deleted.files");
+    b.repack(bare);
+  }
+  auto restored = target.agentJson({"restore", "--import", bare.string()});
+  CHECK(restored["state"]["status"] == "running");
+  CHECK(fs::is_directory(restored["dir"].get<std::string>() + "/upper"));
+  auto verified = [&] { return occurrences(target.agent({"logs", "m"}), "verified "); };
+  auto before = verified();
+  CHECK(waitUntil([&] { return verified() > before; }, std::chrono::seconds(20)));
 }
