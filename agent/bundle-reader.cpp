@@ -198,7 +198,8 @@ class BundleReader {
           // than the whiteouts rootfsDiffEntries leaves room for.
           uint64_t room = manifest_.rootfsDiffEntries - std::min(rootfsDiffEntries_, manifest_.rootfsDiffEntries);
           uint64_t limit = std::min<uint64_t>(kMaxDeletedFilesBytes, 16 + room * (2 * 4096 + 3));
-          std::string text = readSmall(static_cast<uint64_t>(size), limit);
+          std::string text = readSmall(static_cast<uint64_t>(size), limit,
+                                       limit < kMaxDeletedFilesBytes ? " (all the room the manifest's rootfsDiffEntries leaves)" : "");
           writeSmallFile(path, text);
           createWhiteouts(text);
           return false;
@@ -489,8 +490,8 @@ class BundleReader {
     if (length > runStart) pwriteAll(fd, data + runStart, length - runStart, offset + runStart);
   }
 
-  std::string readSmall(uint64_t size, uint64_t limit) {
-    if (size > limit) fail(ErrorKind::InvalidInput, "larger than " + std::to_string(limit) + " bytes");
+  std::string readSmall(uint64_t size, uint64_t limit, std::string_view why = {}) {
+    if (size > limit) fail(ErrorKind::InvalidInput, "larger than " + std::to_string(limit) + " bytes" + std::string(why));
     std::string text(static_cast<size_t>(size), '\0');
     forEachDataBlock(size, [&](const char* data, size_t length, uint64_t offset) {
       std::memcpy(text.data() + offset, data, length);

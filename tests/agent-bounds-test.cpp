@@ -100,7 +100,7 @@ void exportCounter(AgentHome& source, const std::string& name, const fs::path& b
 
 }  // namespace
 
-TEST_CASE("a restore CRIU cannot finish (pages-1.img cut to 4 KiB) is killed at its deadline; a whole bundle then restores") {
+TEST_CASE("a restore CRIU cannot finish (pages-1.img cut to 4 KiB) is killed at its deadline, and a whole bundle then restores") {
   REQUIRE_PRIVILEGES();
   AgentHome source("src"), target("dst");
   source.importTestImage();
