@@ -26,6 +26,9 @@ constexpr uint64_t kMaxManifestBytes = 1 << 20;
 constexpr uint64_t kMaxDeletedFilesBytes = 256ull << 20;
 // Our writer pads the tar to its 10 KiB record; anything much beyond that is not ours.
 constexpr uint64_t kMaxTrailingBytes = 1 << 20;
+// Entries outside the two trees (manifest.json, config.dump, ...): at most
+// one each, beside the trees' entries BundleLimits::maxEntries counts.
+constexpr size_t kMaxSideEntries = 16;
 // Zero runs this long and aligned are left as holes instead of written.
 constexpr size_t kHoleBlock = 4096;
 
@@ -155,7 +158,7 @@ class BundleReader {
     const char* rawPath = archive_entry_pathname(entry);
     std::string raw = rawPath ? rawPath : "";
     ErrorContext context("bundle: entry `" + printable(raw) + "`");
-    if (++entries_ > limits_.maxEntries) {
+    if (++entries_ > limits_.maxEntries + kMaxSideEntries) {
       fail(ErrorKind::InvalidInput, "more than " + std::to_string(limits_.maxEntries) + " entries in the bundle");
     }
     std::string path = normaliseRelativePath(raw);
@@ -508,7 +511,7 @@ class BundleReader {
 
   void createWhiteouts(const std::string& text) {
     std::vector<std::string> paths = parseDeletedFiles(text);
-    if (entries_ + paths.size() > limits_.maxEntries) {
+    if (entries_ + paths.size() > limits_.maxEntries + kMaxSideEntries) {
       fail(ErrorKind::InvalidInput, "more than " + std::to_string(limits_.maxEntries) + " entries in the bundle");
     }
     entries_ += paths.size();

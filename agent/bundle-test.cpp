@@ -526,11 +526,19 @@ TEST_CASE("bundle reader enforces size and count limits", "[bundle]") {
              Catch::Equals("bundle: manifest.json declares checkpointBytes + rootfsDiffBytes = 2009, over this "
                            "host's limit of 1500 bytes per bundle"));
   limits = {};
-  limits.maxEntries = 5;
-  CHECK_THAT(readHostile(Tar().minimal().add("checkpoint/a", AE_IFREG, "a").finish(), limits),
-             Catch::Contains("more than 5 entries"));
+  limits.maxEntries = 3;
+  CHECK_THAT(readHostile(Tar().minimal().add("checkpoint/a", AE_IFREG, "a").add("checkpoint/b", AE_IFREG, "b").finish(), limits),
+             Catch::Equals("bundle: manifest.json declares checkpointEntries + rootfsDiffEntries = 4, over this host's "
+                           "limit of 3 entries per bundle"));
   CHECK_THAT(readHostile(Tar().minimal().add("rootfs-diff", AE_IFDIR).add("deleted.files", AE_IFREG, R"(["a"])").finish(), limits),
-             Catch::Contains("more than 5 entries"));
+             Catch::Contains("declares checkpointEntries + rootfsDiffEntries = 4, over"));
+  // A manifest that declares few entries does not let more past the host's limit either.
+  Declared few;
+  few.checkpointEntries = 2;
+  Tar many;
+  many.minimal(few);
+  for (int i = 0; i < 30; ++i) many.add("checkpoint/f" + std::to_string(i), AE_IFREG, "");
+  CHECK_THAT(readHostile(many.finish(), limits), Catch::Contains("more entries than the manifest's checkpointEntries (2)"));
 }
 
 // Bytes the target's files really take (allocated blocks), after a refusal.
