@@ -377,6 +377,9 @@ struct Tar {
     BundleManifest m;
     m.formatVersion = version;
     m.containerName = "web";
+    m.containerId = std::string(32, 'a');
+    m.imageDigest = "sha256:" + std::string(64, 'b');
+    m.sourceHost = "host1";
     for (auto& e : entries) {
       std::string top = e.path.substr(0, e.path.find('/'));
       bool data = e.type == AE_IFREG && e.hardlinkTarget.empty() && !e.manifest;

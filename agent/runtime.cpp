@@ -117,6 +117,7 @@ pid_t Runtime::runConmon(const std::string& id, const ContainerPaths& paths,
   for (auto& dir : {paths.exitDir(), paths.socketDir()}) fs::create_directories(dir);
   fs::remove(paths.exitDir() / id);
   fs::remove(paths.pidFile());
+  fs::remove(paths.conmonPidFile());  // killRestore trusts only one this conmon wrote
   // conmon reports the container's pid, or runc's error, as JSON on the sync
   // pipe (_OCI_SYNCPIPE); its parent process exits as soon as the monitor has
   // daemonized, before runc is done, so the pipe is what we wait on.
@@ -220,7 +221,9 @@ void Runtime::killRestore(const std::string& id, const ContainerPaths& paths, co
   std::vector<pid_t> groups = {conmonGroup};
   if (auto text = readFileIfExists(paths.conmonPidFile())) {
     long pid = std::strtol(text->c_str(), nullptr, 10);
-    if (pid > 1) {
+    // Still that conmon, not a process that got its pid since.
+    auto cmdline = readFileTailIfExists("/proc/" + std::to_string(pid) + "/cmdline", 1 << 16).value_or("");
+    if (pid > 1 && cmdline.find(id) != std::string::npos) {
       groups.push_back(::getpgid(static_cast<pid_t>(pid)));
       ::kill(static_cast<pid_t>(pid), SIGKILL);
     }
