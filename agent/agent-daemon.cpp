@@ -934,10 +934,12 @@ void AgentDaemon::abortReceive(const std::string& migrationId) {
   }
   // Whatever arrived or was restored here for this migration goes: the
   // source runs it again. Found by migration id, so this works also after
-  // the agent restarted and lost its receiver.
+  // the agent restarted and lost its receiver; an import that died midway
+  // (its staging dir and tmpfs) goes too.
   for (auto& c : agent_.list()) {
     if (c.state.migrationId == migrationId) agent_.remove(c.config.id, true);
   }
+  agent_.removeStaleImports();
   logInfo("aborted receive of migration " + migrationId);
 }
 

@@ -25,6 +25,9 @@ struct GlobalOptions {
   std::string cniConfig;
   std::string output = "text";
   bool checkpointsOnDisk = false;
+  BundleLimits importLimits;
+  int restoreTimeoutSeconds = 0;
+  uint64_t criuLogMaxBytes = RuntimeOptions{}.criuLogMaxBytes;
 };
 
 AgentOptions agentOptions(const GlobalOptions& g) {
@@ -39,6 +42,9 @@ AgentOptions agentOptions(const GlobalOptions& g) {
   }
   if (!g.cniConfig.empty()) o.cniConfig = g.cniConfig;
   o.checkpointsInMemory = !g.checkpointsOnDisk;
+  o.importLimits = g.importLimits;
+  o.runtime.restoreTimeout = std::chrono::seconds(g.restoreTimeoutSeconds);
+  o.runtime.criuLogMaxBytes = g.criuLogMaxBytes;
   return o;
 }
 
@@ -100,6 +106,17 @@ int main(int argc, char** argv) {
   app.add_option("--output,-o", g.output, "text or json")->check(CLI::IsMember({"text", "json"}));
   app.add_flag("--checkpoints-on-disk", g.checkpointsOnDisk,
                "keep CRIU images in the state directory instead of a tmpfs (survive a reboot, slower)");
+  // This host's caps on an imported bundle; within them a bundle gets what its manifest declares.
+  app.add_option("--max-import-bytes", g.importLimits.maxTotalBytes,
+                 "largest checkpoint + rootfs-diff a bundle may declare, bytes")->capture_default_str();
+  app.add_option("--max-import-entries", g.importLimits.maxEntries,
+                 "most entries (files, dirs, whiteouts) a bundle may declare")->capture_default_str();
+  app.add_option("--max-import-entry-bytes", g.importLimits.maxEntryBytes, "largest file in a bundle, bytes")
+      ->capture_default_str();
+  app.add_option("--restore-timeout", g.restoreTimeoutSeconds,
+                 "seconds before a CRIU restore is killed (0: 30 s + 10 s per GiB of images)")->capture_default_str();
+  app.add_option("--criu-log-max-bytes", g.criuLogMaxBytes, "restore.log size at which a CRIU restore is killed")
+      ->capture_default_str();
 
   std::function<void()> action;
 

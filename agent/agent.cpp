@@ -3,7 +3,10 @@
 #include <signal.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -18,6 +21,7 @@
 #include "agent/bundle-reader.h"
 #include "agent/bundle-writer.h"
 #include "agent/bundle.h"
+#include "agent/capacity.h"
 #include "agent/identifiers.h"
 #include "agent/oci-spec.h"
 #include "agent/storage.h"
@@ -25,6 +29,7 @@
 #include "common/files.h"
 #include "common/hash-stream.h"
 #include "common/log.h"
+#include "common/syscall.h"
 #include "common/zstd-stream.h"
 #include "net/announce.h"
 #include "net/cni.h"
@@ -43,6 +48,60 @@ double secondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+constexpr std::string_view kImportPrefix = ".import";
+
+// An exclusive flock(2) on a file or directory, held by an open file
+// description: the kernel lets go when its holder dies however it dies, so
+// a lock left by a killed import is simply free. Across processes and
+// between two opens in one process alike.
+class ImportLock {
+ public:
+  // nullopt when another holds it.
+  static std::optional<ImportLock> tryAcquire(const fs::path& path, int flags = O_RDONLY | O_DIRECTORY) {
+    Fd fd = openOrFail(path, flags | O_NOFOLLOW, 0600);
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
+      if (errno == EWOULDBLOCK) return std::nullopt;
+      failErrno(errno, "flock " + path.string());
+    }
+    return ImportLock(std::move(fd));
+  }
+  int fd() const { return fd_.get(); }
+
+ private:
+  explicit ImportLock(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
+};
+
+// A container name reserved while it is imported: a lock file per name under
+// stateDir/names/, removed again by its holder (the classic lock-unlink
+// dance: a waiter that locked an unlinked file tries again).
+class NameReservation {
+ public:
+  NameReservation(const fs::path& stateDir, const std::string& name, const std::string& host) {
+    fs::path dir = stateDir / "names";
+    fs::create_directories(dir);
+    // Hashed: the name comes from a bundle and must not steer a path.
+    path_ = dir / sha256Hex(name);
+    for (;;) {
+      auto lock = ImportLock::tryAcquire(path_, O_RDWR | O_CREAT);
+      if (!lock) fail(ErrorKind::Conflict, "name `" + name + "` is in use on " + host + ": another import is receiving it");
+      struct stat held, named;
+      SYSCALL(::fstat(lock->fd(), &held), "fstat", path_.string());
+      if (::stat(path_.c_str(), &named) == 0 && named.st_ino == held.st_ino && named.st_dev == held.st_dev) {
+        lock_.emplace(std::move(*lock));
+        return;
+      }
+    }
+  }
+  NameReservation(const NameReservation&) = delete;
+  NameReservation& operator=(const NameReservation&) = delete;
+  ~NameReservation() { ::unlink(path_.c_str()); }  // while still locked; the Fd closes after
+
+ private:
+  fs::path path_;
+  std::optional<ImportLock> lock_;
+};
+
 }  // namespace
 
 Agent::Agent(AgentOptions options)
@@ -58,6 +117,7 @@ Agent::Agent(AgentOptions options)
   // annotation. nftables locks the network during a TCP dump and restore:
   // CRIU's default (iptables) would touch the host's tables.
   writeFileAtomic(criuConfig(), "network-lock nftables\n");
+  removeStaleImports();
 }
 
 void Agent::prepareCheckpointDirectory(const fs::path& dir) {
@@ -69,9 +129,11 @@ void Agent::prepareCheckpointDirectory(const fs::path& dir) {
 void Agent::removeStaleImports() {
   std::lock_guard lock(mutex_);
   for (auto& entry : fs::directory_iterator(options_.stateDir / "containers")) {
-    if (entry.path().filename().string().rfind(".import", 0) != 0) continue;
-    logWarn("removing " + entry.path().string() + ", left by an import that did not finish");
+    if (entry.path().filename().string().rfind(kImportPrefix, 0) != 0) continue;
     try {
+      auto held = ImportLock::tryAcquire(entry.path());
+      if (!held) continue;  // a live import, in another process
+      logWarn("removing " + entry.path().string() + ", left by an import that did not finish");
       releaseDirectory(entry.path() / "checkpoint");  // its CRIU images' tmpfs
       removeTree(entry.path());
     } catch (const std::exception& e) {
@@ -629,10 +691,13 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   std::lock_guard lock(mutex_);
   ErrorContext context("import");
   // Unpack into a directory beside the containers' that no listing sees
-  // (no container.json yet) and that disappears if anything fails.
-  TempDir staging(options_.stateDir / "containers", ".import");
-  // The CRIU images land on a tmpfs (the reader accepts checkpoint/ as an
-  // empty mount point); unmounted before the staging dir goes if we fail.
+  // (no container.json yet) and that disappears if anything fails; locked
+  // while we live, so removeStaleImports() knows it is not stale.
+  TempDir staging(options_.stateDir / "containers", kImportPrefix);
+  auto alive = ImportLock::tryAcquire(staging.path());
+  if (!alive) fail(ErrorKind::Conflict, "staging directory " + staging.path().string() + " is locked");
+  // The CRIU images land on a tmpfs sized from the manifest, mounted once
+  // that is read; unmounted before the staging dir goes if we fail.
   struct CheckpointMount {
     fs::path dir;
     bool armed = false;
@@ -640,14 +705,21 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
       if (armed) ::umount2(dir.c_str(), MNT_DETACH);
     }
   } checkpointMount{staging.path() / "checkpoint"};
-  if (options_.checkpointsInMemory) {
-    mountScratchTmpfs(checkpointMount.dir);
-    checkpointMount.armed = true;
-  }
+  std::optional<NameReservation> reservation;
+  std::string reservedName;
   Sha256InputStream hashed(in);
   ZstdInputStream zstd(hashed);
-  auto manifest = readBundle(zstd, staging.path(), BundleLimits{}, [&](const BundleManifest& m) {
+  auto manifest = readBundle(zstd, staging.path(), options_.importLimits, [&](const BundleManifest& m) {
     if (onManifest) onManifest(m.toJson());
+    reservedName = request.name.value_or(m.containerName);
+    reservation.emplace(options_.stateDir, reservedName, options_.hostName);
+    // Where the staging dir, and so rootfs-diff/, lands (it may be a mount of its own).
+    fs::path landing = options_.stateDir / "containers";
+    precheckImport(m, HostCapacity::measure(landing), options_.checkpointsInMemory, landing);
+    if (options_.checkpointsInMemory) {
+      mountScratchTmpfs(checkpointMount.dir, checkpointTmpfsBounds(m));
+      checkpointMount.armed = true;
+    }
   });
   // Drain what follows the tar's end-of-archive blocks so the hash covers the
   // whole stream the sender hashed.
@@ -681,7 +753,9 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
     config.id = newContainerId();
     config.hostname = config.name;
   }
-  if (findIfExists(config.name)) fail(ErrorKind::Conflict, "a container named `" + config.name + "` exists on " + options_.hostName);
+  if (findIfExists(config.name)) {
+    fail(ErrorKind::Conflict, "name `" + config.name + "` is in use on " + options_.hostName + ": a container has it");
+  }
 
   Container c;
   c.config = config;
@@ -697,8 +771,9 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
     c.state.ip = requestedIp(status).value_or("");
     c.state.mac = requestedMac(status).value_or("");
   }
-  // The staging dir becomes the container dir: rootfs-diff/ is the new upper.
-  fs::rename(staging.path() / "rootfs-diff", staging.path() / "upper");
+  // The staging dir becomes the container dir: rootfs-diff/ is the new upper
+  // (optional in a bundle: none means the container wrote nothing).
+  if (fs::exists(staging.path() / "rootfs-diff")) fs::rename(staging.path() / "rootfs-diff", staging.path() / "upper");
   fs::create_directories(staging.path() / "upper");
   fs::create_directories(staging.path() / "bundle");
   fs::rename(staging.path(), c.paths.dir);  // the tmpfs mount moves with its parent
@@ -740,7 +815,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (times) times->add("network", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
-    c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages});
+    c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages, cgroupsPath(c.config.id)});
     if (!c.state.netns.empty()) {
       unlockNetns(c.state.netns);
       if (!c.state.ip.empty()) announceAddress(c.state.netns, "eth0", c.state.ip);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/bundle-reader.h"
 #include "agent/container.h"
 #include "agent/image-store.h"
 #include "agent/runtime.h"
@@ -25,6 +26,7 @@ struct AgentOptions {
   std::optional<fs::path> cniConfig;   // CNI conflist; containers run with network only when set
   RuntimeOptions runtime;              // runcRoot defaults to stateDir/runc
   bool checkpointsInMemory = true;     // CRIU images on a tmpfs per container (storage.h)
+  BundleLimits importLimits;           // this host's caps on any bundle, whatever its manifest declares
 };
 
 struct RunRequest {
@@ -81,8 +83,10 @@ class Agent {
   ImageStore& images() { return images_; }
   Runtime& runtime() { return runtime_; }
 
-  // Removes what an agent killed mid-import left (staging directories);
-  // the daemon calls it at start, when no import can be running.
+  // Removes what an import killed midway left (its staging directory and
+  // the tmpfs in it). A running import holds a lock on its staging
+  // directory, so this is safe at any time: every Agent calls it when made
+  // (each CLI command, the daemon's start) and the daemon on an abort.
   void removeStaleImports();
 
   Container run(const RunRequest& request);
@@ -127,6 +131,11 @@ class Agent {
   ExportStats exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options = {});
   // Reads a bundle stream (zstd-compressed) into a new container in status
   // Checkpointed. `onManifest` may refuse the bundle early by throwing.
+  // At the manifest, before anything else is written: the name is reserved
+  // (a concurrent import of it, here or in another process, gets Conflict
+  // "name ... is in use"), the declared sizes are prechecked against free
+  // memory and disk (agent/capacity.h), and the checkpoint tmpfs is mounted
+  // with their size. The bundle then gets no more than it declared.
   Container importCheckpoint(InputStream& in, const ImportRequest& request,
                              std::function<void(const nlohmann::json& manifest)> onManifest = {},
                              std::string* sha256 = nullptr);

@@ -26,6 +26,9 @@ constexpr uint64_t kMaxManifestBytes = 1 << 20;
 constexpr uint64_t kMaxDeletedFilesBytes = 256ull << 20;
 // Our writer pads the tar to its 10 KiB record; anything much beyond that is not ours.
 constexpr uint64_t kMaxTrailingBytes = 1 << 20;
+// Entries outside the two trees (manifest.json, config.dump, ...): at most
+// one each, beside the trees' entries BundleLimits::maxEntries counts.
+constexpr size_t kMaxSideEntries = 16;
 // Zero runs this long and aligned are left as holes instead of written.
 constexpr size_t kHoleBlock = 4096;
 
@@ -112,13 +115,9 @@ class BundleReader {
  private:
   void openTarget() {
     if (!fs::is_directory(dir_)) fail(ErrorKind::NotFound, "bundle: target " + dir_.string() + " is not a directory");
-    // Empty, but for an empty checkpoint/ the caller may have prepared as a
-    // mount point (a tmpfs for the CRIU images).
-    for (auto& entry : fs::directory_iterator(dir_)) {
-      bool preparedImages = entry.path().filename() == bundle::kCheckpointDir && entry.is_directory() &&
-                            !entry.is_symlink() && fs::is_empty(entry.path());
-      if (!preparedImages) fail(ErrorKind::Conflict, "bundle: target " + dir_.string() + " is not empty");
-    }
+    // The caller's onManifest may then make checkpoint/ (a tmpfs sized from
+    // the manifest); nothing else is there before the first entry.
+    if (!fs::is_empty(dir_)) fail(ErrorKind::Conflict, "bundle: target " + dir_.string() + " is not empty");
     rootFd_ = Fd(SYSCALL(::open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC), "open", dir_.string()));
   }
 
@@ -159,7 +158,7 @@ class BundleReader {
     const char* rawPath = archive_entry_pathname(entry);
     std::string raw = rawPath ? rawPath : "";
     ErrorContext context("bundle: entry `" + printable(raw) + "`");
-    if (++entries_ > limits_.maxEntries) {
+    if (++entries_ > limits_.maxEntries + kMaxSideEntries) {
       fail(ErrorKind::InvalidInput, "more than " + std::to_string(limits_.maxEntries) + " entries in the bundle");
     }
     std::string path = normaliseRelativePath(raw);
@@ -175,6 +174,18 @@ class BundleReader {
     checkType(hardlink, type);
     la_int64_t size = archive_entry_size_is_set(entry) ? archive_entry_size(entry) : 0;
     checkSize(size, hardlink == nullptr && type == AE_IFREG);
+    // Before anything of the entry is written: a tree's entries and bytes
+    // stay within what the manifest declared, the rest within fixed caps.
+    if (isTree(section)) {
+      countTreeEntries(section, 1);
+      countTreeBytes(section, static_cast<uint64_t>(size));
+    } else if (section != Section::Manifest && section != Section::DeletedFiles) {
+      uint64_t cap = section == Section::CtrLog ? bundle::kMaxCtrLogBytes : bundle::kMaxSideFileBytes;
+      if (static_cast<uint64_t>(size) > cap) {
+        fail(ErrorKind::InvalidInput, "size " + std::to_string(size) + " exceeds the limit of " + std::to_string(cap) +
+                                          " bytes for " + top);
+      }
+    }
     seen_.insert(section);
 
     if (!isTree(section)) {
@@ -186,7 +197,12 @@ class BundleReader {
           writeSmallFile(path, manifestText_);
           return true;
         case Section::DeletedFiles: {
-          std::string text = readSmall(static_cast<uint64_t>(size), kMaxDeletedFilesBytes);
+          // Each path is at most PATH_MAX, quoted, with a comma: no more text
+          // than the whiteouts rootfsDiffEntries leaves room for.
+          uint64_t room = manifest_.rootfsDiffEntries - std::min(rootfsDiffEntries_, manifest_.rootfsDiffEntries);
+          uint64_t limit = std::min<uint64_t>(kMaxDeletedFilesBytes, 16 + room * (2 * 4096 + 3));
+          std::string text = readSmall(static_cast<uint64_t>(size), limit,
+                                       limit < kMaxDeletedFilesBytes ? " (all the room the manifest's rootfsDiffEntries leaves)" : "");
           writeSmallFile(path, text);
           createWhiteouts(text);
           return false;
@@ -249,6 +265,47 @@ class BundleReader {
     }
   }
 
+  // The manifest's figure for a tree, by name, for messages.
+  struct Declared {
+    const char* name;
+    uint64_t value;
+  };
+  Declared declaredEntries(Section section) const {
+    return section == Section::Checkpoint ? Declared{"checkpointEntries", manifest_.checkpointEntries}
+                                          : Declared{"rootfsDiffEntries", manifest_.rootfsDiffEntries};
+  }
+  Declared declaredBytes(Section section) const {
+    return section == Section::Checkpoint ? Declared{"checkpointBytes", manifest_.checkpointBytes}
+                                          : Declared{"rootfsDiffBytes", manifest_.rootfsDiffBytes};
+  }
+  uint64_t& entriesOf(Section section) { return section == Section::Checkpoint ? checkpointEntries_ : rootfsDiffEntries_; }
+  uint64_t& bytesOf(Section section) { return section == Section::Checkpoint ? checkpointBytes_ : rootfsDiffBytes_; }
+  std::string treeName(Section section) const {
+    return std::string(section == Section::Checkpoint ? bundle::kCheckpointDir : bundle::kRootfsDiffDir) + "/";
+  }
+
+  void countTreeEntries(Section section, uint64_t more) {
+    uint64_t& got = entriesOf(section);
+    Declared want = declaredEntries(section);
+    if (more > want.value - std::min(got, want.value)) {
+      fail(ErrorKind::InvalidInput, treeName(section) + " has more entries than the manifest's " + want.name + " (" +
+                                        std::to_string(want.value) + ")");
+    }
+    got += more;
+  }
+
+  // Hardlinks carry no data (size 0), so each inode's bytes count once.
+  void countTreeBytes(Section section, uint64_t more) {
+    uint64_t& got = bytesOf(section);
+    Declared want = declaredBytes(section);
+    if (more > want.value - std::min(got, want.value)) {
+      fail(ErrorKind::InvalidInput, treeName(section) + " would hold more than the manifest's " + want.name + " (" +
+                                        std::to_string(want.value) + " bytes): this entry has " +
+                                        std::to_string(more) + " after " + std::to_string(got));
+    }
+    got += more;
+  }
+
   // --- extraction: every path is opened beneath rootFd_ refusing symlinks,
   // and the last component is acted on with a single-name *at() call that
   // never follows it.
@@ -263,8 +320,6 @@ class BundleReader {
     applyOwnerModeXattrs(fd.get(), entry, AE_IFREG, section);
     struct timespec times[2] = {{0, UTIME_OMIT}, mtimeOf(entry)};
     SYSCALL(::futimens(fd.get(), times), "futimens", path);
-    if (section == Section::Checkpoint) checkpointBytes_ += size;
-    if (section == Section::RootfsDiff) rootfsDiffBytes_ += size;
     if (path == std::string(bundle::kCheckpointDir) + "/" + std::string(bundle::kInventory)) sawInventory_ = true;
   }
 
@@ -438,8 +493,8 @@ class BundleReader {
     if (length > runStart) pwriteAll(fd, data + runStart, length - runStart, offset + runStart);
   }
 
-  std::string readSmall(uint64_t size, uint64_t limit) {
-    if (size > limit) fail(ErrorKind::InvalidInput, "larger than " + std::to_string(limit) + " bytes");
+  std::string readSmall(uint64_t size, uint64_t limit, std::string_view why = {}) {
+    if (size > limit) fail(ErrorKind::InvalidInput, "larger than " + std::to_string(limit) + " bytes" + std::string(why));
     std::string text(static_cast<size_t>(size), '\0');
     forEachDataBlock(size, [&](const char* data, size_t length, uint64_t offset) {
       std::memcpy(text.data() + offset, data, length);
@@ -456,10 +511,11 @@ class BundleReader {
 
   void createWhiteouts(const std::string& text) {
     std::vector<std::string> paths = parseDeletedFiles(text);
-    if (entries_ + paths.size() > limits_.maxEntries) {
+    if (entries_ + paths.size() > limits_.maxEntries + kMaxSideEntries) {
       fail(ErrorKind::InvalidInput, "more than " + std::to_string(limits_.maxEntries) + " entries in the bundle");
     }
     entries_ += paths.size();
+    countTreeEntries(Section::RootfsDiff, paths.size());
     if (paths.empty()) return;
     Fd upper = openDirectoryBeneath(rootFd_.get(), bundle::kRootfsDiffDir, true);
     for (auto& path : paths) createWhiteout(upper.get(), path);
@@ -477,7 +533,26 @@ class BundleReader {
                                          std::to_string(kBundleFormatVersion) + ")");
     }
     manifest_ = BundleManifest::fromJson(json);
+    checkDeclaredWithinLimits();
     if (onManifest) onManifest(manifest_);
+  }
+
+  // What the manifest declares is what the reader lets in; first it must be
+  // within this host's policy.
+  void checkDeclaredWithinLimits() {
+    auto sum = [](uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; };
+    uint64_t bytes = sum(manifest_.checkpointBytes, manifest_.rootfsDiffBytes);
+    if (bytes > limits_.maxTotalBytes) {
+      fail(ErrorKind::InvalidInput, "bundle: manifest.json declares checkpointBytes + rootfsDiffBytes = " +
+                                        std::to_string(bytes) + ", over this host's limit of " +
+                                        std::to_string(limits_.maxTotalBytes) + " bytes per bundle");
+    }
+    uint64_t entries = sum(manifest_.checkpointEntries, manifest_.rootfsDiffEntries);
+    if (entries > limits_.maxEntries) {
+      fail(ErrorKind::InvalidInput, "bundle: manifest.json declares checkpointEntries + rootfsDiffEntries = " +
+                                        std::to_string(entries) + ", over this host's limit of " +
+                                        std::to_string(limits_.maxEntries) + " entries per bundle");
+    }
   }
 
   void drainInput() {
@@ -519,6 +594,14 @@ class BundleReader {
     };
     checkBytes(bundle::kCheckpointDir, checkpointBytes_, manifest_.checkpointBytes);
     checkBytes(bundle::kRootfsDiffDir, rootfsDiffBytes_, manifest_.rootfsDiffBytes);
+    for (Section section : {Section::Checkpoint, Section::RootfsDiff}) {
+      Declared want = declaredEntries(section);
+      if (entriesOf(section) != want.value) {
+        fail(ErrorKind::InvalidInput, "bundle: " + treeName(section) + " has " + std::to_string(entriesOf(section)) +
+                                          " entries but the manifest's " + want.name + " is " +
+                                          std::to_string(want.value) + " (truncated?)");
+      }
+    }
   }
 
   InputStream& in_;
@@ -536,8 +619,11 @@ class BundleReader {
   std::string manifestText_;
   BundleManifest manifest_;
   bool sawInventory_ = false;
+  // Counted at each entry's header, against the manifest's figures.
   uint64_t checkpointBytes_ = 0;
   uint64_t rootfsDiffBytes_ = 0;
+  uint64_t checkpointEntries_ = 0;
+  uint64_t rootfsDiffEntries_ = 0;
   std::vector<std::pair<std::string, struct timespec>> directoryTimes_;
 };
 

@@ -1,16 +1,20 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <optional>
 #include <random>
 #include <thread>
 
 #include "agent/bundle-reader.h"
+#include "agent/capacity.h"
+#include "agent/storage.h"
 #include "agent/bundle-writer.h"
 #include "agent/rootfs-diff.h"
 #include "common/error.h"
@@ -159,6 +163,8 @@ void checkRoundTrip(const SourceTree& src, const fs::path& out, const BundleMani
   CHECK(manifest.tcpEstablished);
   CHECK(manifest.checkpointBytes == 9 + src.pages.size() + 4);
   CHECK(manifest.rootfsDiffBytes == 4 + 9 + 4 + 6 + 6 + 5 + 7 + 9 + src.big.size());
+  CHECK(manifest.checkpointEntries == 4);   // checkpoint/ and its three images
+  CHECK(manifest.rootfsDiffEntries == 20);  // rootfs-diff/, 18 entries below it and the whiteout
 
   CHECK(readFile(out / "config.dump") == R"({"name":"web"})");
   CHECK(readFile(out / "spec.dump") == R"({"ociVersion":"1.0.2"})");
@@ -285,6 +291,26 @@ TEST_CASE("bundle streams through a pipe while it is written", "[bundle]") {
   arena.checkNothingOutside();
 }
 
+TEST_CASE("bundle carries the last 64 MiB of a longer ctr.log", "[bundle]") {
+  REQUIRE_ROOT();
+  SourceTree src;
+  {
+    // 65 MiB, sparse, but for a marker at each end.
+    Fd fd = openOrFail(*src.sources.ctrLog, O_WRONLY | O_TRUNC);
+    SYSCALL(::pwrite(fd.get(), "head", 4, 0), "pwrite");
+    SYSCALL(::pwrite(fd.get(), "tail", 4, (65 << 20) - 4), "pwrite");
+  }
+  Arena arena;
+  StringOutputStream sink;
+  writeBundle(src.sources, sink);
+  StringInputStream in(sink.data());
+  readBundle(in, arena.target);
+  auto log = arena.target / "ctr.log";
+  CHECK(fs::file_size(log) == bundle::kMaxCtrLogBytes);
+  CHECK(readFileTailIfExists(log, 4) == "tail");
+  CHECK(readFile(log).find("head") == std::string::npos);
+}
+
 TEST_CASE("bundle writer refuses what a bundle cannot carry", "[bundle]") {
   REQUIRE_ROOT();
   SourceTree src;
@@ -305,66 +331,108 @@ TEST_CASE("bundle writer refuses what a bundle cannot carry", "[bundle]") {
 
 // ---- hostile bundles, crafted with libarchive directly
 
-struct Tar {
-  struct archive* a = archive_write_new();
-  std::string data;
+// The figures a crafted manifest declares; unset ones are computed from
+// the entries the Tar really carries, as writeBundle would.
+struct Declared {
+  std::optional<uint64_t> checkpointBytes, rootfsDiffBytes, checkpointEntries, rootfsDiffEntries;
+};
 
-  Tar() {
-    archive_write_set_format_pax(a);
-    archive_write_open2(a, this, nullptr, &Tar::append, nullptr, nullptr);
-  }
-  ~Tar() { archive_write_free(a); }
-  static la_ssize_t append(struct archive*, void* self, const void* buffer, size_t length) {
-    static_cast<Tar*>(self)->data.append(static_cast<const char*>(buffer), length);
-    return static_cast<la_ssize_t>(length);
-  }
+// Entries are recorded and written at finish(), so that manifest.json
+// (wherever a test puts it) can declare what follows it.
+struct Tar {
+  struct Entry {
+    std::string path;
+    mode_t type = AE_IFREG;
+    std::string content;
+    std::string link;  // symlink target
+    std::string hardlinkTarget;
+    dev_t rdev = 0;
+    std::optional<std::pair<int, Declared>> manifest;  // version and overrides
+  };
+  std::vector<Entry> entries;
+
   Tar& add(const std::string& path, mode_t type, std::string_view content = {}, const char* link = nullptr,
            dev_t rdev = 0) {
-    archive_entry* e = archive_entry_new();
-    archive_entry_set_pathname(e, path.c_str());
-    archive_entry_set_filetype(e, type);
-    archive_entry_set_perm(e, type == AE_IFDIR ? 0755 : 0644);
-    archive_entry_set_size(e, type == AE_IFREG ? static_cast<la_int64_t>(content.size()) : 0);
-    if (type == AE_IFLNK) archive_entry_set_symlink(e, link);
-    if (type == AE_IFCHR) archive_entry_set_rdev(e, rdev);
-    REQUIRE(archive_write_header(a, e) == ARCHIVE_OK);
-    if (!content.empty()) archive_write_data(a, content.data(), content.size());
-    archive_entry_free(e);
+    entries.push_back(Entry{path, type, std::string(content), link ? link : "", "", rdev, std::nullopt});
     return *this;
   }
   Tar& hardlink(const std::string& path, const std::string& target) {
-    archive_entry* e = archive_entry_new();
-    archive_entry_set_pathname(e, path.c_str());
-    archive_entry_set_filetype(e, AE_IFREG);
-    archive_entry_set_perm(e, 0644);
-    archive_entry_set_size(e, 0);
-    archive_entry_set_hardlink(e, target.c_str());
-    REQUIRE(archive_write_header(a, e) == ARCHIVE_OK);
-    archive_entry_free(e);
+    entries.push_back(Entry{path, AE_IFREG, "", "", target, 0, std::nullopt});
     return *this;
   }
-  Tar& manifest(int version = kBundleFormatVersion, uint64_t checkpointBytes = 9, uint64_t rootfsDiffBytes = 0) {
+  Tar& manifest(int version = kBundleFormatVersion, Declared declared = {}) {
+    entries.push_back(Entry{"manifest.json", AE_IFREG, "", "", "", 0, std::pair{version, declared}});
+    return *this;
+  }
+  // Everything a minimal valid bundle has up to checkpoint/inventory.img.
+  Tar& minimal(Declared declared = {}) {
+    manifest(kBundleFormatVersion, declared);
+    add("config.dump", AE_IFREG, "{}");
+    add("spec.dump", AE_IFREG, "{}");
+    add("checkpoint", AE_IFDIR);
+    return add("checkpoint/inventory.img", AE_IFREG, "inventory");
+  }
+
+  BundleManifest manifestFor(int version, const Declared& declared) const {
     BundleManifest m;
     m.formatVersion = version;
     m.containerName = "web";
     m.containerId = std::string(32, 'a');
     m.imageDigest = "sha256:" + std::string(64, 'b');
     m.sourceHost = "host1";
-    m.checkpointBytes = checkpointBytes;
-    m.rootfsDiffBytes = rootfsDiffBytes;
-    return add("manifest.json", AE_IFREG, m.toJson().dump());
+    for (auto& e : entries) {
+      std::string top = e.path.substr(0, e.path.find('/'));
+      bool data = e.type == AE_IFREG && e.hardlinkTarget.empty() && !e.manifest;
+      if (top == "checkpoint") {
+        ++m.checkpointEntries;
+        if (data) m.checkpointBytes += e.content.size();
+      } else if (top == "rootfs-diff") {
+        ++m.rootfsDiffEntries;
+        if (data) m.rootfsDiffBytes += e.content.size();
+      } else if (top == "deleted.files") {
+        auto list = nlohmann::json::parse(e.content, nullptr, false);
+        if (list.is_array()) m.rootfsDiffEntries += list.size();
+      }
+    }
+    m.checkpointBytes = declared.checkpointBytes.value_or(m.checkpointBytes);
+    m.rootfsDiffBytes = declared.rootfsDiffBytes.value_or(m.rootfsDiffBytes);
+    m.checkpointEntries = declared.checkpointEntries.value_or(m.checkpointEntries);
+    m.rootfsDiffEntries = declared.rootfsDiffEntries.value_or(m.rootfsDiffEntries);
+    return m;
   }
-  // Everything a minimal valid bundle has up to checkpoint/inventory.img.
-  Tar& minimal(uint64_t rootfsDiffBytes = 0) {
-    manifest(kBundleFormatVersion, 9, rootfsDiffBytes);
-    add("config.dump", AE_IFREG, "{}");
-    add("spec.dump", AE_IFREG, "{}");
-    add("checkpoint", AE_IFDIR);
-    return add("checkpoint/inventory.img", AE_IFREG, "inventory");
-  }
-  std::string finish() {
+
+  std::string finish() const {
+    std::string data;
+    struct archive* a = archive_write_new();
+    archive_write_set_format_pax(a);
+    archive_write_open2(a, &data, nullptr, &Tar::append, nullptr, nullptr);
+    for (auto& entry : entries) {
+      std::string content = entry.manifest ? manifestFor(entry.manifest->first, entry.manifest->second).toJson().dump()
+                                           : entry.content;
+      archive_entry* e = archive_entry_new();
+      archive_entry_set_pathname(e, entry.path.c_str());
+      archive_entry_set_filetype(e, entry.type);
+      archive_entry_set_perm(e, entry.type == AE_IFDIR ? 0755 : 0644);
+      archive_entry_set_size(e, entry.type == AE_IFREG ? static_cast<la_int64_t>(content.size()) : 0);
+      if (entry.type == AE_IFLNK) archive_entry_set_symlink(e, entry.link.c_str());
+      if (entry.type == AE_IFCHR) archive_entry_set_rdev(e, entry.rdev);
+      if (!entry.hardlinkTarget.empty()) {
+        archive_entry_set_size(e, 0);
+        archive_entry_set_hardlink(e, entry.hardlinkTarget.c_str());
+      }
+      REQUIRE(archive_write_header(a, e) == ARCHIVE_OK);
+      if (!content.empty() && entry.hardlinkTarget.empty()) archive_write_data(a, content.data(), content.size());
+      archive_entry_free(e);
+    }
     archive_write_close(a);
+    archive_write_free(a);
     return data;
+  }
+
+ private:
+  static la_ssize_t append(struct archive*, void* out, const void* buffer, size_t length) {
+    static_cast<std::string*>(out)->append(static_cast<const char*>(buffer), length);
+    return static_cast<la_ssize_t>(length);
   }
 };
 
@@ -458,13 +526,200 @@ TEST_CASE("bundle reader enforces size and count limits", "[bundle]") {
   limits.maxTotalBytes = 1500;
   CHECK_THAT(readHostile(Tar().minimal().add("checkpoint/a", AE_IFREG, std::string(1000, 'a'))
                              .add("checkpoint/b", AE_IFREG, std::string(1000, 'b')).finish(), limits),
-             Catch::Contains("exceeds its limit of 1500 bytes"));
+             Catch::Equals("bundle: manifest.json declares checkpointBytes + rootfsDiffBytes = 2009, over this "
+                           "host's limit of 1500 bytes per bundle"));
   limits = {};
-  limits.maxEntries = 5;
-  CHECK_THAT(readHostile(Tar().minimal().add("checkpoint/a", AE_IFREG, "a").finish(), limits),
-             Catch::Contains("more than 5 entries"));
+  limits.maxEntries = 3;
+  CHECK_THAT(readHostile(Tar().minimal().add("checkpoint/a", AE_IFREG, "a").add("checkpoint/b", AE_IFREG, "b").finish(), limits),
+             Catch::Equals("bundle: manifest.json declares checkpointEntries + rootfsDiffEntries = 4, over this host's "
+                           "limit of 3 entries per bundle"));
   CHECK_THAT(readHostile(Tar().minimal().add("rootfs-diff", AE_IFDIR).add("deleted.files", AE_IFREG, R"(["a"])").finish(), limits),
-             Catch::Contains("more than 5 entries"));
+             Catch::Contains("declares checkpointEntries + rootfsDiffEntries = 4, over"));
+  // A manifest that declares few entries does not let more past the host's limit either.
+  Declared few;
+  few.checkpointEntries = 2;
+  Tar many;
+  many.minimal(few);
+  for (int i = 0; i < 30; ++i) many.add("checkpoint/f" + std::to_string(i), AE_IFREG, "");
+  CHECK_THAT(readHostile(many.finish(), limits), Catch::Contains("more entries than the manifest's checkpointEntries (2)"));
+}
+
+// Bytes the target's files really take (allocated blocks), after a refusal.
+uint64_t bytesOnDisk(const fs::path& dir) {
+  uint64_t total = 0;
+  for (auto& e : fs::recursive_directory_iterator(dir)) total += static_cast<uint64_t>(lstatOf(e.path()).st_blocks) * 512;
+  return total;
+}
+
+size_t entriesBelow(const fs::path& dir) {
+  if (!fs::exists(dir)) return 0;
+  size_t n = 1;
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+// Like readHostile, but leaves what the refused read wrote for the test to look at.
+std::string readInto(const Arena& arena, std::string tar, BundleLimits limits = {},
+                     std::function<void(const BundleManifest&)> onManifest = {}) {
+  try {
+    StringInputStream in(std::move(tar));
+    readBundle(in, arena.target, limits, std::move(onManifest));
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST_CASE("bundle reader refuses the first entry past the bytes the manifest declares", "[bundle]") {
+  REQUIRE_ROOT();
+  Declared small;
+  small.checkpointBytes = 9 + 100;  // inventory.img and 100 bytes of pages
+  Arena arena;
+  CHECK(readInto(arena, Tar().minimal(small).add("checkpoint/pages-1.img", AE_IFREG, randomBytes(10 << 20, 3)).finish()) ==
+        "bundle: entry `checkpoint/pages-1.img`: checkpoint/ would hold more than the manifest's checkpointBytes "
+        "(109 bytes): this entry has 10485760 after 9");
+  CHECK(!fs::exists(arena.target / "checkpoint" / "pages-1.img"));
+  CHECK(bytesOnDisk(arena.target) < (64u << 10));
+  arena.checkNothingOutside();
+
+  Declared noDiff;
+  noDiff.rootfsDiffBytes = 5;
+  Arena second;
+  CHECK_THAT(readInto(second, Tar().minimal(noDiff).add("rootfs-diff", AE_IFDIR).add("rootfs-diff/a", AE_IFREG, "12345")
+                                  .add("rootfs-diff/b", AE_IFREG, "6").finish()),
+             Catch::Equals("bundle: entry `rootfs-diff/b`: rootfs-diff/ would hold more than the manifest's "
+                           "rootfsDiffBytes (5 bytes): this entry has 1 after 5"));
+  CHECK(!fs::exists(second.target / "rootfs-diff" / "b"));
+  second.checkNothingOutside();
+}
+
+TEST_CASE("bundle reader refuses the first entry past the count the manifest declares", "[bundle]") {
+  REQUIRE_ROOT();
+  Declared two;
+  two.checkpointEntries = 2;  // checkpoint/ and inventory.img
+  Tar tar;
+  tar.minimal(two);
+  for (int i = 0; i < 1000; ++i) tar.add("checkpoint/f" + std::to_string(i), AE_IFREG, "");
+  Arena arena;
+  CHECK(readInto(arena, tar.finish()) ==
+        "bundle: entry `checkpoint/f0`: checkpoint/ has more entries than the manifest's checkpointEntries (2)");
+  CHECK(entriesBelow(arena.target / "checkpoint") <= 2 + 1);
+  arena.checkNothingOutside();
+
+  // Whiteouts are inodes too: deleted.files counts against rootfsDiffEntries.
+  Declared three;
+  three.rootfsDiffEntries = 3;
+  nlohmann::json deleted = nlohmann::json::array();
+  for (int i = 0; i < 1000; ++i) deleted.push_back("w" + std::to_string(i));
+  Arena whiteouts;
+  CHECK(readInto(whiteouts, Tar().minimal(three).add("rootfs-diff", AE_IFDIR).add("rootfs-diff/a", AE_IFREG, "a")
+                                .add("deleted.files", AE_IFREG, deleted.dump()).finish()) ==
+        "bundle: entry `deleted.files`: rootfs-diff/ has more entries than the manifest's rootfsDiffEntries (3)");
+  CHECK(entriesBelow(whiteouts.target / "rootfs-diff") == 2);
+  // Nor may its text be longer than those whiteouts' names could be.
+  Declared one;
+  one.rootfsDiffEntries = 1;
+  CHECK(readHostile(Tar().minimal(one).add("rootfs-diff", AE_IFDIR)
+                        .add("deleted.files", AE_IFREG, "[\"" + std::string(20000, 'a') + "\"]").finish()) ==
+        "bundle: entry `deleted.files`: larger than 16 bytes (all the room the manifest's rootfsDiffEntries leaves)");
+  deleted = nlohmann::json::array({"x", "y"});
+  Arena fewer;
+  CHECK(readInto(fewer, Tar().minimal(three).add("rootfs-diff", AE_IFDIR).add("rootfs-diff/a", AE_IFREG, "a")
+                            .add("deleted.files", AE_IFREG, deleted.dump()).finish()) ==
+        "bundle: entry `deleted.files`: rootfs-diff/ has more entries than the manifest's rootfsDiffEntries (3)");
+  CHECK(entriesBelow(fewer.target / "rootfs-diff") == 2);
+  fewer.checkNothingOutside();
+}
+
+TEST_CASE("bundle reader holds a manifest to this host's limits before anything follows it", "[bundle]") {
+  REQUIRE_ROOT();
+  Declared huge;
+  huge.checkpointBytes = 1ull << 50;
+  Arena arena;
+  CHECK(readInto(arena, Tar().minimal(huge).finish()) ==
+        "bundle: manifest.json declares checkpointBytes + rootfsDiffBytes = 1125899906842624, over this host's limit "
+        "of 68719476736 bytes per bundle");
+  Declared many;
+  many.rootfsDiffEntries = 10'000'000;
+  CHECK_THAT(readInto(Arena(), Tar().minimal(many).finish()),
+             Catch::Contains("declares checkpointEntries + rootfsDiffEntries = 10000002, over this host's limit of 500000"));
+  CHECK(entriesBelow(arena.target) == 2);  // the target and manifest.json
+  // Beside the two trees, every file has a fixed cap.
+  CHECK_THAT(readHostile(Tar().manifest().add("config.dump", AE_IFREG, std::string(2 << 20, ' ')).finish()),
+             Catch::Equals("bundle: entry `config.dump`: size 2097152 exceeds the limit of 1048576 bytes for config.dump"));
+}
+
+TEST_CASE("import precheck compares the declared sizes with this host's free memory and disk", "[bundle]") {
+  REQUIRE_ROOT();
+  BundleLimits unlimited;
+  unlimited.maxTotalBytes = UINT64_MAX;
+  auto precheck = [](bool inMemory) {
+    return [inMemory](const BundleManifest& m) {
+      precheckImport(m, HostCapacity::measure(fs::temp_directory_path()), inMemory, fs::temp_directory_path());
+    };
+  };
+  Declared petabyte;
+  petabyte.checkpointBytes = 1ull << 50;
+  Arena arena;
+  try {
+    StringInputStream in(Tar().minimal(petabyte).finish());
+    readBundle(in, arena.target, unlimited, precheck(true));
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Overloaded);
+    CHECK_THAT(e.what(), Catch::StartsWith("bundle declares checkpointBytes = 1125899906842624 (a tmpfs of ") &&
+                             Catch::Contains("but this host has MemAvailable = "));
+  }
+  CHECK(entriesBelow(arena.target) == 2);  // nothing but manifest.json
+  arena.checkNothingOutside();
+
+  Declared bigDiff;
+  bigDiff.rootfsDiffBytes = 1ull << 50;
+  CHECK_THAT(readInto(Arena(), Tar().minimal(bigDiff).finish(), unlimited, precheck(true)),
+             Catch::StartsWith("bundle declares rootfsDiffBytes = 1125899906842624 (1073741824 MiB) but " +
+                               fs::temp_directory_path().string() + " has ") && Catch::Contains(" bytes free"));
+  // Checkpoints on disk: both trees go to the state dir.
+  CHECK_THAT(readInto(Arena(), Tar().minimal(petabyte).finish(), unlimited, precheck(false)),
+             Catch::StartsWith("bundle declares rootfsDiffBytes + checkpointBytes = 1125899906842624 "));
+  CHECK(readInto(Arena(), Tar().minimal().finish(), unlimited, precheck(true)) == "");
+}
+
+TEST_CASE("bundle reader fills a checkpoint tmpfs mounted at the manifest, sized from it", "[bundle]") {
+  REQUIRE_ROOT();
+  SourceTree src;
+  Arena arena;
+  StringOutputStream sink;
+  writeBundle(src.sources, sink);
+  StringInputStream in(sink.data());
+  fs::path checkpoint = arena.target / "checkpoint";
+  TmpfsBounds bounds;
+  readBundle(in, arena.target, {}, [&](const BundleManifest& m) {
+    bounds = checkpointTmpfsBounds(m);
+    mountScratchTmpfs(checkpoint, bounds);
+  });
+  struct Unmount {
+    fs::path dir;
+    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{checkpoint};
+  CHECK(isMountPoint(checkpoint));
+  CHECK(bounds.inodes == 4 + 16);
+  CHECK(bounds.bytes >= src.pages.size() + (16u << 20));
+  CHECK(bounds.bytes < src.pages.size() + (17u << 20));
+  CHECK(readFile(checkpoint / "pages-1.img") == src.pages);
+  // The tmpfs holds no more than its size: a write past it fails.
+  std::string filler(1 << 20, 'x');
+  Fd fd = openOrFail(checkpoint / "filler", O_WRONLY | O_CREAT, 0600);
+  bool full = false;
+  for (uint64_t written = 0; written < bounds.bytes + (1u << 20); written += filler.size()) {
+    if (::write(fd.get(), filler.data(), filler.size()) < 0) {
+      full = errno == ENOSPC;
+      break;
+    }
+  }
+  CHECK(full);
 }
 
 TEST_CASE("bundle reader refuses wrong structure", "[bundle]") {
@@ -484,7 +739,9 @@ TEST_CASE("bundle reader refuses wrong structure", "[bundle]") {
   CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, R"({"formatVersion":1})").finish()),
              Catch::Contains("missing field"));
   CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, "not json").finish()), Catch::Contains("not a JSON object"));
-  CHECK_THAT(readHostile(Tar().minimal(100).finish()), Catch::Contains("manifest says 100"));
+  Declared short100;
+  short100.rootfsDiffBytes = 100;
+  CHECK_THAT(readHostile(Tar().minimal(short100).finish()), Catch::Contains("manifest says 100"));
   CHECK_THAT(readHostile(""), Catch::Contains("bundle: tar stream truncated or corrupt"));
 }
 

@@ -47,16 +47,38 @@ void walkTree(const fs::path& root, const std::string& relative, Visit&& visit) 
   for (auto& name : names) walkTree(root, relative.empty() ? name : relative + "/" + name, visit);
 }
 
-// Bytes of regular-file data a tree contributes, each hardlinked inode once.
-uint64_t treeDataBytes(const fs::path& root) {
-  uint64_t total = 0;
+// What a tree contributes to the bundle, as the manifest declares it
+// (agent/bundle.h): regular-file bytes, each hardlinked inode once, and
+// entries, whiteouts included.
+struct TreeFigures {
+  uint64_t bytes = 0;
+  uint64_t entries = 0;
+  bool operator==(const TreeFigures&) const = default;
+};
+
+// How addTree() carries each file of a tree; figuresOf() counts the same way.
+enum class Carry { Entry, Whiteout, Skip };
+
+Carry carryOf(const struct stat& st, TreeKind kind) {
+  if (kind == TreeKind::Upper && isWhiteout(st)) return Carry::Whiteout;
+  // A socket file is only a name; the process that bound it is restored by
+  // CRIU, which binds it again.
+  if (kind == TreeKind::Upper && S_ISSOCK(st.st_mode)) return Carry::Skip;
+  return Carry::Entry;
+}
+
+TreeFigures figuresOf(const fs::path& root, TreeKind kind) {
+  TreeFigures figures;
   std::set<std::pair<dev_t, ino_t>> seen;
   walkTree(root, "", [&](const std::string&, const struct stat& st) {
-    if (!S_ISREG(st.st_mode)) return;
+    Carry carry = carryOf(st, kind);
+    if (carry == Carry::Skip) return;
+    ++figures.entries;
+    if (carry != Carry::Entry || !S_ISREG(st.st_mode)) return;
     if (st.st_nlink > 1 && !seen.insert({st.st_dev, st.st_ino}).second) return;
-    total += static_cast<uint64_t>(st.st_size);
+    figures.bytes += static_cast<uint64_t>(st.st_size);
   });
-  return total;
+  return figures;
 }
 
 std::string fileTypeName(mode_t mode) {
@@ -95,8 +117,9 @@ class BundleWriter {
     writeData(content.data(), content.size());
   }
 
-  // Returns false if the file does not exist.
-  bool addFile(std::string_view name, const fs::path& path) {
+  // Returns false if the file does not exist. A file larger than `maxBytes`
+  // goes as its last `maxBytes`.
+  bool addFile(std::string_view name, const fs::path& path, uint64_t maxBytes = UINT64_MAX) {
     int raw = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (raw < 0) {
       if (errno == ENOENT) return false;
@@ -106,29 +129,37 @@ class BundleWriter {
     struct stat st;
     SYSCALL(::fstat(fd.get(), &st), "fstat", path.string());
     if (!S_ISREG(st.st_mode)) fail(ErrorKind::InvalidInput, "bundle: `" + path.string() + "` is not a regular file");
+    auto size = static_cast<uint64_t>(st.st_size);
+    if (size > maxBytes) {
+      SYSCALL(::lseek(fd.get(), static_cast<off_t>(size - maxBytes), SEEK_SET), "lseek", path.string());
+      st.st_size = static_cast<off_t>(maxBytes);
+      size = maxBytes;
+    }
     EntryPtr entry = entryFromStat(name, st);
     writeHeader(entry.get());
-    copyData(fd.get(), static_cast<uint64_t>(st.st_size), path);
+    copyData(fd.get(), size, path);
     return true;
   }
 
-  // Returns the regular-file bytes written; fills `deleted` with the upper
-  // dir's whiteouts.
-  uint64_t addTree(std::string_view prefix, const fs::path& root, TreeKind kind, std::vector<std::string>* deleted) {
-    uint64_t bytes = 0;
+  // Returns what it wrote, as figuresOf() counts; fills `deleted` with the
+  // upper dir's whiteouts.
+  TreeFigures addTree(std::string_view prefix, const fs::path& root, TreeKind kind, std::vector<std::string>* deleted) {
+    TreeFigures figures;
     std::map<std::pair<dev_t, ino_t>, std::string> firstLink;
     walkTree(root, "", [&](const std::string& relative, const struct stat& st) {
       fs::path path = relative.empty() ? root : root / relative;
       std::string name = relative.empty() ? std::string(prefix) : std::string(prefix) + "/" + relative;
-      if (kind == TreeKind::Upper && isWhiteout(st)) {
-        deleted->push_back(relative);
-        return;
-      }
-      if (S_ISSOCK(st.st_mode) && kind == TreeKind::Upper) {
-        // A socket file is only a name; the process that bound it is
-        // restored by CRIU, which binds it again.
-        logWarn("bundle: skipping socket " + path.string());
-        return;
+      switch (carryOf(st, kind)) {
+        case Carry::Skip:
+          logWarn("bundle: skipping socket " + path.string());
+          return;
+        case Carry::Whiteout:
+          ++figures.entries;
+          deleted->push_back(relative);
+          return;
+        case Carry::Entry:
+          ++figures.entries;
+          break;
       }
       if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode)) {
         fail(ErrorKind::Unimplemented,
@@ -156,10 +187,10 @@ class BundleWriter {
       if (S_ISREG(st.st_mode)) {
         Fd fd = openOrFail(path, O_RDONLY | O_NOFOLLOW);
         copyData(fd.get(), static_cast<uint64_t>(st.st_size), path);
-        bytes += static_cast<uint64_t>(st.st_size);
+        figures.bytes += static_cast<uint64_t>(st.st_size);
       }
     });
-    return bytes;
+    return figures;
   }
 
   void close() {
@@ -271,8 +302,12 @@ class BundleWriter {
 void writeBundle(const BundleSources& sources, OutputStream& out, std::function<void(uint64_t bytesIn)> onProgress) {
   BundleManifest manifest = sources.manifest;
   manifest.formatVersion = kBundleFormatVersion;
-  manifest.checkpointBytes = treeDataBytes(sources.checkpointDir);
-  manifest.rootfsDiffBytes = sources.upperDir ? treeDataBytes(*sources.upperDir) : 0;
+  TreeFigures checkpoint = figuresOf(sources.checkpointDir, TreeKind::Checkpoint);
+  TreeFigures rootfsDiff = sources.upperDir ? figuresOf(*sources.upperDir, TreeKind::Upper) : TreeFigures{};
+  manifest.checkpointBytes = checkpoint.bytes;
+  manifest.checkpointEntries = checkpoint.entries;
+  manifest.rootfsDiffBytes = rootfsDiff.bytes;
+  manifest.rootfsDiffEntries = rootfsDiff.entries;
   if (!fs::exists(sources.checkpointDir / bundle::kInventory)) {
     fail(ErrorKind::NotFound, "bundle: " + sources.checkpointDir.string() + " has no " +
                                   std::string(bundle::kInventory) + ": not a complete CRIU dump");
@@ -286,17 +321,17 @@ void writeBundle(const BundleSources& sources, OutputStream& out, std::function<
   }
   if (sources.networkStatus) writer.addFile(bundle::kNetworkStatus, *sources.networkStatus);
 
-  uint64_t checkpointBytes = writer.addTree(bundle::kCheckpointDir, sources.checkpointDir, TreeKind::Checkpoint, nullptr);
-  uint64_t rootfsDiffBytes = 0;
+  TreeFigures checkpointWritten = writer.addTree(bundle::kCheckpointDir, sources.checkpointDir, TreeKind::Checkpoint, nullptr);
+  TreeFigures rootfsDiffWritten;
   if (sources.upperDir) {
     std::vector<std::string> deleted;
-    rootfsDiffBytes = writer.addTree(bundle::kRootfsDiffDir, *sources.upperDir, TreeKind::Upper, &deleted);
+    rootfsDiffWritten = writer.addTree(bundle::kRootfsDiffDir, *sources.upperDir, TreeKind::Upper, &deleted);
     writer.addBytes(bundle::kDeletedFiles, serializeDeletedFiles(deleted));
   }
-  if (checkpointBytes != manifest.checkpointBytes || rootfsDiffBytes != manifest.rootfsDiffBytes) {
+  if (!(checkpointWritten == checkpoint) || !(rootfsDiffWritten == rootfsDiff)) {
     fail(ErrorKind::Conflict, "bundle: checkpoint or upper dir changed while the bundle was written");
   }
-  if (sources.ctrLog) writer.addFile(bundle::kCtrLog, *sources.ctrLog);
+  if (sources.ctrLog) writer.addFile(bundle::kCtrLog, *sources.ctrLog, bundle::kMaxCtrLogBytes);
   if (sources.statsDump) writer.addFile(bundle::kStatsDump, *sources.statsDump);
   writer.close();
 }

@@ -34,7 +34,8 @@ nlohmann::json BundleManifest::toJson() const {
       {"imageName", imageName},           {"sourceHost", sourceHost},
       {"criuVersion", criuVersion},       {"runtimeVersion", runtimeVersion},
       {"createdAt", createdAt},           {"checkpointBytes", checkpointBytes},
-      {"rootfsDiffBytes", rootfsDiffBytes}, {"tcpEstablished", tcpEstablished},
+      {"rootfsDiffBytes", rootfsDiffBytes}, {"checkpointEntries", checkpointEntries},
+      {"rootfsDiffEntries", rootfsDiffEntries}, {"tcpEstablished", tcpEstablished},
   };
 }
 
@@ -52,6 +53,8 @@ BundleManifest BundleManifest::fromJson(const nlohmann::json& json) {
   m.createdAt = field<std::string>(json, "createdAt");
   m.checkpointBytes = field<uint64_t>(json, "checkpointBytes");
   m.rootfsDiffBytes = field<uint64_t>(json, "rootfsDiffBytes");
+  m.checkpointEntries = field<uint64_t>(json, "checkpointEntries");
+  m.rootfsDiffEntries = field<uint64_t>(json, "rootfsDiffEntries");
   m.tcpEstablished = field<bool>(json, "tcpEstablished");
   // Identifiers name directories, log lines and records here: checked now,
   // before anything is written for the bundle.

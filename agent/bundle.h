@@ -10,7 +10,7 @@
 //   checkpoint/     CRIU images; must hold inventory.img
 //   rootfs-diff/    the overlay upper dir's entries (optional)
 //   deleted.files   JSON array of rootfs-diff-relative paths deleted in the upper (optional)
-//   ctr.log         the container's log (optional)
+//   ctr.log         the container's log, its last kMaxCtrLogBytes (optional)
 //   stats-dump      CRIU's dump statistics (optional)
 //
 // Why `rootfs-diff/` and not podman's nested `rootfs-diff.tar`: a tar entry
@@ -47,6 +47,11 @@ constexpr std::string_view kCtrLog = "ctr.log";
 constexpr std::string_view kStatsDump = "stats-dump";
 // CRIU writes it last in a successful dump; no inventory, no restore.
 constexpr std::string_view kInventory = "inventory.img";
+// Caps on the files outside the two trees, whose sizes the manifest does
+// not declare: ctr.log travels as its last kMaxCtrLogBytes (the writer cuts
+// it), the others are small JSON or text.
+constexpr uint64_t kMaxCtrLogBytes = 64ull << 20;
+constexpr uint64_t kMaxSideFileBytes = 1ull << 20;
 }  // namespace bundle
 
 struct BundleManifest {
@@ -61,9 +66,20 @@ struct BundleManifest {
   std::string createdAt;  // RFC 3339, UTC
   // Bytes of regular-file data under checkpoint/ and rootfs-diff/. Filled in
   // by writeBundle; readBundle checks them, which catches a tar stream cut
-  // exactly at an entry boundary (tar itself cannot tell).
+  // exactly at an entry boundary (tar itself cannot tell), and refuses the
+  // first entry that would take a tree past its figure. A target prechecks
+  // them against its free memory (the checkpoint tmpfs) and disk.
   uint64_t checkpointBytes = 0;
   uint64_t rootfsDiffBytes = 0;
+  // Tar entries under checkpoint/ and rootfs-diff/, each tree's own
+  // directory entry included; rootfsDiffEntries also counts the whiteouts
+  // listed in deleted.files (each becomes an inode too). Filled in by
+  // writeBundle; readBundle refuses the first entry past either figure and
+  // bounds the checkpoint tmpfs's inodes by checkpointEntries. Added in
+  // format 1 without a version bump: a manifest without them is refused
+  // ("missing field"), so an old writer's bundle cannot skip the bound.
+  uint64_t checkpointEntries = 0;
+  uint64_t rootfsDiffEntries = 0;
   bool tcpEstablished = false;  // checkpointed with --tcp-established
 
   nlohmann::json toJson() const;

@@ -4,14 +4,18 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/storage.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -35,7 +39,7 @@ void checkLazyPagesSupported() {
 }
 
 std::string logTail(const fs::path& file, size_t lines) {
-  auto content = readFileIfExists(file);
+  auto content = readFileTailIfExists(file, kLogTailBytes);
   if (!content || content->empty()) return "";
   size_t pos = content->size();
   if ((*content)[pos - 1] == '\n') --pos;
@@ -45,6 +49,58 @@ std::string logTail(const fs::path& file, size_t lines) {
   }
   return content->substr(pos == 0 ? 0 : pos + 1);
 }
+
+std::chrono::seconds restoreDeadline(uint64_t imageBytes) {
+  constexpr uint64_t kGiB = 1ull << 30;
+  return std::chrono::seconds(30 + 10 * ((imageBytes + kGiB - 1) / kGiB));
+}
+
+namespace {
+
+// The pids in the container's cgroup, in every hierarchy (cgroup v1 has one
+// per controller, v2 one): `cgroupsPath` is the agent's own /migrate/... path.
+std::vector<fs::path> cgroupDirs(const std::string& cgroupsPath) {
+  fs::path relative = fs::path(cgroupsPath).relative_path();
+  std::vector<fs::path> dirs = {fs::path("/sys/fs/cgroup") / relative};
+  std::error_code ec;
+  for (auto& hierarchy : fs::directory_iterator("/sys/fs/cgroup", ec)) dirs.push_back(hierarchy.path() / relative);
+  return dirs;
+}
+
+std::vector<pid_t> cgroupMembers(const std::string& cgroupsPath) {
+  std::vector<pid_t> pids;
+  for (auto& dir : cgroupDirs(cgroupsPath)) {
+    auto text = readFileTailIfExists(dir / "cgroup.procs", 1 << 20);
+    if (!text) continue;
+    std::istringstream lines(*text);
+    for (long pid; lines >> pid;) {
+      if (pid > 1) pids.push_back(static_cast<pid_t>(pid));
+    }
+  }
+  return pids;
+}
+
+bool isAgentCgroup(const std::string& cgroupsPath) {
+  fs::path path(cgroupsPath);
+  if (cgroupsPath.rfind("/migrate/", 0) != 0) return false;
+  int components = 0;
+  for (auto& part : path.relative_path()) {
+    if (part == ".." || part == ".") return false;
+    ++components;
+  }
+  return components >= 3;  // migrate/<host>/<id>
+}
+
+// Keeps the last kLogTailBytes of a log nobody writes to any more.
+void cutLogToTail(const fs::path& log) {
+  struct stat st;
+  if (::stat(log.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) <= kLogTailBytes) return;
+  auto tail = readFileTailIfExists(log, kLogTailBytes).value_or("");
+  writeFileAtomic(log, "[migrate-agent: cut from " + std::to_string(st.st_size) + " bytes to its last " +
+                           std::to_string(tail.size()) + "]\n" + tail, 0600);
+}
+
+}  // namespace
 
 Runtime::Runtime(RuntimeOptions options) : options_(std::move(options)) {
   fs::create_directories(options_.runcRoot);
@@ -61,6 +117,7 @@ pid_t Runtime::runConmon(const std::string& id, const ContainerPaths& paths,
   for (auto& dir : {paths.exitDir(), paths.socketDir()}) fs::create_directories(dir);
   fs::remove(paths.exitDir() / id);
   fs::remove(paths.pidFile());
+  fs::remove(paths.conmonPidFile());  // killRestore trusts only one this conmon wrote
   // conmon reports the container's pid, or runc's error, as JSON on the sync
   // pipe (_OCI_SYNCPIPE); its parent process exits as soon as the monitor has
   // daemonized, before runc is done, so the pipe is what we wait on.
@@ -92,18 +149,12 @@ pid_t Runtime::runConmon(const std::string& id, const ContainerPaths& paths,
   conmon.passFds = {syncWrite.get()};
   conmon.newSession = true;  // the monitor must not die with the agent's process group
   Subprocess child(conmon);
+  pid_t conmonGroup = child.pid();  // its own session and process group; runc and CRIU join it
   int status = child.wait();
   syncWrite.reset();
   if (status != 0) fail("conmon for `" + id + "` exited with status " + std::to_string(status));
 
-  std::string reply;
-  char buf[4096];
-  for (;;) {
-    auto n = SYSCALL(::read(syncRead.get(), buf, sizeof buf), "read conmon sync pipe");
-    if (n == 0) break;
-    reply.append(buf, static_cast<size_t>(n));
-    if (reply.find('\n') != std::string::npos) break;
-  }
+  std::string reply = awaitConmonReply(syncRead.get(), id, paths, restore, conmonGroup);
   const char* what = restore ? "runc restore" : "runc create";
   json message;
   try {
@@ -119,6 +170,92 @@ pid_t Runtime::runConmon(const std::string& id, const ContainerPaths& paths,
     fail(what + std::string(" of `") + id + "` failed: " + detail);
   }
   return pid;
+}
+
+std::string Runtime::awaitConmonReply(int syncFd, const std::string& id, const ContainerPaths& paths,
+                                      const std::optional<RestoreOptions>& restore, pid_t conmonGroup) {
+  using Clock = std::chrono::steady_clock;
+  std::chrono::seconds timeout{0};
+  if (restore) {
+    timeout = options_.restoreTimeout.count() > 0 ? options_.restoreTimeout : restoreDeadline(treeSize(paths.checkpoint()));
+  }
+  auto deadline = Clock::now() + timeout;
+  fs::path log = paths.criuWork() / "restore.log";
+  std::string reply;
+  char buf[4096];
+  for (;;) {
+    pollfd p = {syncFd, POLLIN, 0};
+    // A restore is watched four times a second: its deadline, its log's size.
+    int ready = ::poll(&p, 1, restore ? 250 : -1);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready < 0) failErrno(errno, "poll conmon sync pipe");
+    if (ready > 0) {
+      auto n = SYSCALL(::read(syncFd, buf, sizeof buf), "read conmon sync pipe");
+      if (n == 0) break;
+      reply.append(buf, static_cast<size_t>(n));
+      if (reply.find('\n') != std::string::npos || reply.size() > kLogTailBytes) break;
+      continue;
+    }
+    std::string why;
+    struct stat st;
+    if (Clock::now() >= deadline) {
+      why = "did not finish within " + std::to_string(timeout.count()) + " s (the restore timeout, --restore-timeout)";
+    } else if (::stat(log.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) > options_.criuLogMaxBytes) {
+      why = "wrote more than " + std::to_string(options_.criuLogMaxBytes) + " bytes of restore.log (--criu-log-max-bytes)";
+    }
+    if (why.empty()) continue;
+    killRestore(id, paths, *restore, conmonGroup);
+    cutLogToTail(log);
+    fail("restore of `" + id + "` " + why + ": CRIU, runc and conmon were killed (" + log.string() + "):\n" +
+         logTail(log));
+  }
+  return reply;
+}
+
+// conmon, `runc restore` and its `criu swrk` child share conmon's process
+// group; runc moves CRIU into the container's cgroup before the restore
+// (libcontainer criuApplyCgroups), so CRIU's restored tasks, whose restorer
+// is what loops on a bad image, are born there and are killed there.
+void Runtime::killRestore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& restore,
+                          pid_t conmonGroup) {
+  std::vector<pid_t> groups = {conmonGroup};
+  if (auto text = readFileIfExists(paths.conmonPidFile())) {
+    long pid = std::strtol(text->c_str(), nullptr, 10);
+    // Still that conmon, not a process that got its pid since.
+    auto cmdline = readFileTailIfExists("/proc/" + std::to_string(pid) + "/cmdline", 1 << 16).value_or("");
+    if (pid > 1 && cmdline.find(id) != std::string::npos) {
+      groups.push_back(::getpgid(static_cast<pid_t>(pid)));
+      ::kill(static_cast<pid_t>(pid), SIGKILL);
+    }
+  }
+  for (pid_t group : groups) {
+    if (group > 1 && group != ::getpgrp()) ::kill(-group, SIGKILL);
+  }
+  if (isAgentCgroup(restore.cgroupsPath)) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      auto pids = cgroupMembers(restore.cgroupsPath);
+      if (pids.empty()) break;
+      for (pid_t pid : pids) ::kill(pid, SIGKILL);
+      if (std::chrono::steady_clock::now() > until) {
+        logError("restore: " + std::to_string(pids.size()) + " process(es) still in " + restore.cgroupsPath +
+                 " after SIGKILL");
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    // runc never recorded the container, so `runc delete` will not remove them.
+    for (auto& dir : cgroupDirs(restore.cgroupsPath)) ::rmdir(dir.c_str());
+  } else {
+    logWarn("restore: no cgroup of ours to clear (`" + restore.cgroupsPath + "`)");
+  }
+  // What CRIU and runc would have unmounted had they finished: CRIU's
+  // cgroup yard in its work dir, runc's criu-root overlay.
+  unmountAllUnder(paths.criuWork());
+  unmountAllUnder(options_.runcRoot / id);
+  // runc's state for an id it never finished restoring ("container with given
+  // ID already exists" on the next try), which `runc delete` cannot read.
+  if (!fs::exists(options_.runcRoot / id / "state.json")) removeTree(options_.runcRoot / id);
 }
 
 pid_t Runtime::create(const std::string& id, const ContainerPaths& paths) {
@@ -198,7 +335,7 @@ LazyDump Runtime::startLazyCheckpoint(const std::string& id, const ContainerPath
   if (n != 1) {
     int code = dump.runc.wait();
     fail("criu: lazy checkpoint of `" + id + "` failed (runc exit " + std::to_string(code) + "): " +
-         readFileIfExists(paths.criuWork() / "runc-checkpoint.err").value_or("") + "\n" +
+         readFileTailIfExists(paths.criuWork() / "runc-checkpoint.err", kLogTailBytes).value_or("") + "\n" +
          logTail(paths.criuWork() / "dump.log"));
   }
   return dump;
@@ -218,7 +355,7 @@ void Runtime::finishLazyCheckpoint(const std::string& id, const ContainerPaths& 
   int code = dump.runc.wait();
   if (code != 0) {
     fail("criu: post-copy page transfer of `" + id + "` failed (runc exit " + std::to_string(code) + "): " +
-         readFileIfExists(paths.criuWork() / "runc-checkpoint.err").value_or("") + "\n" +
+         readFileTailIfExists(paths.criuWork() / "runc-checkpoint.err", kLogTailBytes).value_or("") + "\n" +
          logTail(paths.criuWork() / "dump.log"));
   }
 }

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -19,6 +20,15 @@ struct RuntimeOptions {
   fs::path runcRoot;              // per-agent: runc's state for this host's containers
   std::string runc = "/usr/sbin/runc";
   std::string conmon = "/usr/bin/conmon";
+  // A restore that has not finished by then is killed (CRIU, runc, conmon and
+  // whatever CRIU made in the container's cgroup) and reported: a hostile or
+  // broken image can make CRIU's restorer loop for ever. 0: 30 s + 10 s per
+  // GiB of images (restoreDeadline). migrate-agent --restore-timeout.
+  std::chrono::seconds restoreTimeout{0};
+  // CRIU's restore.log growing past this ends the restore the same way (the
+  // log level comes from runc, -v4, which CRIU's config file cannot lower);
+  // the log is then cut to its last kLogTailBytes. --criu-log-max-bytes.
+  uint64_t criuLogMaxBytes = 64ull << 20;
 };
 
 struct CheckpointOptions {
@@ -31,6 +41,9 @@ struct RestoreOptions {
   // Post-copy: memory comes from the lazy-pages daemon listening in
   // paths.criuWork() (startLazyPages), not from the images.
   bool lazyPages = false;
+  // The container's cgroup (the spec's linux.cgroupsPath, as the agent made
+  // it): runc puts CRIU there, so a restore past its deadline is killed there.
+  std::string cgroupsPath;
 };
 
 // Post-copy, source side: a `runc checkpoint --lazy-pages` that has written
@@ -90,6 +103,11 @@ class Runtime {
 
  private:
   pid_t runConmon(const std::string& id, const ContainerPaths& paths, const std::optional<RestoreOptions>& restore);
+  // conmon's one-line JSON reply on `syncFd`; for a restore, within its
+  // deadline and log cap, else the restore is killed and this throws.
+  std::string awaitConmonReply(int syncFd, const std::string& id, const ContainerPaths& paths,
+                               const std::optional<RestoreOptions>& restore, pid_t conmonGroup);
+  void killRestore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& restore, pid_t conmonGroup);
   std::string runcCommand(const std::vector<std::string>& args);
 
   RuntimeOptions options_;
@@ -99,7 +117,12 @@ class Runtime {
 // that is only allowed when fs.pipe-max-size >= 4 MiB. Throws naming the fix.
 void checkLazyPagesSupported();
 
-// The last `lines` lines of a log file, for error messages.
+// The last `lines` lines of a log file, for error messages, read from at
+// most its last kLogTailBytes: CRIU and runc logs can be huge.
+constexpr size_t kLogTailBytes = 64 << 10;
 std::string logTail(const fs::path& file, size_t lines = 12);
+
+// The default restore deadline for `imageBytes` of CRIU images.
+std::chrono::seconds restoreDeadline(uint64_t imageBytes);
 
 }  // namespace migrate

@@ -3,7 +3,9 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
+#include <vector>
 #include <sstream>
 
 #include "common/error.h"
@@ -12,17 +14,54 @@
 
 namespace migrate {
 
-bool isMountPoint(const fs::path& path) {
-  // /proc/self/mountinfo field 5 is the mount point, with spaces escaped as \040.
+namespace {
+
+// /proc/self/mountinfo field 5 is the mount point, with space, tab, newline
+// and backslash escaped as octal (\040).
+std::vector<std::string> mountPoints() {
+  std::vector<std::string> points;
   std::ifstream in("/proc/self/mountinfo");
-  std::string line, target = fs::absolute(path).lexically_normal().string();
+  std::string line;
   while (std::getline(in, line)) {
     std::istringstream fields(line);
-    std::string id, parent, dev, root, mountPoint;
-    fields >> id >> parent >> dev >> root >> mountPoint;
-    if (mountPoint == target) return true;
+    std::string id, parent, dev, root, escaped, point;
+    fields >> id >> parent >> dev >> root >> escaped;
+    for (size_t i = 0; i < escaped.size(); ++i) {
+      if (escaped[i] == '\\' && i + 3 < escaped.size()) {
+        point += static_cast<char>(std::stoi(escaped.substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        point += escaped[i];
+      }
+    }
+    points.push_back(point);
+  }
+  return points;
+}
+
+}  // namespace
+
+bool isMountPoint(const fs::path& path) {
+  std::string target = fs::absolute(path).lexically_normal().string();
+  for (auto& point : mountPoints()) {
+    if (point == target) return true;
   }
   return false;
+}
+
+void unmountAllUnder(const fs::path& dir) {
+  std::string top = fs::absolute(dir).lexically_normal().string();
+  std::vector<std::string> below;
+  for (auto& point : mountPoints()) {
+    if (point == top || point.rfind(top + "/", 0) == 0) below.push_back(point);
+  }
+  // Longest first: children before their parents.
+  std::sort(below.begin(), below.end(), [](auto& a, auto& b) { return a.size() > b.size(); });
+  for (auto& point : below) {
+    if (::umount2(point.c_str(), MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT) {
+      failErrno(errno, "umount " + point);
+    }
+  }
 }
 
 void mountOverlay(const OverlayPaths& paths) {
@@ -35,10 +74,15 @@ void mountOverlay(const OverlayPaths& paths) {
   SYSCALL(::mount("overlay", paths.merged.c_str(), "overlay", 0, options.c_str()), "mount overlay", options);
 }
 
-void mountScratchTmpfs(const fs::path& dir) {
+void mountScratchTmpfs(const fs::path& dir, std::optional<TmpfsBounds> bounds) {
   fs::create_directories(dir);
   if (isMountPoint(dir)) return;
-  SYSCALL(::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700"), "mount tmpfs", dir.string());
+  std::string options = "mode=0700";
+  if (bounds) {
+    options += ",size=" + std::to_string(bounds->bytes) + ",nr_inodes=" + std::to_string(bounds->inodes);
+  }
+  SYSCALL(::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()), "mount tmpfs", dir.string(),
+          options);
 }
 
 void releaseDirectory(const fs::path& dir) {

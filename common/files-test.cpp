@@ -49,3 +49,13 @@ TEST_CASE("temp dir is removed with its guard unless kept") {
   CHECK(fs::exists(kept));
   removeTree(kept);
 }
+
+TEST_CASE("readFileTailIfExists returns at most the last N bytes") {
+  TempDir dir(fs::temp_directory_path(), "files-test");
+  auto path = dir.path() / "log";
+  CHECK_FALSE(readFileTailIfExists(path, 10));
+  writeFileAtomic(path, "0123456789abcdef");
+  CHECK(readFileTailIfExists(path, 4) == "cdef");
+  CHECK(readFileTailIfExists(path, 100) == "0123456789abcdef");
+  CHECK(readFileTailIfExists(path, 0) == "");
+}

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <system_error>
 
@@ -48,6 +49,30 @@ std::optional<std::string> readFileIfExists(const fs::path& path) {
     auto n = SYSCALL(::read(fd.get(), buf, sizeof buf), "read", path.string());
     if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+std::optional<std::string> readFileTailIfExists(const fs::path& path, size_t maxBytes) {
+  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw < 0) {
+    if (errno == ENOENT) return std::nullopt;
+    failErrno(errno, "open " + path.string());
+  }
+  Fd fd(raw);
+  struct stat st;
+  SYSCALL(::fstat(fd.get(), &st), "fstat", path.string());
+  // Still growing, perhaps: read from where the tail began, never more than maxBytes.
+  auto size = static_cast<uint64_t>(st.st_size);
+  uint64_t offset = size > maxBytes ? size - maxBytes : 0;
+  std::string out;
+  char buf[65536];
+  while (out.size() < maxBytes) {
+    size_t want = std::min(sizeof buf, maxBytes - out.size());
+    auto n = SYSCALL(::pread(fd.get(), buf, want, static_cast<off_t>(offset)), "pread", path.string());
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    offset += static_cast<uint64_t>(n);
   }
   return out;
 }

@@ -20,6 +20,10 @@ void writeFileAtomic(const fs::path& path, std::string_view content, mode_t mode
 std::string readFile(const fs::path& path);
 std::optional<std::string> readFileIfExists(const fs::path& path);
 
+// At most the last `maxBytes` of a file (all of it when smaller), for logs
+// a child process may have grown without bound; nullopt when it is missing.
+std::optional<std::string> readFileTailIfExists(const fs::path& path, size_t maxBytes);
+
 Fd openOrFail(const fs::path& path, int flags, mode_t mode = 0);
 
 // Opens `relative` beneath `dirfd` without following symlinks out of it

@@ -332,7 +332,9 @@ TEST_CASE("a full disk on the target fails the migration cleanly") {
   auto result = json::parse(r.out);
   INFO(result.dump(2));
   CHECK(result["state"] == "rolled-back");
-  CHECK(result["error"].get<std::string>().find("No space left") != std::string::npos);
+  // Refused at the manifest: its rootfsDiffBytes do not fit host2's free disk.
+  CHECK_THAT(result["error"].get<std::string>(),
+             Catch::Contains("bundle declares rootfsDiffBytes = ") && Catch::Contains("bytes free"));
   CHECK(result["error"].get<std::string>().find("host2") != std::string::npos);
   auto mem = entries(cluster, "mem");
   REQUIRE(mem.size() == 1);

@@ -1,0 +1,80 @@
+#include "agent/capacity.h"
+
+#include <sys/statvfs.h>
+
+#include <sstream>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/syscall.h"
+
+namespace migrate {
+
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+uint64_t saturatingAdd(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+uint64_t saturatingMul(uint64_t a, uint64_t b) { return b != 0 && a > UINT64_MAX / b ? UINT64_MAX : a * b; }
+
+std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
+uint64_t readMemAvailable() {
+  std::istringstream in(readFile("/proc/meminfo"));
+  std::string key;
+  uint64_t kib;
+  while (in >> key >> kib) {
+    if (key == "MemAvailable:") return kib << 10;
+    in.ignore(64, '\n');
+  }
+  fail("/proc/meminfo has no MemAvailable");
+}
+
+}  // namespace
+
+HostCapacity HostCapacity::measure(const fs::path& landingDir) {
+  struct statvfs vfs;
+  SYSCALL(::statvfs(landingDir.c_str(), &vfs), "statvfs", landingDir.string());
+  return HostCapacity{readMemAvailable(), saturatingMul(vfs.f_bavail, vfs.f_frsize), vfs.f_favail};
+}
+
+TmpfsBounds checkpointTmpfsBounds(const BundleManifest& m) {
+  uint64_t bytes = saturatingAdd(m.checkpointBytes, saturatingMul(m.checkpointEntries, kPage));
+  bytes = saturatingAdd(bytes, saturatingAdd(16ull << 20, m.checkpointBytes / 64));
+  bytes = saturatingAdd(bytes, kPage - 1) / kPage * kPage;
+  return TmpfsBounds{bytes, saturatingAdd(m.checkpointEntries, 16)};
+}
+
+void precheckImport(const BundleManifest& m, const HostCapacity& free, bool checkpointsInMemory,
+                    const fs::path& landingDir) {
+  uint64_t diskBytes = m.rootfsDiffBytes;
+  uint64_t diskEntries = m.rootfsDiffEntries;
+  if (checkpointsInMemory) {
+    TmpfsBounds tmpfs = checkpointTmpfsBounds(m);
+    if (tmpfs.bytes > free.memAvailable) {
+      fail(ErrorKind::Overloaded, "bundle declares checkpointBytes = " + std::to_string(m.checkpointBytes) +
+                                      " (a tmpfs of " + std::to_string(tmpfs.bytes) + " bytes, " + mib(tmpfs.bytes) +
+                                      ") but this host has MemAvailable = " + std::to_string(free.memAvailable) +
+                                      " bytes (" + mib(free.memAvailable) + ")");
+    }
+  } else {
+    diskBytes = saturatingAdd(diskBytes, m.checkpointBytes);
+    diskEntries = saturatingAdd(diskEntries, m.checkpointEntries);
+  }
+  std::string what = checkpointsInMemory ? "rootfsDiffBytes" : "rootfsDiffBytes + checkpointBytes";
+  if (diskBytes > free.diskAvailable) {
+    fail(ErrorKind::Overloaded, "bundle declares " + what + " = " + std::to_string(diskBytes) + " (" + mib(diskBytes) +
+                                    ") but " + landingDir.string() + " has " + std::to_string(free.diskAvailable) +
+                                    " bytes free (" + mib(free.diskAvailable) + ")");
+  }
+  // btrfs has no inode table and reports 0 free: no bound to check there.
+  if (free.diskInodes != 0 && diskEntries > free.diskInodes) {
+    fail(ErrorKind::Overloaded, "bundle declares " + std::string(checkpointsInMemory ? "rootfsDiffEntries" :
+                                                                 "rootfsDiffEntries + checkpointEntries") +
+                                    " = " + std::to_string(diskEntries) + " but " + landingDir.string() + " has " +
+                                    std::to_string(free.diskInodes) + " inodes free");
+  }
+}
+
+}  // namespace migrate
