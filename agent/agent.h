@@ -6,11 +6,13 @@
 
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "agent/bundle-signature.h"
 #include "agent/container.h"
 #include "agent/image-store.h"
 #include "agent/runtime.h"
@@ -25,6 +27,9 @@ struct AgentOptions {
   std::optional<fs::path> cniConfig;   // CNI conflist; containers run with network only when set
   RuntimeOptions runtime;              // runcRoot defaults to stateDir/runc
   bool checkpointsInMemory = true;     // CRIU images on a tmpfs per container (storage.h)
+  // Signs every bundle this agent exports; made by main() from
+  // <stateDir>/signing.key (agent/bundle-signature.h). Export refuses without.
+  std::shared_ptr<const SigningKey> signingKey;
 };
 
 struct RunRequest {
@@ -56,6 +61,9 @@ struct ExportStats {
 struct ImportRequest {
   std::optional<std::string> name;  // a new name: also a new id and no static IP (as libpod)
   std::string migrationId;          // the migration bringing it here, so an abort finds it again
+  // Whose signature makes the bundle acceptable; the default trusts nobody,
+  // so an import that names no signer is refused.
+  BundleTrust trust;
 };
 
 struct RestoreRequest {

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/signing.h"
 #include "net/curve-keys.h"
 
 namespace migrate {
@@ -92,6 +93,7 @@ json HostState::toJson() const {
        {{"agent", agentVersion}, {"criu", criuVersion}, {"runc", runcVersion}, {"kernel", kernelVersion},
         {"protocol", protocolVersion}}},
       {"cpuInfoBytes", cpuInfo.size()},
+      {"signingKey", signingKey.empty() ? "" : publicKeyText(signingKey)},
       {"capacity", {{"memBytes", memBytes}, {"diskBytes", diskBytes}, {"cpus", cpus}}},
       {"load",
        {{"loadAvg1", loadAvg1},
@@ -166,6 +168,8 @@ void HostRegistry::recordRegister(const std::string& host, proto::Register::Read
   s.protocolVersion = reg.getProtocolVersion();
   auto cpu = reg.getCpuInfo();
   s.cpuInfo.assign(reinterpret_cast<const char*>(cpu.begin()), cpu.size());
+  auto signingKey = reg.getSigningKey();
+  s.signingKey.assign(reinterpret_cast<const char*>(signingKey.begin()), signingKey.size());
   s.memBytes = reg.getCapacity().getMemBytes();
   s.diskBytes = reg.getCapacity().getDiskBytes();
   s.cpus = reg.getCapacity().getCpus();

@@ -55,6 +55,7 @@ struct HostState {
   std::string agentVersion, criuVersion, runcVersion, kernelVersion, dataAddress;
   uint32_t protocolVersion = 0;
   std::string cpuInfo;  // `criu cpuinfo dump` image, binary.
+  std::string signingKey;  // Ed25519 public key (32 raw bytes) from `register`: whose bundles targets accept.
 
   uint64_t memBytes = 0, diskBytes = 0;
   uint32_t cpus = 0;
