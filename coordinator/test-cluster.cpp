@@ -207,7 +207,7 @@ Cluster::Cluster(std::chrono::milliseconds heartbeatInterval) : heartbeat(heartb
 
 void Cluster::buildCoordinator() {
   std::vector<AllowedHost> allowed;
-  for (auto& [name, keys] : agentKeys) allowed.push_back({name, keys.publicKey});
+  for (auto& [name, keys] : agentKeys) allowed.push_back({name, keys.publicKey, {}});
   registry = std::make_unique<HostRegistry>(allowed, heartbeat);
   journal = std::make_unique<Journal>(dir.path() / "coordinator.db");
   server = std::make_unique<ControlServer>(context, endpoint, coordinatorKeys, registry->keyToHost(), 3 * heartbeat);
