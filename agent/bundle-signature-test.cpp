@@ -178,6 +178,14 @@ TEST_CASE("bundle signature: a changed, forged or cut signature entry is refused
     tar[at] = tar[at] == '0' ? '1' : '0';
     CHECK_THAT(importMessage(tar, trust), Catch::Contains("does not verify"));
   }
+  SECTION("a hex digit's case changed (one bit)") {
+    size_t at = tar.find("\"signature\": \"", header + 512);
+    REQUIRE(at != std::string::npos);
+    at += 14;
+    while (!std::isalpha(static_cast<unsigned char>(tar[at]))) ++at;
+    tar[at] ^= 0x20;
+    CHECK_THAT(importMessage(tar, trust), Catch::Contains("not as its writer makes it"));
+  }
   SECTION("the container name changed in the signature entry only") {
     size_t at = tar.find("\"containerName\": \"web\"", header + 512);
     REQUIRE(at != std::string::npos);

@@ -66,6 +66,8 @@ json BundleSignature::toJson() const {
           {"tarSha256", tarSha256},         {"signature", toHex(signature)}};
 }
 
+std::string BundleSignature::text() const { return toJson().dump(2) + "\n"; }
+
 BundleSignature BundleSignature::fromJson(const json& j) {
   if (!j.is_object()) fail(ErrorKind::InvalidInput, "bundle signature: signature.json is not a JSON object");
   BundleSignature s;
@@ -180,6 +182,9 @@ std::string checkBundleSignature(const ReadSignature& read, const BundleManifest
   json parsed = json::parse(*read.text, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) fail(ErrorKind::InvalidInput, "bundle signature: signature.json is not JSON");
   BundleSignature s = BundleSignature::fromJson(parsed);
+  if (s.text() != *read.text) {
+    fail(ErrorKind::InvalidInput, "bundle signature: signature.json is not as its writer makes it (a changed byte?)");
+  }
 
   // Integrity first, whatever the trust: these hold for every signed bundle.
   if (s.tarSha256 != read.tarSha256) {

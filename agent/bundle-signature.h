@@ -47,6 +47,9 @@ struct BundleSignature {
   // What `signature` signs.
   std::string statement() const;
   nlohmann::json toJson() const;
+  // signature.json as the writer makes it; a reader accepts only this text,
+  // so that no byte of it can change either (e.g. a hex digit's case).
+  std::string text() const;
   // Throws Error(InvalidInput, "bundle signature: ...") naming the bad field.
   static BundleSignature fromJson(const nlohmann::json& json);
 };

@@ -312,7 +312,7 @@ void writeBundle(const BundleSources& sources, OutputStream& out, std::function<
   if (sources.statsDump) writer.addFile(bundle::kStatsDump, *sources.statsDump);
   if (sources.signer) {
     BundleSignature signature = signBundle(*sources.signer, manifest, writer.tarDigest());
-    writer.addBytes(bundle::kSignature, signature.toJson().dump(2) + "\n");
+    writer.addBytes(bundle::kSignature, signature.text());
   }
   writer.close();
 }
