@@ -40,8 +40,8 @@ struct Source {
   explicit Source(size_t pagesBytes = 64 << 10) {
     auto& r = root.path();
     sources.manifest.containerName = "web";
-    sources.manifest.containerId = "0123456789abcdef";
-    sources.manifest.imageDigest = "sha256:feed";
+    sources.manifest.containerId = "0123456789abcdef0123456789abcdef";
+    sources.manifest.imageDigest = "sha256:" + std::string(64, 'f');
     sources.manifest.imageName = "docker.io/library/busybox:latest";
     sources.manifest.sourceHost = "host1";
     put(r / "config.dump", R"({"name":"web"})");
@@ -130,7 +130,7 @@ TEST_CASE("bundle signature: a signed bundle round trips; the signature names co
   auto s = BundleSignature::fromJson(nlohmann::json::parse(*signature.text));
   CHECK(s.signer == src.key.publicKey());
   CHECK(s.containerName == "web");
-  CHECK(s.containerId == "0123456789abcdef");
+  CHECK(s.containerId == "0123456789abcdef0123456789abcdef");
   CHECK(s.sourceHost == "host1");
   CHECK(s.formatVersion == kBundleFormatVersion);
   CHECK(s.tarSha256 == signature.tarSha256);
