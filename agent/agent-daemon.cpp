@@ -105,6 +105,7 @@ struct AgentDaemon::Receiver {
   std::string containerName;
   std::vector<uint8_t> psk;
   std::string expectedImage;
+  BundleTrust trust;  // exactly the source's key, as the coordinator has it
   std::unique_ptr<DataListener> listener;
   std::thread thread;
 
@@ -256,6 +257,8 @@ void AgentDaemon::fillRegister(proto::Register::Builder reg) {
   struct utsname u;
   if (uname(&u) == 0) reg.setKernelVersion(u.release);
   reg.setDataAddress(options_.dataAddress);
+  std::string signingKey = agent_.options().signingKey ? agent_.options().signingKey->publicKey() : "";
+  reg.setSigningKey(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(signingKey.data()), signingKey.size()));
   auto cap = reg.initCapacity();
   cap.setMemBytes(meminfoField("MemTotal"));
   cap.setCpus(static_cast<uint32_t>(sysconf(_SC_NPROCESSORS_ONLN)));
@@ -520,6 +523,12 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
   r->expectedImage = request.getExpectedManifest().getImageDigest();
   r->postCopy = request.getPostCopy();
   ErrorContext context("receive `" + r->containerName + "`");
+  auto sourceKey = request.getSourceSigningKey();
+  if (sourceKey.size() != kEd25519PublicKeyBytes) {
+    fail(ErrorKind::InvalidInput, "bundle signature: the coordinator sent no signing key for the source host");
+  }
+  r->trust = BundleTrust::onlyKey(std::string(reinterpret_cast<const char*>(sourceKey.begin()), sourceKey.size()),
+                                  request.getExpectedManifest().getSourceHost().cStr());
   if (agent_.findIfExists(r->containerName)) {
     fail(ErrorKind::Conflict, "a container with this name exists on " + agent_.options().hostName);
   }
@@ -546,6 +555,7 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
       std::string sha;
       ImportRequest importRequest;
       importRequest.migrationId = r->migrationId;
+      importRequest.trust = r->trust;
       auto c = agent_.importCheckpoint(counted, importRequest, [&](const nlohmann::json& manifest) {
         if (manifest.value("containerName", "") != r->containerName) {
           fail(ErrorKind::InvalidInput, "bundle is for `" + manifest.value("containerName", "") + "`, expected `" +

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -45,8 +46,29 @@ AgentOptions agentOptions(const GlobalOptions& g) {
   o.importLimits = g.importLimits;
   o.runtime.restoreTimeout = std::chrono::seconds(g.restoreTimeoutSeconds);
   o.runtime.criuLogMaxBytes = g.criuLogMaxBytes;
+  // Made at the first start, kept in the state dir (0600).
+  o.signingKey = std::make_shared<const SigningKey>(SigningKey::loadOrCreate(o.stateDir / "signing.key"));
   return o;
 }
+
+// Whose bundles `restore --import` and `import` accept (agent/bundle-signature.h).
+struct TrustFlags {
+  std::vector<std::string> keyFiles;
+  bool trustUnsigned = false;
+
+  void addTo(CLI::App* cmd) {
+    cmd->add_option("--trusted-key", keyFiles, "also accept bundles signed by the key in this .pub file")
+        ->check(CLI::ExistingFile);
+    cmd->add_flag("--trust-unsigned", trustUnsigned,
+                  "root only: accept an unsigned bundle or an unknown signer (never an altered bundle)");
+  }
+
+  BundleTrust trust(const Agent& agent) const {
+    if (trustUnsigned && ::geteuid() != 0) fail(ErrorKind::InvalidInput, "--trust-unsigned is for root only");
+    std::vector<fs::path> files(keyFiles.begin(), keyFiles.end());
+    return BundleTrust::local(agent.options().stateDir, agent.options().signingKey->publicKey(), files, trustUnsigned);
+  }
+};
 
 void printContainers(const GlobalOptions& g, const std::vector<Container>& containers) {
   if (g.output == "json") {
@@ -272,7 +294,9 @@ int main(int argc, char** argv) {
   // restore [--import FILE]
   RestoreRequest restoreRequest;
   std::string importFile, newName;
+  TrustFlags trustFlags;
   auto* restoreCmd = app.add_subcommand("restore", "restore a checkpointed container, or one from a bundle");
+  trustFlags.addTo(restoreCmd);
   restoreCmd->add_option("container", ref, "container to restore (omit with --import)");
   restoreCmd->add_option("--import,-i", importFile, "bundle file to import first ('-' for stdin)");
   restoreCmd->add_option("--name,-n", newName, "restore under a new name (no static IP, as libpod)");
@@ -289,6 +313,7 @@ int main(int argc, char** argv) {
         FdInputStream in(fd.get());
         ImportRequest importRequest;
         if (!newName.empty()) importRequest.name = newName;
+        importRequest.trust = trustFlags.trust(agent);
         target = agent.importCheckpoint(in, importRequest).config.id;
       } else if (target.empty()) {
         throw CLI::ValidationError("restore", "name a container or give --import FILE");
@@ -304,6 +329,7 @@ int main(int argc, char** argv) {
   auto* importCmd = app.add_subcommand("import", "import a bundle as a checkpointed container");
   importCmd->add_option("file", importFile)->required();
   importCmd->add_option("--name,-n", newName);
+  trustFlags.addTo(importCmd);
   importCmd->callback([&] {
     action = [&] {
       Agent agent(agentOptions(g));
@@ -311,6 +337,7 @@ int main(int argc, char** argv) {
       FdInputStream in(fd.get());
       ImportRequest importRequest;
       if (!newName.empty()) importRequest.name = newName;
+      importRequest.trust = trustFlags.trust(agent);
       auto c = agent.importCheckpoint(in, importRequest);
       printOne(g, c.toJson(), c.config.id);
     };
@@ -346,6 +373,14 @@ int main(int argc, char** argv) {
       signal(SIGPIPE, SIG_IGN);
       AgentDaemon daemon(agent, options);
       daemon.run(stop);
+    };
+  });
+
+  app.add_subcommand("signing-key", "print the public key this agent signs its bundles with")->callback([&] {
+    action = [&] {
+      Agent agent(agentOptions(g));
+      std::string key = publicKeyText(agent.options().signingKey->publicKey());
+      printOne(g, {{"publicKey", key}, {"file", (agent.options().stateDir / "signing.key").string()}}, key);
     };
   });
 

@@ -673,6 +673,8 @@ ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, c
   sources.networkStatus = c.paths.dir / "network.status";
   sources.checkpointDir = c.paths.checkpoint();
   sources.upperDir = c.paths.upper();
+  if (!options_.signingKey) fail("this agent has no signing key to sign the bundle with");
+  sources.signer = options_.signingKey.get();
   if (fs::exists(c.paths.log())) sources.ctrLog = c.paths.log();
   if (fs::exists(c.paths.criuWork() / "stats-dump")) sources.statsDump = c.paths.criuWork() / "stats-dump";
 
@@ -709,6 +711,7 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   std::string reservedName;
   Sha256InputStream hashed(in);
   ZstdInputStream zstd(hashed);
+  ReadSignature signature;
   auto manifest = readBundle(zstd, staging.path(), options_.importLimits, [&](const BundleManifest& m) {
     if (onManifest) onManifest(m.toJson());
     reservedName = request.name.value_or(m.containerName);
@@ -720,13 +723,16 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
       mountScratchTmpfs(checkpointMount.dir, checkpointTmpfsBounds(m));
       checkpointMount.armed = true;
     }
-  });
+  }, &signature);
   // Drain what follows the tar's end-of-archive blocks so the hash covers the
   // whole stream the sender hashed.
   char sink[65536];
   while (zstd.read(sink, sizeof sink) > 0) {
   }
   if (sha256) *sha256 = hashed.hexDigest();
+  // Before anything of the bundle is used: unsigned, untrusted or altered
+  // bundles are refused here, and the staging dir goes with them.
+  std::string signer = checkBundleSignature(signature, manifest, request.trust);
 
   auto config = ContainerConfig::fromJson(json::parse(readFile(staging.path() / "config.dump")));
   checkUntrustedConfig(config);
@@ -780,7 +786,7 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   checkpointMount.armed = false;
   staging.keep();
   save(c);
-  logInfo("imported `" + c.config.name + "` from " + manifest.sourceHost);
+  logInfo("imported `" + c.config.name + "` from " + manifest.sourceHost + ", " + signer);
   return c;
 }
 

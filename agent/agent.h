@@ -6,12 +6,14 @@
 
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "agent/bundle-reader.h"
+#include "agent/bundle-signature.h"
 #include "agent/container.h"
 #include "agent/image-store.h"
 #include "agent/runtime.h"
@@ -27,6 +29,9 @@ struct AgentOptions {
   RuntimeOptions runtime;              // runcRoot defaults to stateDir/runc
   bool checkpointsInMemory = true;     // CRIU images on a tmpfs per container (storage.h)
   BundleLimits importLimits;           // this host's caps on any bundle, whatever its manifest declares
+  // Signs every bundle this agent exports; made by main() from
+  // <stateDir>/signing.key (agent/bundle-signature.h). Export refuses without.
+  std::shared_ptr<const SigningKey> signingKey;
 };
 
 struct RunRequest {
@@ -58,6 +63,9 @@ struct ExportStats {
 struct ImportRequest {
   std::optional<std::string> name;  // a new name: also a new id and no static IP (as libpod)
   std::string migrationId;          // the migration bringing it here, so an abort finds it again
+  // Whose signature makes the bundle acceptable; the default trusts nobody,
+  // so an import that names no signer is refused.
+  BundleTrust trust;
 };
 
 struct RestoreRequest {

@@ -12,6 +12,7 @@
 #include <set>
 #include <vector>
 
+#include "agent/bundle-signature.h"
 #include "agent/rootfs-diff.h"
 #include "common/error.h"
 #include "common/fd.h"
@@ -24,6 +25,7 @@ namespace {
 constexpr size_t kReadBufferBytes = 1 << 20;
 constexpr uint64_t kMaxManifestBytes = 1 << 20;
 constexpr uint64_t kMaxDeletedFilesBytes = 256ull << 20;
+constexpr uint64_t kMaxSignatureBytes = 64 << 10;
 // Our writer pads the tar to its 10 KiB record; anything much beyond that is not ours.
 constexpr uint64_t kMaxTrailingBytes = 1 << 20;
 // Entries outside the two trees (manifest.json, config.dump, ...): at most
@@ -33,7 +35,7 @@ constexpr size_t kMaxSideEntries = 16;
 constexpr size_t kHoleBlock = 4096;
 
 // In stream order; the reader refuses an entry whose section comes before the previous one's.
-enum class Section { Manifest, ConfigDump, SpecDump, NetworkStatus, Checkpoint, RootfsDiff, DeletedFiles, CtrLog, StatsDump };
+enum class Section { Manifest, ConfigDump, SpecDump, NetworkStatus, Checkpoint, RootfsDiff, DeletedFiles, CtrLog, StatsDump, Signature };
 
 struct SectionName {
   std::string_view name;
@@ -45,7 +47,7 @@ constexpr SectionName kSections[] = {
     {bundle::kSpecDump, Section::SpecDump},         {bundle::kNetworkStatus, Section::NetworkStatus},
     {bundle::kCheckpointDir, Section::Checkpoint},  {bundle::kRootfsDiffDir, Section::RootfsDiff},
     {bundle::kDeletedFiles, Section::DeletedFiles}, {bundle::kCtrLog, Section::CtrLog},
-    {bundle::kStatsDump, Section::StatsDump},
+    {bundle::kStatsDump, Section::StatsDump},       {bundle::kSignature, Section::Signature},
 };
 
 bool isTree(Section s) { return s == Section::Checkpoint || s == Section::RootfsDiff; }
@@ -96,6 +98,8 @@ class BundleReader {
   BundleReader(const BundleReader&) = delete;
   BundleReader& operator=(const BundleReader&) = delete;
 
+  const ReadSignature& signature() const { return signature_; }
+
   BundleManifest read(const std::function<void(const BundleManifest&)>& onManifest) {
     openTarget();
     openArchive();
@@ -134,6 +138,7 @@ class BundleReader {
     auto* self = static_cast<BundleReader*>(client);
     try {
       size_t n = self->in_.read(self->buffer_.get(), kReadBufferBytes);
+      self->tap_.add(self->buffer_.get(), n);
       *buffer = self->buffer_.get();
       return static_cast<la_ssize_t>(n);
     } catch (...) {
@@ -166,6 +171,9 @@ class BundleReader {
     Section section = sectionOf(top);
     if (entries_ == 1 && section != Section::Manifest) fail(ErrorKind::InvalidInput, "manifest.json must be the first entry");
     if (entries_ > 1 && section == Section::Manifest) fail(ErrorKind::InvalidInput, "manifest.json must come only once, first");
+    if (section == Section::Signature && seen_.count(section)) {
+      fail(ErrorKind::InvalidInput, "signature.json must come only once, last");
+    }
     if (section < lastSection_) fail(ErrorKind::InvalidInput, "out of order: bundle entries go " + sectionOrder());
     lastSection_ = section;
 
@@ -196,6 +204,12 @@ class BundleReader {
           manifestText_ = readSmall(static_cast<uint64_t>(size), kMaxManifestBytes);
           writeSmallFile(path, manifestText_);
           return true;
+        case Section::Signature:
+          // Kept for checkBundleSignature, not written: it vouches for the
+          // bytes before its header, the digest of which is taken here.
+          signature_.tarSha256 = tap_.digestBefore(static_cast<uint64_t>(archive_read_header_position(archive_)));
+          signature_.text = readSmall(static_cast<uint64_t>(size), kMaxSignatureBytes);
+          return false;
         case Section::DeletedFiles: {
           // Each path is at most PATH_MAX, quoted, with a comma: no more text
           // than the whiteouts rootfsDiffEntries leaves room for.
@@ -625,14 +639,18 @@ class BundleReader {
   uint64_t checkpointEntries_ = 0;
   uint64_t rootfsDiffEntries_ = 0;
   std::vector<std::pair<std::string, struct timespec>> directoryTimes_;
+  TarDigestTap tap_;
+  ReadSignature signature_;
 };
 
 }  // namespace
 
 BundleManifest readBundle(InputStream& in, const fs::path& dir, const BundleLimits& limits,
-                          std::function<void(const BundleManifest&)> onManifest) {
+                          std::function<void(const BundleManifest&)> onManifest, ReadSignature* signature) {
   BundleReader reader(in, dir, limits);
-  return reader.read(onManifest);
+  BundleManifest manifest = reader.read(onManifest);
+  if (signature) *signature = reader.signature();
+  return manifest;
 }
 
 }  // namespace migrate

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "agent/bundle-signature.h"
 #include "agent/bundle.h"
 #include "common/stream.h"
 
@@ -46,7 +47,13 @@ struct BundleLimits {
 // fifos, sockets, unknown top-level names, wrong order, sizes or counts past
 // the manifest's figures or `limits` (the message names which), a truncated stream, a wrong format version, missing required
 // entries. On error `dir` holds a partial bundle; the caller removes it.
+//
+// signature.json is not written to `dir`: `signature` (if given) gets its
+// text and the digest of the tar bytes before it, and the caller decides
+// with checkBundleSignature (agent/bundle-signature.h) whether to keep what
+// was unpacked. readBundle itself accepts an unsigned bundle.
 BundleManifest readBundle(InputStream& in, const fs::path& dir, const BundleLimits& limits = {},
-                          std::function<void(const BundleManifest&)> onManifest = {});
+                          std::function<void(const BundleManifest&)> onManifest = {},
+                          ReadSignature* signature = nullptr);
 
 }  // namespace migrate

@@ -725,7 +725,7 @@ TEST_CASE("bundle reader fills a checkpoint tmpfs mounted at the manifest, sized
 TEST_CASE("bundle reader refuses wrong structure", "[bundle]") {
   REQUIRE_ROOT();
   CHECK(readHostile(Tar().manifest(7).add("config.dump", AE_IFREG, "{}").finish(), {}, ErrorKind::Unimplemented) ==
-        "bundle: format version 7 is not supported (this build reads 1)");
+        "bundle: format version 7 is not supported (this build reads " + std::to_string(kBundleFormatVersion) + ")");
   CHECK_THAT(readHostile(Tar().add("config.dump", AE_IFREG, "{}").manifest().finish()),
              Catch::Equals("bundle: entry `config.dump`: manifest.json must be the first entry"));
   CHECK_THAT(readHostile(Tar().manifest().add("config.dump", AE_IFREG, "{}").add("spec.dump", AE_IFREG, "{}")
@@ -736,7 +736,7 @@ TEST_CASE("bundle reader refuses wrong structure", "[bundle]") {
   CHECK_THAT(readHostile(Tar().minimal().add("spec.dump", AE_IFREG, "{}").finish()), Catch::Contains("out of order"));
   CHECK_THAT(readHostile(Tar().minimal().add("checkpoint/inventory.img", AE_IFREG, "again").finish()),
              Catch::Contains("duplicate entry"));
-  CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, R"({"formatVersion":1})").finish()),
+  CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, "{\"formatVersion\":" + std::to_string(kBundleFormatVersion) + "}").finish()),
              Catch::Contains("missing field"));
   CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, "not json").finish()), Catch::Contains("not a JSON object"));
   Declared short100;

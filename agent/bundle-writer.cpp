@@ -13,6 +13,7 @@
 #include <set>
 #include <vector>
 
+#include "agent/bundle-signature.h"
 #include "agent/rootfs-diff.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -101,6 +102,9 @@ class BundleWriter {
     check(archive_write_set_format_pax_restricted(archive_), "set pax format");
     // SCHILY.xattr is what GNU tar and libarchive both read.
     check(archive_write_set_format_option(archive_, "pax", "xattrheader", "SCHILY"), "set xattrheader");
+    // No blocking into 10 KiB records: every byte reaches writeCallback as
+    // soon as it is formatted, so tarDigest() sees exactly what came before.
+    check(archive_write_set_bytes_per_block(archive_, 0), "set bytes per block");
     check(archive_write_open2(archive_, this, nullptr, &BundleWriter::writeCallback, nullptr, nullptr), "open");
   }
   ~BundleWriter() { archive_write_free(archive_); }
@@ -193,6 +197,12 @@ class BundleWriter {
     return figures;
   }
 
+  // SHA-256 of every tar byte so far, the last entry's padding included.
+  std::string tarDigest() {
+    check(archive_write_finish_entry(archive_), "finish entry");
+    return tarHash_.hexDigest();
+  }
+
   void close() {
     check(archive_write_close(archive_), "close");
   }
@@ -202,6 +212,7 @@ class BundleWriter {
     auto* self = static_cast<BundleWriter*>(client);
     try {
       self->out_.write(buffer, length);
+      self->tarHash_.update(buffer, length);
       return static_cast<la_ssize_t>(length);
     } catch (...) {
       // Exceptions must not cross libarchive's C frames; rethrown by check().
@@ -295,6 +306,7 @@ class BundleWriter {
   std::exception_ptr streamError_;
   std::unique_ptr<char[]> buffer_;
   uint64_t bytesIn_ = 0;
+  Sha256 tarHash_;
 };
 
 }  // namespace
@@ -333,6 +345,10 @@ void writeBundle(const BundleSources& sources, OutputStream& out, std::function<
   }
   if (sources.ctrLog) writer.addFile(bundle::kCtrLog, *sources.ctrLog, bundle::kMaxCtrLogBytes);
   if (sources.statsDump) writer.addFile(bundle::kStatsDump, *sources.statsDump);
+  if (sources.signer) {
+    BundleSignature signature = signBundle(*sources.signer, manifest, writer.tarDigest());
+    writer.addBytes(bundle::kSignature, signature.text());
+  }
   writer.close();
 }
 

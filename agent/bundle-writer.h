@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "agent/bundle.h"
+#include "common/signing.h"
 #include "common/stream.h"
 
 namespace migrate {
@@ -25,6 +26,9 @@ struct BundleSources {
   std::optional<fs::path> statsDump;
   fs::path checkpointDir;           // CRIU images -> "checkpoint/..."
   std::optional<fs::path> upperDir;  // overlay upper dir -> "rootfs-diff/..." + "deleted.files"
+  // Signs the bundle: signature.json, last (agent/bundle-signature.h).
+  // Null: an unsigned bundle, which a target restores only when told to.
+  const SigningKey* signer = nullptr;
 };
 
 // Writes the bundle tar into `out` (wrap it in ZstdOutputStream, hashing and

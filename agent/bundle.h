@@ -12,6 +12,9 @@
 //   deleted.files   JSON array of rootfs-diff-relative paths deleted in the upper (optional)
 //   ctr.log         the container's log, its last kMaxCtrLogBytes (optional)
 //   stats-dump      CRIU's dump statistics (optional)
+//   signature.json  the source agent's Ed25519 signature over the SHA-256 of
+//                   every tar byte before it (agent/bundle-signature.h);
+//                   last, once. A bundle without it is "unsigned".
 //
 // Why `rootfs-diff/` and not podman's nested `rootfs-diff.tar`: a tar entry
 // needs its size in its header, so a nested tar would have to be staged in a
@@ -24,6 +27,8 @@
 // header.
 //
 // Change the layout -> bump kBundleFormatVersion (rr's trace version).
+// Version 2 added signature.json; a version 1 bundle is refused (it could
+// only ever be restored as unsigned).
 #pragma once
 
 #include <cstdint>
@@ -33,7 +38,7 @@
 
 namespace migrate {
 
-constexpr int kBundleFormatVersion = 1;
+constexpr int kBundleFormatVersion = 2;
 
 namespace bundle {
 constexpr std::string_view kManifest = "manifest.json";
@@ -45,6 +50,7 @@ constexpr std::string_view kRootfsDiffDir = "rootfs-diff";
 constexpr std::string_view kDeletedFiles = "deleted.files";
 constexpr std::string_view kCtrLog = "ctr.log";
 constexpr std::string_view kStatsDump = "stats-dump";
+constexpr std::string_view kSignature = "signature.json";
 // CRIU writes it last in a successful dump; no inventory, no restore.
 constexpr std::string_view kInventory = "inventory.img";
 // Caps on the files outside the two trees, whose sizes the manifest does

@@ -5,6 +5,8 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/log.h"
+#include "common/signing.h"
 #include "net/curve-keys.h"
 
 namespace migrate {
@@ -92,6 +94,8 @@ json HostState::toJson() const {
        {{"agent", agentVersion}, {"criu", criuVersion}, {"runc", runcVersion}, {"kernel", kernelVersion},
         {"protocol", protocolVersion}}},
       {"cpuInfoBytes", cpuInfo.size()},
+      {"signingKey", signingKey.empty() ? "" : publicKeyText(signingKey)},
+      {"signingKeyEnrolled", signingKeyEnrolled},
       {"capacity", {{"memBytes", memBytes}, {"diskBytes", diskBytes}, {"cpus", cpus}}},
       {"load",
        {{"loadAvg1", loadAvg1},
@@ -116,9 +120,17 @@ std::vector<AllowedHost> loadAllowList(const std::filesystem::path& path) {
     std::istringstream fields(line);
     AllowedHost host;
     if (!(fields >> host.name)) continue;
-    std::string extra;
-    if (!(fields >> host.publicKey) || (fields >> extra)) {
-      fail(ErrorKind::InvalidInput, "line " + std::to_string(number) + ": expected `hostName publicKeyZ85`");
+    std::string signingKey, extra;
+    if (!(fields >> host.publicKey) || (fields >> signingKey && fields >> extra)) {
+      fail(ErrorKind::InvalidInput,
+           "line " + std::to_string(number) + ": expected `hostName publicKeyZ85 [ed25519:signingKey]`");
+    }
+    if (!signingKey.empty()) {
+      try {
+        host.signingKey = parsePublicKeyText(signingKey);
+      } catch (const Error& e) {
+        fail(ErrorKind::InvalidInput, "line " + std::to_string(number) + " signing key of `" + host.name + "`: " + e.what());
+      }
     }
     checkCurveKey(host.publicKey, "line " + std::to_string(number) + " public key of `" + host.name + "`");
     for (auto& other : hosts) {
@@ -138,6 +150,8 @@ HostRegistry::HostRegistry(std::vector<AllowedHost> hosts, std::chrono::millisec
     HostState state;
     state.name = h.name;
     state.publicKey = h.publicKey;
+    state.signingKey = h.signingKey;
+    state.signingKeyEnrolled = !h.signingKey.empty();
     hosts_[h.name] = std::move(state);
   }
 }
@@ -166,6 +180,15 @@ void HostRegistry::recordRegister(const std::string& host, proto::Register::Read
   s.protocolVersion = reg.getProtocolVersion();
   auto cpu = reg.getCpuInfo();
   s.cpuInfo.assign(reinterpret_cast<const char*>(cpu.begin()), cpu.size());
+  auto sent = reg.getSigningKey();
+  std::string signingKey(reinterpret_cast<const char*>(sent.begin()), sent.size());
+  if (!s.signingKeyEnrolled) {
+    s.signingKey = signingKey;
+  } else if (signingKey != s.signingKey) {
+    logError("registry: `" + host + "` registered bundle signing key " +
+             (signingKey.empty() ? std::string("(none)") : publicKeyText(signingKey)) + ", but the allow-list enrolls " +
+             publicKeyText(s.signingKey) + ": targets will refuse its bundles until one of them is changed");
+  }
   s.memBytes = reg.getCapacity().getMemBytes();
   s.diskBytes = reg.getCapacity().getDiskBytes();
   s.cpus = reg.getCapacity().getCpus();

@@ -55,6 +55,11 @@ struct HostState {
   std::string agentVersion, criuVersion, runcVersion, kernelVersion, dataAddress;
   uint32_t protocolVersion = 0;
   std::string cpuInfo;  // `criu cpuinfo dump` image, binary.
+  // Ed25519 public key (32 raw bytes) whose bundles targets of this host's
+  // migrations accept: the allow-list's, if it enrolls one, else the one the
+  // agent sent in `register`.
+  std::string signingKey;
+  bool signingKeyEnrolled = false;
 
   uint64_t memBytes = 0, diskBytes = 0;
   uint32_t cpus = 0;
@@ -73,10 +78,14 @@ struct HostState {
 struct AllowedHost {
   std::string name;
   std::string publicKey;  // Z85
+  std::string signingKey;  // optional, 32 raw bytes: pinned bundle signing key
 };
 
-// Reads the allow-list: one `hostName publicKeyZ85` per line; blank lines and
-// `#` comments ignored. Throws Error(InvalidInput) naming the line on a bad one.
+// Reads the allow-list: one `hostName publicKeyZ85 [ed25519:signingKey]` per
+// line; blank lines and `#` comments ignored. A signing key given here is
+// pinned: a `register` sending another one does not replace it (that host's
+// bundles are then refused by every target, and the coordinator says why).
+// Throws Error(InvalidInput) naming the line on a bad one.
 std::vector<AllowedHost> loadAllowList(const std::filesystem::path& path);
 
 class HostRegistry {

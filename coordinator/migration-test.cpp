@@ -299,3 +299,70 @@ TEST_CASE("migration: evacuation moves every running container, at most N at a t
   }
   CHECK(maxInFlight == 1);
 }
+
+TEST_CASE("migration: the target gets the source's registered signing key; a bundle signed by another rolls back") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  // What the source "streams": a statement and its signature. The target
+  // checks it as the real agent does, against the key it was handed.
+  const std::string statement = "bundle of `web` from host1";
+  std::mutex mutex;
+  std::string handedKey, sentSignature;
+  SigningKey impostor = SigningKey::generate();
+  bool signWithImpostor = true;
+  cluster.agent("host2").setHandler("prepareReceive", [&](proto::Request::Reader request, proto::Reply::Builder reply) {
+    auto key = request.getPrepareReceive().getSourceSigningKey();
+    std::lock_guard lock(mutex);
+    handedKey.assign(reinterpret_cast<const char*>(key.begin()), key.size());
+    reply.setPort(40000);
+    return true;
+  });
+  cluster.agent("host1").setHandler("checkpointAndSend", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    std::lock_guard lock(mutex);
+    sentSignature = signWithImpostor ? impostor.sign(statement) : cluster.agent("host1").signingKey().sign(statement);
+    reply.initStats().setSha256("aa");
+    return true;
+  });
+  cluster.agent("host2").setHandler("restore", [&](proto::Request::Reader request, proto::Reply::Builder reply) {
+    std::lock_guard lock(mutex);
+    if (!verifySignature(handedKey, statement, sentSignature)) {
+      reply.setOk(false);
+      reply.setErrorKind(proto::ErrorKind::INVALID_INPUT);
+      reply.setErrorMessage("bundle signature: signed by unknown key; the coordinator says `host1` signs with " +
+                            publicKeyText(handedKey));
+      return true;
+    }
+    reply.initRestored().getContainer().setName(request.getRestore().getContainerName());
+    return true;
+  });
+  cluster.start();
+
+  std::string refused = cluster.coordinator->startMigration({"web", "host2", {}});
+  cluster.coordinator->waitIdle();
+  auto record = cluster.journal->get(refused);
+  INFO(record.error);
+  CHECK(handedKey == cluster.agent("host1").signingKey().publicKey());
+  CHECK(record.state == MigrationState::RolledBack);
+  CHECK(record.errorKind == "invalid-input");
+  CHECK(record.error.find("signature") != std::string::npos);
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host1"));
+  auto seen = cluster.seen();
+  int abort = indexOf(seen, "host2", "abortReceive");
+  int rollback = indexOf(seen, "host1", "rollbackSource");
+  REQUIRE(abort >= 0);
+  CHECK(abort < rollback);
+  int rollbacks = 0;
+  for (auto& s : seen) rollbacks += s.host == "host1" && s.name == "rollbackSource";
+  CHECK(rollbacks == 1);
+  CHECK(indexOf(seen, "host1", "commitSource") == -1);
+
+  // Signed by the key host1 registered, the same migration goes through.
+  {
+    std::lock_guard lock(mutex);
+    signWithImpostor = false;
+  }
+  std::string accepted = cluster.coordinator->startMigration({"web", "host2", {}});
+  cluster.coordinator->waitIdle();
+  INFO(cluster.journal->get(accepted).error);
+  CHECK(cluster.journal->get(accepted).state == MigrationState::Succeeded);
+}

@@ -207,6 +207,10 @@ void Migration::precheck() {
   if (target_.dataAddress.empty()) {
     fail(ErrorKind::Failed, "target host `" + record_.target + "` registered no data address");
   }
+  // The target accepts only bundles signed by this key (prepareTarget).
+  if (source_.signingKey.empty()) {
+    fail(ErrorKind::Failed, "source host `" + record_.source + "` registered no bundle signing key");
+  }
   checkContainerOnSource();
   checkNameFreeOnTarget();
   ensureImageOnTarget();
@@ -350,6 +354,7 @@ void Migration::prepareTarget() {
     prepare.setContainerName(record_.container);
     prepare.setPsk(bytesOf(psk_));
     prepare.setPostCopy(options_.postCopy);
+    prepare.setSourceSigningKey(bytesOf(source_.signingKey));
     auto expected = prepare.initExpectedManifest();
     expected.setContainerName(record_.container);
     expected.setImageDigest(containerInfo_.imageDigest);

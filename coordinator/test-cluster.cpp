@@ -89,6 +89,8 @@ void FakeAgent::loop() {
       reg.setCriuVersion("4.2.1");
       reg.setRuncVersion("1.1.5");
       reg.setDataAddress("127.0.0.1");
+      std::string signingKey = signingKey_.publicKey();
+      reg.setSigningKey(kj::arrayPtr(reinterpret_cast<const kj::byte*>(signingKey.data()), signingKey.size()));
       static const kj::byte cpuInfo[] = {1, 2, 3, 4};
       reg.setCpuInfo(kj::arrayPtr(cpuInfo, sizeof cpuInfo));
       reg.initCapacity().setMemBytes(8ull << 30);
@@ -205,7 +207,7 @@ Cluster::Cluster(std::chrono::milliseconds heartbeatInterval) : heartbeat(heartb
 
 void Cluster::buildCoordinator() {
   std::vector<AllowedHost> allowed;
-  for (auto& [name, keys] : agentKeys) allowed.push_back({name, keys.publicKey});
+  for (auto& [name, keys] : agentKeys) allowed.push_back({name, keys.publicKey, {}});
   registry = std::make_unique<HostRegistry>(allowed, heartbeat);
   journal = std::make_unique<Journal>(dir.path() / "coordinator.db");
   server = std::make_unique<ControlServer>(context, endpoint, coordinatorKeys, registry->keyToHost(), 3 * heartbeat);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/files.h"
+#include "common/signing.h"
 #include "coordinator/coordinator.h"
 
 namespace migrate::testing {
@@ -38,6 +39,9 @@ class FakeAgent {
   void addContainer(std::string name, std::string state, std::string ip = "198.18.0.5");
   void setSilent(bool silent) { silent_ = silent; }
   bool registered() const { return registered_; }
+  // The key it registers as its bundle signing key; set before Cluster::start().
+  const SigningKey& signingKey() const { return signingKey_; }
+  void setSigningKey(SigningKey key) { signingKey_ = std::move(key); }
 
  private:
   void loop();
@@ -46,6 +50,7 @@ class FakeAgent {
   zmq::context_t& context_;
   std::string endpoint_, serverKey_, name_;
   CurveKeyPair keys_;
+  SigningKey signingKey_ = SigningKey::generate();
   std::vector<SeenRequest>& log_;
   std::mutex& logMutex_;
   std::mutex mutex_;

@@ -169,6 +169,12 @@ struct Register {
   dataAddress @10 :Text;
   # Address this host's data receivers bind to and senders connect to (the
   # host's fabric address, e.g. 198.19.0.12).
+
+  signingKey @11 :Data;
+  # The Ed25519 public key (32 raw bytes) this agent signs its bundles with.
+  # Bound to the host by the CURVE allow-list that authenticated this
+  # message; the coordinator hands it to the targets of this host's
+  # migrations (prepareReceive.sourceSigningKey).
 }
 
 struct Heartbeat {
@@ -394,6 +400,11 @@ struct PrepareReceive {
   # The receiver also accepts a second TLS connection after the bundle: the
   # page channel between the source's CRIU page server and the target's
   # lazy-pages daemon.
+
+  sourceSigningKey @6 :Data;
+  # The Ed25519 public key (32 raw bytes) the source host registered. The
+  # target keeps the bundle only if it is signed by exactly this key; empty
+  # = refused (a coordinator that knows no key for the source).
 }
 
 struct CheckpointAndSend {

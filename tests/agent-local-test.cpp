@@ -29,6 +29,7 @@ TEST_CASE("a counter exported, removed, imported and restored on a fresh host co
   AgentHome source("src"), target("dst");
   source.importTestImage();
   target.importTestImage();
+  target.trustSigner(source);
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "web.tar.zst").string();
 
@@ -72,6 +73,7 @@ TEST_CASE("a program holding 64 MiB of random data verifies its memory after res
   AgentHome source("src"), target("dst");
   source.importTestImage();
   target.importTestImage();
+  target.trustSigner(source);
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "mem.tar.zst").string();
 
@@ -140,6 +142,7 @@ TEST_CASE("a corrupt bundle is refused with a clear error and leaves nothing beh
   AgentHome source("src"), target("dst");
   source.importTestImage();
   target.importTestImage();
+  target.trustSigner(source);
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "c.tar.zst";
   source.agent({"run", "--name", "c", "test", "/usr/local/bin/counter"});

@@ -408,6 +408,65 @@ TEST_CASE("an agent with an unknown CURVE key is refused") {
   agent.wait();
 }
 
+TEST_CASE("a migration whose bundle is signed by another key than the coordinator has for the source rolls back") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "web", "test", "/usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(cluster, "web") >= 3; }, 10s));
+  std::string host1Key = cluster.agentJson("host1", {"signing-key"})["publicKey"];
+  std::string host2Key = cluster.agentJson("host2", {"signing-key"})["publicKey"];
+  auto restartCoordinator = [&] {
+    int pid = cluster.coordinatorPid();
+    ::kill(pid, SIGTERM);
+    REQUIRE(waitUntil([&] { return !processAlive(pid); }, 10s));
+    cluster.startCoordinator();
+    REQUIRE(waitUntil([&] {
+      auto r = cluster.tryMigrate({"hosts", "--output", "json"});
+      if (r.status != 0) return false;
+      auto hosts = json::parse(r.out);
+      return hosts.size() == 2 && hosts[0]["up"] == true && hosts[1]["up"] == true;
+    }, 30s));
+  };
+  // The allow-list pins host2's key as host1's: the coordinator hands host2
+  // a key that did not sign host1's bundle.
+  fs::path allowList = "/var/lib/migrate-lab/keys/agents";
+  auto original = readFile(allowList);
+  std::string pinned;
+  std::istringstream lines(original);
+  for (std::string line; std::getline(lines, line);) {
+    pinned += line + (line.rfind("host1 ", 0) == 0 ? " " + host2Key : "") + "\n";
+  }
+  writeFileAtomic(allowList, pinned);
+  restartCoordinator();
+  auto hosts = cluster.migrateJson({"hosts"});
+  for (auto& h : hosts) {
+    if (h["name"] == "host1") CHECK(h["signingKey"] == host2Key);
+  }
+
+  auto r = cluster.tryMigrate({"web", "--to", "host2", "--output", "json"});
+  CHECK(r.status != 0);
+  auto result = json::parse(r.out);
+  INFO(result.dump(2));
+  CHECK(result["state"] == "rolled-back");
+  std::string error = result["error"];
+  CHECK(error.find("signature") != std::string::npos);
+  CHECK(error.find(host1Key) != std::string::npos);  // who did sign
+  auto web = entries(cluster, "web");
+  REQUIRE(web.size() == 1);
+  CHECK(web[0]["host"] == "host1");
+  CHECK(web[0]["state"] == "running");
+  CHECK(countProcesses("/usr/local/bin/counter") == 1);
+  CHECK(cluster.agentJson("host2", {"ps"}).empty());
+  auto at = lastCount(cluster, "web");
+  CHECK(waitUntil([&] { return lastCount(cluster, "web") > at + 2; }, 10s));
+
+  // With the allow-list right again, the same migration goes through.
+  writeFileAtomic(allowList, original);
+  restartCoordinator();
+  CHECK(cluster.migrateJson({"web", "--to", "host2"})["state"] == "succeeded");
+  CHECK(countProcesses("/usr/local/bin/counter") == 1);
+}
+
 TEST_CASE("the CLI's JSON output parses and agrees with its human output") {
   REQUIRE_PRIVILEGES();
   ClusterGuard cluster(2);

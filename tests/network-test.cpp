@@ -51,6 +51,7 @@ struct TwoLabHosts {
       placeInLabHost(*h, h->host());
       h->importTestImage();
     }
+    h2.trustSigner(h1);
   }
 };
 

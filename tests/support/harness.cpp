@@ -72,6 +72,12 @@ json AgentHome::agentJson(const std::vector<std::string>& args) {
 
 void AgentHome::importTestImage() { agent({"image", "import", testImage().string(), "test"}); }
 
+void AgentHome::trustSigner(AgentHome& signer) {
+  std::string key = signer.agent({"signing-key"});
+  fs::create_directories(dir() / "trusted-signers");
+  writeFileAtomic(dir() / "trusted-signers" / (signer.host() + ".pub"), key);
+}
+
 std::string LabGuard::script() { return std::string(MIGRATE_SOURCE_DIR) + "/scripts/lab.sh"; }
 
 LabGuard::LabGuard(int hosts)

@@ -48,6 +48,9 @@ class AgentHome {
   Result tryAgent(const std::vector<std::string>& args);
   nlohmann::json agentJson(const std::vector<std::string>& args);
   void importTestImage();
+  // Trusts bundles `signer` signs, as an operator would: its public key
+  // (`migrate-agent signing-key`) in this agent's trusted-signers/HOST.pub.
+  void trustSigner(AgentHome& signer);
 
  private:
   std::string host_;
