@@ -48,19 +48,6 @@ std::vector<int> processesOf(const AgentHome& home) {
   return pids;
 }
 
-std::vector<std::string> mountsUnder(const fs::path& dir) {
-  std::vector<std::string> found;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, dev, root, mountPoint;
-    fields >> id >> parent >> dev >> root >> mountPoint;
-    if (mountPoint.rfind(dir.string(), 0) == 0) found.push_back(mountPoint);
-  }
-  return found;
-}
-
 // The filesystem options (the last field) of the mount at `point`.
 std::string mountOptions(const fs::path& point) {
   std::ifstream in("/proc/self/mountinfo");
@@ -105,6 +92,7 @@ TEST_CASE("a restore CRIU cannot finish (pages-1.img cut to 4 KiB) is killed at 
   AgentHome source("src"), target("dst");
   source.importTestImage();
   target.importTestImage();
+  target.trustSigner(source);
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   auto hostile = scratch.path() / "cut.tar.zst";
@@ -114,7 +102,7 @@ TEST_CASE("a restore CRIU cannot finish (pages-1.img cut to 4 KiB) is killed at 
     fs::path pages = b.dir() / "checkpoint" / "pages-1.img";
     REQUIRE(fs::file_size(pages) > (1u << 20));
     fs::resize_file(pages, 4096);
-    b.repack(hostile);
+    b.repack(hostile, source);
   }
 
   // Twice: stopped by the deadline (with room for the log), then by the log's cap.
@@ -170,6 +158,7 @@ TEST_CASE("two concurrent imports of one bundle: exactly one restores, the other
   AgentHome source("src"), target("dst");
   source.importTestImage();
   target.importTestImage();
+  target.trustSigner(source);
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   exportCounter(source, "m", bundle);
@@ -207,6 +196,7 @@ TEST_CASE("an import killed midway is removed, tmpfs and all, by the next comman
   AgentHome source("src"), target("dst");
   source.importTestImage();
   target.importTestImage();
+  target.trustSigner(source);
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   exportCounter(source, "m", bundle);
@@ -250,6 +240,7 @@ TEST_CASE("a bundle without rootfs-diff/ restores with an empty upper layer") {
   AgentHome source("src"), target("dst");
   source.importTestImage();
   target.importTestImage();
+  target.trustSigner(source);
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   auto bare = scratch.path() / "bare.tar.zst";
@@ -258,7 +249,7 @@ TEST_CASE("a bundle without rootfs-diff/ restores with an empty upper layer") {
     HostileBundle b(bundle);
     removeTree(b.dir() / "rootfs-diff");
     fs::remove(b.dir() / "deleted.files");
-    b.repack(bare);
+    b.repack(bare, source);
   }
   auto restored = target.agentJson({"restore", "--import", bare.string()});
   CHECK(restored["state"]["status"] == "running");

@@ -226,4 +226,17 @@ std::vector<unsigned long> counts(const std::string& log) {
   return out;
 }
 
+std::vector<std::string> mountsUnder(const fs::path& dir) {
+  std::vector<std::string> found;
+  std::istringstream mounts(readFile("/proc/self/mountinfo"));
+  std::string line;
+  while (std::getline(mounts, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, mountPoint;
+    fields >> id >> parent >> dev >> root >> mountPoint;
+    if (mountPoint == dir.string() || mountPoint.rfind(dir.string() + "/", 0) == 0) found.push_back(mountPoint);
+  }
+  return found;
+}
+
 }  // namespace migrate::test

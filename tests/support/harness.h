@@ -120,6 +120,9 @@ class TcpClient {
   std::optional<Subprocess> process_;
 };
 
+// Mount points at or under `dir`, from /proc/self/mountinfo.
+std::vector<std::string> mountsUnder(const fs::path& dir);
+
 // How many times `needle` occurs in `text`.
 size_t occurrences(const std::string& text, const std::string& needle);
 

@@ -4,6 +4,7 @@
 
 #include "agent/bundle-reader.h"
 #include "agent/bundle-writer.h"
+#include "common/signing.h"
 #include "common/zstd-stream.h"
 
 namespace migrate::test {
@@ -16,9 +17,22 @@ HostileBundle::HostileBundle(const fs::path& bundle) : scratch_("/var/tmp", "hos
   readBundle(in, dir_);
 }
 
-void HostileBundle::repack(const fs::path& out) const {
+void HostileBundle::repack(const fs::path& out, const AgentHome& signer) const {
   BundleSources sources;
-  sources.manifest = BundleManifest::fromJson(nlohmann::json::parse(readFile(dir_ / "manifest.json")));
+  // The manifest as a test left it, identifiers unchecked: fromJson refuses
+  // what a target must refuse, so it parses a copy with valid ones and the
+  // raw strings are put back.
+  auto raw = nlohmann::json::parse(readFile(dir_ / "manifest.json"));
+  auto parsable = raw;
+  parsable["containerName"] = "x";
+  parsable["containerId"] = std::string(32, '0');
+  parsable["imageDigest"] = "sha256:" + std::string(64, '0');
+  parsable["sourceHost"] = "x";
+  sources.manifest = BundleManifest::fromJson(parsable);
+  sources.manifest.containerName = raw.value("containerName", "");
+  sources.manifest.containerId = raw.value("containerId", "");
+  sources.manifest.imageDigest = raw.value("imageDigest", "");
+  sources.manifest.sourceHost = raw.value("sourceHost", "");
   sources.configDump = dir_ / "config.dump";
   sources.specDump = dir_ / "spec.dump";
   sources.networkStatus = dir_ / "network.status";
@@ -26,6 +40,8 @@ void HostileBundle::repack(const fs::path& out) const {
   sources.statsDump = dir_ / "stats-dump";
   sources.checkpointDir = dir_ / "checkpoint";
   if (fs::exists(dir_ / "rootfs-diff")) sources.upperDir = dir_ / "rootfs-diff";
+  auto key = SigningKey::loadOrCreate(signer.dir() / "signing.key");
+  sources.signer = &key;
   Fd fd = openOrFail(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
   FdOutputStream file(fd.get());
   ZstdOutputStream zstd(file);

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "common/files.h"
+#include "tests/support/harness.h"
 
 namespace migrate::test {
 
@@ -16,8 +17,10 @@ class HostileBundle {
   // manifest.json, config.dump, spec.dump, checkpoint/, rootfs-diff/, ...
   const fs::path& dir() const { return dir_; }
   // Packs dir() into `out` as writeBundle does: the manifest as dir() has
-  // it, with its byte and entry figures recomputed.
-  void repack(const fs::path& out) const;
+  // it, with its byte and entry figures recomputed, signed with `signer`'s
+  // own key -- as a compromised source host would sign its attack, so that
+  // what a test shows refused is refused by the checks after the signature.
+  void repack(const fs::path& out, const AgentHome& signer) const;
 
  private:
   TempDir scratch_;
