@@ -156,7 +156,7 @@ TEST_CASE("acceptTls: with the default bound a silent stranger is closed after i
   CHECK(ack == got.digest);
 }
 
-TEST_CASE("acceptTls: garbage, a wrong key and a wrong identity are dropped at once; the sender after them gets through",
+TEST_CASE("acceptTls: garbage, a wrong key and a wrong identity are dropped at once, and the sender after them gets through",
           "[receiver]") {
   DataListener listener("127.0.0.1");
   std::atomic<bool> stop{false};
