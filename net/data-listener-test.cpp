@@ -206,10 +206,13 @@ TEST_CASE("acceptTls: a stranger connecting at the same time as the sender does 
     TlsStream tls = listener.acceptTls("m-race", psk, 30s, stop, testOptions());
     return receive(tls);
   });
-  // A stranger that trickles a plausible ClientHello start byte by byte,
-  // racing the sender's connect.
+  // A stranger that trickles a plausible ClientHello start byte by byte
+  // while the sender connects and sends. (Connected first: one queued behind
+  // the sender would never be accepted by this listener, which outlives it.)
+  std::promise<void> strangerConnected;
   auto trickler = std::async(std::launch::async, [&] {
     Fd s = connectTcp("127.0.0.1", listener.port(), 5s);
+    strangerConnected.set_value();
     const uint8_t start[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01};
     for (uint8_t b : start) {
       if (::send(s.get(), &b, 1, MSG_NOSIGNAL) != 1) break;
@@ -217,6 +220,7 @@ TEST_CASE("acceptTls: a stranger connecting at the same time as the sender does 
     }
     return closedWithin(s, kTestHandshakeTimeout + 1s);
   });
+  strangerConnected.get_future().wait();
   std::string ack = send(listener.port(), "m-race", psk, data);
   Received got = receiver.get();
   CHECK(got.digest == sha256Of(data));
