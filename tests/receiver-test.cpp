@@ -293,3 +293,41 @@ TEST_CASE("receiver: with nobody to abort it, a receiver whose sender never came
   CHECK(again["state"] == "succeeded");
   checkCounterContinues(cluster, "web");
 }
+
+TEST_CASE("receiver: an agent stopping while an image receive waits for its sender exits at once") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  // An image only host1 has: the migration sends it to host2 first.
+  TempDir dir("/var/tmp", "migrate-receiver-test");
+  auto tar = (dir.path() / "lone.tar").string();
+  run({std::string(MIGRATE_SOURCE_DIR) + "/tests/support/make-test-image.sh", tar, binary("counter").string()});
+  run({"nsenter", "--net=/run/netns/host1", "--", binary("migrate-agent").string(), "--state",
+       ClusterGuard::agentState("host1").string(), "--host", "host1", "image", "import", tar, "lone"});
+  cluster.migrate({"run", "--on", "host1", "--name", "web", "lone", "/usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(cluster, "web") >= 2; }, 10s));
+
+  auto before = listeningPorts("host2", kHost2Data);
+  HoldTcp hold("host1", kHost2Data);
+  auto id = startMigration(cluster, "web", "host2");
+  auto port = newPort(before, 15s);
+  REQUIRE(port);
+  REQUIRE(cluster.migrateJson({"status", id})["phase"] == "image");
+
+  int agent = cluster.agentPid("host2");
+  auto stopping = Clock::now();
+  ::kill(agent, SIGTERM);
+  bool exited = waitUntil([&] { return !processAlive(agent); }, 20s);
+  auto took = Clock::now() - stopping;
+  INFO(host2Log());
+  CHECK(exited);
+  // Not the image accept's 60 s: its wait polls the agent's stop.
+  CHECK(took < 5s);
+
+  hold.lift();
+  cluster.startAgent("host2");
+  auto status = waitFinal(cluster, id, 120s);
+  INFO(status.dump(2));
+  CHECK(status["state"] != "succeeded");
+  CHECK(entries(cluster, "web").at(0)["host"] == "host1");
+  checkCounterContinues(cluster, "web");
+}
