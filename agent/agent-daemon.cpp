@@ -27,7 +27,16 @@ using std::chrono::milliseconds;
 namespace {
 
 constexpr const char* kAgentVersion = "0.1.0";
+// How long a receiver waits for its sender to connect and prove the key
+// (unless the coordinator says otherwise); then it ends and frees its name.
 constexpr milliseconds kDefaultAcceptTimeout{60000};
+// How long a restore waits for the bundle to be in.
+constexpr milliseconds kRestoreWaitForBundle = std::chrono::minutes(10);
+// How long abortReceive waits for a stopped receiver's threads (they poll
+// their stop flag every 200 ms; an import in progress cleans up first).
+constexpr milliseconds kReceiverStopWait = std::chrono::seconds(30);
+// Failed receivers remembered for a restore that asks after them.
+constexpr size_t kEndedReceiversKept = 32;
 
 uint64_t nanosSince(Clock::time_point start) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
@@ -102,29 +111,30 @@ void checkCpuInfoCompatible(const std::string& cpuInfoImage) {
 
 struct AgentDaemon::Receiver {
   std::string migrationId;
-  std::string containerName;
+  std::string containerName;  // reserved: no other receiver takes this name
   std::vector<uint8_t> psk;
   std::string expectedImage;
   BundleTrust trust;  // exactly the source's key, as the coordinator has it
-  std::unique_ptr<DataListener> listener;
-  std::thread thread;
+  bool postCopy = false;
+  // Abort, a failed restore, shutdown: every thread of this receiver polls
+  // it (accept, TLS reads and writes, the page pump) and ends. Nobody else
+  // touches their sockets.
+  std::atomic<bool> stop{false};
 
-  std::mutex mutex;
+  std::mutex mutex;  // guards the fields below
   std::condition_variable cv;
-  bool done = false;
+  bool done = false;  // the bundle is in (sha256, containerId), or `error`
   std::exception_ptr error;
   std::string sha256;
   std::string containerId;
-  std::atomic<int> socketFd{-1};
-  std::atomic<bool> aborted{false};
+  int threads = 0;  // its threads still running (launchReceiverThread)
 
   // Post-copy: the page channel (the sender's second connection), and once
-  // restored, the lazy-pages daemon it feeds.
-  bool postCopy = false;
+  // restored, the lazy-pages daemon it feeds. Set by the receive thread
+  // before `done`; then the page thread's alone.
   std::optional<TlsStream> pageStream;
   std::optional<Subprocess> lazyPages;
   PumpCounters pageCounters;
-  std::atomic<bool> stopPages{false};
 
   // Blocks until the stream was fully imported (or failed).
   void wait(milliseconds timeout) {
@@ -134,6 +144,12 @@ struct AgentDaemon::Receiver {
                                         std::to_string(timeout.count() / 1000) + " s");
     }
     if (error) std::rethrow_exception(error);
+  }
+
+  // After `stop`: true once none of its threads runs any more.
+  bool waitStopped(milliseconds timeout) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, timeout, [&] { return threads == 0; });
   }
 };
 
@@ -200,19 +216,17 @@ AgentDaemon::~AgentDaemon() {
   for (auto& [name, p] : postCopies_) {
     p->join();
   }
+  // Receivers stop where they are: waiting for a sender, reading a bundle or
+  // pumping pages (an import in progress cleans up after itself). So do
+  // image receives, among the workers.
+  std::map<uint64_t, std::thread> receiverThreads;
   {
     std::lock_guard lock(receiversMutex_);
-    for (auto& [id, r] : receivers_) {
-      r->aborted = true;
-      r->stopPages = true;
-      if (r->lazyPages) r->lazyPages->kill(SIGKILL);
-      int fd = r->socketFd.load();
-      if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
-    }
+    stopping_ = true;
+    for (auto& [id, r] : receivers_) r->stop = true;
+    receiverThreads.swap(receiverThreads_);
   }
-  for (auto& [id, r] : receivers_) {
-    if (r->thread.joinable()) r->thread.join();
-  }
+  for (auto& [key, thread] : receiverThreads) thread.join();
   std::lock_guard lock(workersMutex_);
   for (auto& t : workers_) {
     if (t.joinable()) t.join();
@@ -516,6 +530,7 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
 
 void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Reader request,
                                  proto::Reply::Builder reply) {
+  reapReceiverThreads();
   auto r = std::make_shared<Receiver>();
   r->migrationId = request.getMigrationId();
   r->containerName = request.getContainerName();
@@ -537,66 +552,93 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
   }
   milliseconds acceptTimeout = request.getAcceptTimeoutMs() ? milliseconds(request.getAcceptTimeoutMs())
                                                             : kDefaultAcceptTimeout;
-  r->listener = std::make_unique<DataListener>(options_.dataAddress);
-  reply.setPort(r->listener->port());
+  auto listener = std::make_shared<DataListener>(options_.dataAddress);
   {
     std::lock_guard lock(receiversMutex_);
-    if (receivers_.count(r->migrationId)) fail(ErrorKind::Conflict, "migration " + r->migrationId + " already has a receiver");
+    // A failed or timed-out receiver is gone already; these are live ones.
+    if (receivers_.count(r->migrationId)) {
+      fail(ErrorKind::Conflict, "migration " + r->migrationId + " already has a receiver waiting or receiving");
+    }
+    for (auto& [id, other] : receivers_) {
+      if (other->containerName == r->containerName) {
+        fail(ErrorKind::Conflict, "`" + r->containerName + "` is being received already, by migration " + id);
+      }
+    }
     receivers_[r->migrationId] = r;
   }
-  r->thread = std::thread([this, r, acceptTimeout, requestId] {
-    try {
-      Fd sock = r->listener->acceptOne(acceptTimeout, r->aborted);
-      if (!r->postCopy) r->listener.reset();  // one stream only
-      r->socketFd = sock.get();
-      auto tls = TlsStream::accept(std::move(sock), r->migrationId, r->psk);
-      TlsInputStream in(tls);
-      CountingInputStream counted(in);
-      std::string sha;
-      ImportRequest importRequest;
-      importRequest.migrationId = r->migrationId;
-      importRequest.trust = r->trust;
-      auto c = agent_.importCheckpoint(counted, importRequest, [&](const nlohmann::json& manifest) {
-        if (manifest.value("containerName", "") != r->containerName) {
-          fail(ErrorKind::InvalidInput, "bundle is for `" + manifest.value("containerName", "") + "`, expected `" +
-                                            r->containerName + "`");
-        }
-        if (!r->expectedImage.empty() && manifest.value("imageDigest", "") != r->expectedImage) {
-          fail(ErrorKind::InvalidInput, "bundle's image " + manifest.value("imageDigest", "") + " is not " +
-                                            r->expectedImage);
-        }
-        postProgress(r->migrationId, requestId, "receive", counted.count(), 0);
-      }, &sha);
-      // Acknowledge the last byte with the digest we computed; the sender
-      // compares it with its own before reporting success.
-      tls.write(sha.data(), sha.size());
-      tls.shutdownWrite();
-      std::optional<TlsStream> pages;
-      if (r->postCopy) {
-        // Post-copy: the sender's second connection carries the pages.
-        pages.emplace(TlsStream::accept(r->listener->acceptOne(acceptTimeout, r->aborted), r->migrationId, r->psk));
-        r->listener.reset();
+  try {
+    launchReceiverThread(r, [this, r, listener, acceptTimeout, requestId]() mutable {
+      receiveBundle(r, std::move(listener), acceptTimeout, requestId);
+    });
+  } catch (const std::exception& e) {
+    endReceiver(r, e.what());
+    throw;
+  }
+  reply.setPort(listener->port());
+}
+
+// The receive thread: the sender, the bundle, the digest back; for post-copy
+// then the page channel. Any failure, the deadline included, ends the
+// receiver at once; the coordinator hears it at once too.
+void AgentDaemon::receiveBundle(const std::shared_ptr<Receiver>& r, std::shared_ptr<DataListener> listener,
+                                milliseconds acceptTimeout, uint64_t requestId) {
+  try {
+    // Any host on the fabric can reach this port: the first connection that
+    // proves the key is the sender, strangers are dropped (acceptTls).
+    auto tls = listener->acceptTls(r->migrationId, r->psk, acceptTimeout, r->stop);
+    if (!r->postCopy) listener.reset();  // one stream only: later connections are refused
+    TlsInputStream in(tls);
+    CountingInputStream counted(in);
+    std::string sha;
+    ImportRequest importRequest;
+    importRequest.migrationId = r->migrationId;
+    importRequest.trust = r->trust;
+    auto c = agent_.importCheckpoint(counted, importRequest, [&](const nlohmann::json& manifest) {
+      if (manifest.value("containerName", "") != r->containerName) {
+        fail(ErrorKind::InvalidInput, "bundle is for `" + manifest.value("containerName", "") + "`, expected `" +
+                                          r->containerName + "`");
       }
-      {
-        std::lock_guard lock(r->mutex);
-        r->sha256 = sha;
-        r->containerId = c.config.id;
-        r->pageStream = std::move(pages);
+      if (!r->expectedImage.empty() && manifest.value("imageDigest", "") != r->expectedImage) {
+        fail(ErrorKind::InvalidInput, "bundle's image " + manifest.value("imageDigest", "") + " is not " +
+                                          r->expectedImage);
       }
-      // The lazy-pages daemon starts now rather than at restore: its start-up
-      // is then not part of the downtime.
-      if (r->postCopy) startPostCopyTarget(r);
-    } catch (const std::exception& e) {
-      // Tell the coordinator at once: the sender only sees a broken pipe.
-      if (!r->aborted) postProgress(r->migrationId, requestId, "receive", 0, 0, &e);
+      postProgress(r->migrationId, requestId, "receive", counted.count(), 0);
+    }, &sha);
+    // Acknowledge the last byte with the digest we computed; the sender
+    // compares it with its own before reporting success.
+    tls.write(sha.data(), sha.size());
+    tls.shutdownWrite();
+    std::optional<TlsStream> pages;
+    if (r->postCopy) {
+      // Post-copy: the sender's second connection carries the pages.
+      pages.emplace(listener->acceptTls(r->migrationId, r->psk, acceptTimeout, r->stop));
+      listener.reset();
+    }
+    {
+      std::lock_guard lock(r->mutex);
+      r->sha256 = sha;
+      r->containerId = c.config.id;
+      r->pageStream = std::move(pages);
+    }
+    // The lazy-pages daemon starts now rather than at restore: its start-up
+    // is then not part of the downtime.
+    if (r->postCopy) startPostCopyTarget(r);
+  } catch (const std::exception& e) {
+    // Tell the coordinator at once: the sender only sees a broken pipe.
+    if (!r->stop) postProgress(r->migrationId, requestId, "receive", 0, 0, &e);
+    logWarn("migration " + r->migrationId + ": receive `" + r->containerName + "`: " + e.what());
+    {
       std::lock_guard lock(r->mutex);
       r->error = std::current_exception();
+      r->done = true;
+      r->cv.notify_all();
     }
-    r->socketFd = -1;
-    std::lock_guard lock(r->mutex);
-    r->done = true;
-    r->cv.notify_all();
-  });
+    endReceiver(r, e.what());
+    return;
+  }
+  std::lock_guard lock(r->mutex);
+  r->done = true;
+  r->cv.notify_all();
 }
 
 void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request,
@@ -836,54 +878,117 @@ void AgentDaemon::startPostCopyTarget(const std::shared_ptr<Receiver>& r) {
   // one connection we pump through the TLS page channel.
   auto local = std::make_shared<DataListener>("127.0.0.1");
   r->lazyPages.emplace(agent_.startLazyPages(r->containerId, local->port()));
-  std::lock_guard lock(workersMutex_);
-  workers_.emplace_back([this, r, local] {
+  launchReceiverThread(r, [this, r, local] {
     std::optional<int> daemonStatus;
     auto daemonExit = [&] {
       if (!daemonStatus) daemonStatus = r->lazyPages->wait();
       return *daemonStatus;
     };
+    std::string failure;
     try {
       // Until restore makes the daemon connect (abortReceive stops us sooner).
-      Fd conn = local->acceptOne(std::chrono::minutes(10), r->stopPages);
+      Fd conn = local->acceptOne(std::chrono::minutes(10), r->stop);
       // The daemon's end of file is a clean end only if it exited 0 (all
       // pages in); otherwise the source must see a cut stream, not a close.
-      pumpTls(*r->pageStream, conn.get(), r->stopPages, &r->pageCounters, [&] { return daemonExit() == 0; });
-      if (r->stopPages) fail("stopped");
+      pumpTls(*r->pageStream, conn.get(), r->stop, &r->pageCounters, [&] { return daemonExit() == 0; });
+      if (r->stop) fail("stopped");
       if (daemonExit() != 0) fail("criu lazy-pages exited with status " + std::to_string(daemonExit()));
       logInfo("post-copy of `" + r->containerName + "` complete: " +
               std::to_string(r->pageCounters.fromTls >> 20) + " MiB of pages received");
     } catch (const std::exception& e) {
-      if (r->pageStream) ::shutdown(r->pageStream->fd(), SHUT_RDWR);  // cut, never a clean close
+      // This thread's own stream: cut, never a clean close.
+      if (r->pageStream) ::shutdown(r->pageStream->fd(), SHUT_RDWR);
       if (!daemonStatus) {
         r->lazyPages->kill(SIGKILL);
         daemonExit();
       }
-      logError("post-copy of `" + r->containerName + "`: page channel failed: " + e.what());
+      failure = std::string("page channel failed: ") + e.what();
+      logError("post-copy of `" + r->containerName + "`: " + failure);
     }
     try {
       if (agent_.findIfExists(r->containerId)) agent_.releaseCheckpoint(r->containerId);
     } catch (const std::exception& e) {
       logWarn("post-copy of `" + r->containerName + "`: " + e.what());
     }
-    std::lock_guard lock(receiversMutex_);
-    auto it = receivers_.find(r->migrationId);
-    if (it != receivers_.end() && it->second == r) receivers_.erase(it);
+    endReceiver(r, failure);
   });
 }
 
 std::shared_ptr<AgentDaemon::Receiver> AgentDaemon::receiverFor(const std::string& migrationId) {
   std::lock_guard lock(receiversMutex_);
   auto it = receivers_.find(migrationId);
-  if (it == receivers_.end()) fail(ErrorKind::NotFound, "no receiver for migration " + migrationId);
-  return it->second;
+  if (it != receivers_.end()) return it->second;
+  for (auto ended = endedReceivers_.rbegin(); ended != endedReceivers_.rend(); ++ended) {
+    if (ended->migrationId == migrationId) {
+      fail(ErrorKind::Failed, "the receiver for migration " + migrationId + " on " + agent_.options().hostName +
+                                  " has ended: " + ended->reason);
+    }
+  }
+  fail(ErrorKind::NotFound, "no receiver for migration " + migrationId + " on " + agent_.options().hostName);
+}
+
+void AgentDaemon::endReceiver(const std::shared_ptr<Receiver>& r, const std::string& failure) {
+  std::lock_guard lock(receiversMutex_);
+  auto it = receivers_.find(r->migrationId);
+  if (it != receivers_.end() && it->second == r) receivers_.erase(it);
+  if (failure.empty()) return;
+  endedReceivers_.push_back(EndedReceiver{r->migrationId, failure});
+  if (endedReceivers_.size() > kEndedReceiversKept) endedReceivers_.pop_front();
+}
+
+void AgentDaemon::launchReceiverThread(const std::shared_ptr<Receiver>& r, std::function<void()> body) {
+  std::lock_guard lock(receiversMutex_);
+  // The destructor took the threads to join already: one started now would
+  // never be joined.
+  if (stopping_) fail(ErrorKind::Failed, "the agent is stopping");
+  uint64_t key = nextReceiverThread_++;
+  {
+    std::lock_guard rlock(r->mutex);
+    ++r->threads;
+  }
+  try {
+    receiverThreads_.emplace(key, std::thread([this, r, key, body = std::move(body)] {
+      try {
+        body();
+      } catch (const std::exception& e) {
+        logError("migration " + r->migrationId + ": receiver thread: " + e.what());
+      }
+      {
+        std::lock_guard rlock(r->mutex);
+        --r->threads;
+        r->cv.notify_all();
+      }
+      std::lock_guard lock(receiversMutex_);
+      finishedReceiverThreads_.push_back(key);
+    }));
+  } catch (...) {
+    std::lock_guard rlock(r->mutex);
+    --r->threads;
+    throw;
+  }
+}
+
+void AgentDaemon::reapReceiverThreads() {
+  std::vector<std::thread> done;
+  {
+    std::lock_guard lock(receiversMutex_);
+    for (uint64_t key : finishedReceiverThreads_) {
+      auto it = receiverThreads_.find(key);
+      if (it == receiverThreads_.end()) continue;
+      done.push_back(std::move(it->second));
+      receiverThreads_.erase(it);
+    }
+    finishedReceiverThreads_.clear();
+  }
+  // Each has returned from its body already: these joins do not wait.
+  for (auto& t : done) t.join();
 }
 
 void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder reply) {
   std::string migrationId = request.getMigrationId();
   ErrorContext context("migration " + migrationId + ": restore");
   auto r = receiverFor(migrationId);
-  r->wait(milliseconds(request.getExpectedSha256().size() ? 600000 : 600000));
+  r->wait(kRestoreWaitForBundle);
   std::string expected = request.getExpectedSha256();
   if (!expected.empty() && expected != r->sha256) {
     fail(ErrorKind::InvalidInput, "received bundle has SHA-256 " + r->sha256 + ", the source sent " + expected);
@@ -897,10 +1002,8 @@ void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder 
   try {
     c = agent_.restore(r->containerId, restoreRequest, &times);
   } catch (...) {
-    if (postCopy) {
-      r->stopPages = true;
-      r->lazyPages->kill(SIGKILL);
-    }
+    // Post-copy: the page thread stops and kills its lazy-pages daemon.
+    if (postCopy) r->stop = true;
     throw;
   }
   // CRIU's part of the restore, beside ours (phases "criu-forking", "criu-restore").
@@ -919,10 +1022,8 @@ void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder 
     phases[static_cast<unsigned>(i)].setPhase(times.seconds[i].first);
     phases[static_cast<unsigned>(i)].setNanos(static_cast<uint64_t>(times.seconds[i].second * 1e9));
   }
-  if (r->thread.joinable()) r->thread.join();
   if (postCopy) return;  // the page thread lets go of the receiver after the last page
-  std::lock_guard lock(receiversMutex_);
-  receivers_.erase(migrationId);
+  endReceiver(r, "");
 }
 
 void AgentDaemon::abortReceive(const std::string& migrationId) {
@@ -933,14 +1034,15 @@ void AgentDaemon::abortReceive(const std::string& migrationId) {
     if (it != receivers_.end()) r = it->second;
   }
   if (r) {
-    r->aborted = true;
-    r->stopPages = true;
-    if (r->lazyPages) r->lazyPages->kill(SIGKILL);
-    int fd = r->socketFd.load();
-    if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
-    if (r->thread.joinable()) r->thread.join();
-    std::lock_guard lock(receiversMutex_);
-    receivers_.erase(migrationId);
+    r->stop = true;
+    // Its threads end by themselves (nothing here touches their sockets);
+    // what they imported is removed below, so wait for them. The
+    // coordinator asks again if this fails.
+    if (!r->waitStopped(kReceiverStopWait)) {
+      fail(ErrorKind::Failed, "the receiver for migration " + migrationId + " did not stop within " +
+                                  std::to_string(kReceiverStopWait.count() / 1000) + " s");
+    }
+    endReceiver(r, "aborted by the coordinator");
   }
   // Whatever arrived or was restored here for this migration goes: the
   // source runs it again. Found by migration id, so this works also after
@@ -985,7 +1087,9 @@ void AgentDaemon::receiveImage(proto::ReceiveImage::Reader request, proto::Reply
   std::lock_guard lock(workersMutex_);
   workers_.emplace_back([this, listener, digest, identity, psk, timeout] {
     try {
-      auto tls = TlsStream::accept(listener->acceptOne(timeout), identity, psk);
+      // Strangers are dropped as for a migration's receiver; shutdown stops
+      // the wait (and the stream) at once.
+      auto tls = listener->acceptTls(identity, psk, timeout, stopping_);
       TlsInputStream in(tls);
       auto info = agent_.images().importExported(in);
       if (!digest.empty() && info.digest != digest) {

@@ -23,6 +23,8 @@
 
 namespace migrate {
 
+class DataListener;
+
 struct DaemonOptions {
   std::string coordinatorEndpoint;     // tcp://198.19.0.1:7700
   CurveKeyPair keys;                   // this agent's key pair
@@ -43,6 +45,10 @@ class AgentDaemon {
 
  private:
   struct Receiver;  // one incoming migration stream (prepareReceive .. restore/abort)
+  struct EndedReceiver {  // why a receiver went, for a restore that comes after
+    std::string migrationId;
+    std::string reason;
+  };
   struct PostCopySource;  // a frozen container serving its pages (checkpointAndSend .. finishPostCopy)
 
   using Outgoing = std::unique_ptr<capnp::MallocMessageBuilder>;
@@ -60,6 +66,8 @@ class AgentDaemon {
   void fillRegister(proto::Register::Builder reg);
 
   void prepareReceive(uint64_t requestId, proto::PrepareReceive::Reader request, proto::Reply::Builder reply);
+  void receiveBundle(const std::shared_ptr<Receiver>& r, std::shared_ptr<DataListener> listener,
+                     std::chrono::milliseconds acceptTimeout, uint64_t requestId);
   void checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request, proto::Reply::Builder reply);
   void sendCheckpoint(uint64_t requestId, proto::CheckpointAndSend::Reader request, TlsStream& tls,
                       uint64_t checkpointNs, uint64_t connectNs, const std::shared_ptr<PostCopySource>& postCopy,
@@ -76,6 +84,11 @@ class AgentDaemon {
   void receiveImage(proto::ReceiveImage::Reader request, proto::Reply::Builder reply);
   void sendImage(proto::SendImage::Reader request);
   std::shared_ptr<Receiver> receiverFor(const std::string& migrationId);
+  // Takes `r` out of the map (its name is free again), noting why if it failed.
+  void endReceiver(const std::shared_ptr<Receiver>& r, const std::string& failure);
+  // A thread of receiver `r` (receive, post-copy pages); throws once stopping.
+  void launchReceiverThread(const std::shared_ptr<Receiver>& r, std::function<void()> body);
+  void reapReceiverThreads();  // joins those that finished
 
   Agent& agent_;
   DaemonOptions options_;
@@ -88,8 +101,19 @@ class AgentDaemon {
   std::mutex workersMutex_;
   std::vector<std::thread> workers_;
 
-  std::mutex receiversMutex_;
-  std::map<std::string, std::shared_ptr<Receiver>> receivers_;
+  // The destructor began: receivers and image receives stop (their accepts
+  // and streams poll it), and no receiver thread starts.
+  std::atomic<bool> stopping_{false};
+
+  // A receiver that fails or times out ends itself, so nobody waits to join
+  // its threads: a finished one is joined by the next prepareReceive, the
+  // rest by the destructor, each exactly once (as the coordinator's threads).
+  std::mutex receiversMutex_;  // guards the five below
+  std::map<std::string, std::shared_ptr<Receiver>> receivers_;  // live ones, by migration id
+  std::deque<EndedReceiver> endedReceivers_;                     // the last few that failed
+  std::map<uint64_t, std::thread> receiverThreads_;
+  std::vector<uint64_t> finishedReceiverThreads_;
+  uint64_t nextReceiverThread_ = 0;
 
   std::mutex postCopiesMutex_;
   std::map<std::string, std::shared_ptr<PostCopySource>> postCopies_;  // by container name

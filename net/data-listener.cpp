@@ -9,8 +9,13 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <deque>
+#include <iterator>
+#include <optional>
+#include <vector>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "common/syscall.h"
 
 namespace migrate {
@@ -23,6 +28,19 @@ namespace {
 // loopback or veth lab at tens of Gbit/s. Set before listen/connect so the
 // window scale offered in the SYN accounts for it.
 constexpr int kSocketBufferBytes = 4 << 20;
+
+// Room in the kernel's accept queue: connections wait there only until the
+// receiver's loop takes them, which it does at once (acceptTls), so this
+// only has to absorb a burst.
+constexpr int kListenBacklog = 64;
+
+// How often a wait looks at its stop flag.
+constexpr std::chrono::milliseconds kStopPollSlice(200);
+
+// Strangers logged one by one per acceptTls; a flood beyond is counted.
+constexpr size_t kLoggedDrops = 8;
+
+using Clock = std::chrono::steady_clock;
 
 void tuneBuffers(int fd) {
   int size = kSocketBufferBytes;
@@ -103,12 +121,12 @@ std::string socketPeerName(int fd) {
 
 DataListener::DataListener(std::string bindAddress) : address_(std::move(bindAddress)) {
   Address address = parseAddress(address_, 0, "bind address");
-  fd_ = Fd(SYSCALL(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0), "data: socket"));
+  // Non-blocking: accept only after poll, and a connection gone in between
+  // must not block the loop (accepted sockets are blocking all the same).
+  fd_ = Fd(SYSCALL(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), "data: socket"));
   tuneBuffers(fd_.get());
   SYSCALL(::bind(fd_.get(), address.get(), address.length), "data: bind to", address_);
-  // One sender is expected; a small backlog leaves room for a stranger that
-  // raced it and will fail TLS.
-  SYSCALL(::listen(fd_.get(), 4), "data: listen on", address_);
+  SYSCALL(::listen(fd_.get(), kListenBacklog), "data: listen on", address_);
   sockaddr_storage bound{};
   socklen_t length = sizeof(bound);
   SYSCALL(::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&bound), &length), "data: getsockname");
@@ -116,27 +134,156 @@ DataListener::DataListener(std::string bindAddress) : address_(std::move(bindAdd
                                      : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
 }
 
-Fd DataListener::acceptOne(std::chrono::milliseconds timeout) {
-  std::string where = address_ + ":" + std::to_string(port_);
-  if (!waitFor(fd_.get(), POLLIN, timeout)) {
-    fail(ErrorKind::Disconnected, "data: no sender connected to " + where + " within " + seconds(timeout));
+std::string DataListener::where() const { return address_ + ":" + std::to_string(port_); }
+
+Fd DataListener::tryAccept() {
+  for (;;) {
+    // Accepted sockets inherit the listener's buffer sizes.
+    int fd = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) return Fd(fd);
+    switch (errno) {
+      case EINTR:
+        continue;
+      case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+      case EWOULDBLOCK:
+#endif
+      // accept(2): errors already pending on the new connection are passed
+      // on; the connection is gone, the listener is fine.
+      case ECONNABORTED:
+      case EPROTO:
+      case ENETDOWN:
+      case ENOPROTOOPT:
+      case EHOSTDOWN:
+      case ENONET:
+      case EHOSTUNREACH:
+      case EOPNOTSUPP:
+      case ENETUNREACH:
+        return Fd();
+      default:
+        failErrno(errno, "data: accept on " + where());
+    }
   }
-  // Accepted sockets inherit the listener's buffer sizes.
-  return Fd(SYSCALL(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC), "data: accept on", where));
+}
+
+Fd DataListener::acceptOne(std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (!waitFor(fd_.get(), POLLIN, std::max(left, std::chrono::milliseconds(0)))) {
+      fail(ErrorKind::Disconnected, "data: no sender connected to " + where() + " within " + seconds(timeout));
+    }
+    if (Fd fd = tryAccept()) return fd;
+  }
 }
 
 Fd DataListener::acceptOne(std::chrono::milliseconds timeout, const std::atomic<bool>& stop) {
-  constexpr std::chrono::milliseconds kSlice(250);
-  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto deadline = Clock::now() + timeout;
   for (;;) {
-    if (stop) fail(ErrorKind::Failed, "data: stopped waiting for a sender on " + address_ + ":" + std::to_string(port_));
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (stop) fail(ErrorKind::Failed, "data: stopped waiting for a sender on " + where());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left <= std::chrono::milliseconds(0)) {
-      fail(ErrorKind::Disconnected, "data: no sender connected to " + address_ + ":" + std::to_string(port_) +
-                                        " within " + seconds(timeout));
+      fail(ErrorKind::Disconnected, "data: no sender connected to " + where() + " within " + seconds(timeout));
     }
-    // Readable: the plain accept takes it without waiting.
-    if (waitFor(fd_.get(), POLLIN, std::min(kSlice, left))) return acceptOne(std::chrono::milliseconds(0));
+    if (waitFor(fd_.get(), POLLIN, std::min(kStopPollSlice, left))) {
+      if (Fd fd = tryAccept()) return fd;
+    }
+  }
+}
+
+TlsStream DataListener::acceptTls(const std::string& pskIdentity, std::span<const uint8_t> psk,
+                                  std::chrono::milliseconds timeout, const std::atomic<bool>& stop,
+                                  const TlsAcceptOptions& options) {
+  struct Pending {
+    TlsHandshake handshake;
+    short events;
+    Clock::time_point deadline;
+  };
+  std::deque<Pending> pending;  // oldest first
+  size_t dropped = 0;
+  auto drop = [&](std::deque<Pending>::iterator it, const std::string& why) {
+    if (++dropped <= kLoggedDrops) {
+      logWarn("data: " + where() + ": dropped " + it->handshake.peer() + ", not our sender: " + why);
+    } else if (dropped == kLoggedDrops + 1) {
+      logWarn("data: " + where() + ": more connections dropped; counting, not logging them");
+    }
+    return pending.erase(it);  // closes it
+  };
+  auto authenticated = [&](Pending& p) {
+    if (dropped > 0) {
+      logInfo("data: " + where() + ": sender " + p.handshake.peer() + " authenticated; " + std::to_string(dropped) +
+              " other connection(s) dropped");
+    }
+    return std::move(p.handshake).finish();
+  };
+  // Advances `it`'s handshake: the stream once complete, the connection
+  // dropped if it fails.
+  auto advance = [&](std::deque<Pending>::iterator& it) -> std::optional<TlsStream> {
+    try {
+      it->events = it->handshake.advance();
+      if (it->events == 0) return authenticated(*it);
+      ++it;
+    } catch (const std::exception& e) {
+      it = drop(it, e.what());
+    }
+    return std::nullopt;
+  };
+
+  TlsOptions tls{options.ioTimeout, options.handshakeTimeout, &stop};
+  auto deadline = Clock::now() + timeout;
+  std::vector<pollfd> fds;
+  for (;;) {
+    if (stop) fail(ErrorKind::Failed, "data: stopped waiting for a sender on " + where());
+    auto now = Clock::now();
+    if (now >= deadline) {
+      fail(ErrorKind::Disconnected, "data: no sender authenticated on " + where() + " within " + seconds(timeout) +
+                                        (dropped ? " (" + std::to_string(dropped) + " connection(s) dropped)" : ""));
+    }
+    for (auto it = pending.begin(); it != pending.end();) {
+      it = it->deadline <= now ? drop(it, "no TLS handshake within " + seconds(options.handshakeTimeout)) : it + 1;
+    }
+
+    auto wake = std::min(deadline, now + kStopPollSlice);
+    for (auto& p : pending) wake = std::min(wake, p.deadline);
+    fds.assign(1, pollfd{fd_.get(), POLLIN, 0});
+    for (auto& p : pending) fds.push_back(pollfd{p.handshake.fd(), p.events, 0});
+    int waitMs = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(wake - now).count());
+    int ready = ::poll(fds.data(), fds.size(), std::max(waitMs, 0));
+    if (ready < 0 && errno == EINTR) continue;
+    SYSCALL(ready, "data: poll on", where());
+    if (ready == 0) continue;
+
+    // Pending ones first (fds[1..] follow `pending`'s order), then newcomers.
+    size_t index = 1;
+    for (auto it = pending.begin(); it != pending.end(); ++index) {
+      if (fds[index].revents == 0) {
+        ++it;
+        continue;
+      }
+      if (auto stream = advance(it)) return std::move(*stream);
+    }
+    if (fds[0].revents & POLLIN) {
+      Fd sock = tryAccept();
+      if (!sock) continue;
+      if (pending.size() >= std::max<size_t>(options.maxPending, 1)) {
+        drop(pending.begin(), "pending handshakes at their limit of " + std::to_string(options.maxPending) +
+                                  "; the oldest makes room");
+      }
+      std::string peer = socketPeerName(sock.get());
+      try {
+        pending.push_back(Pending{TlsHandshake::accept(std::move(sock), pskIdentity, psk, tls), POLLIN,
+                                  Clock::now() + options.handshakeTimeout});
+      } catch (const Error& e) {
+        // Our own parameters (key size, identity) are wrong: no sender can
+        // ever authenticate.
+        if (e.kind() == ErrorKind::InvalidInput) throw;
+        logWarn("data: " + where() + ": dropped " + peer + ": " + e.what());
+        continue;
+      }
+      // Its ClientHello may be there already.
+      auto it = std::prev(pending.end());
+      if (auto stream = advance(it)) return std::move(*stream);
+    }
   }
 }
 

@@ -5,7 +5,7 @@
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
-#include <sys/time.h>
+#include <poll.h>
 
 #include <cerrno>
 #include <cstring>
@@ -28,27 +28,81 @@ constexpr const char* kCipherSuite = "TLS_AES_256_GCM_SHA384";
 constexpr unsigned char kCipherId[2] = {0x13, 0x02};
 constexpr const char* kGroups = "X25519:P-256";
 
-// ---- A socket BIO that never raises SIGPIPE.
+// ---- A socket BIO that never raises SIGPIPE, and never blocks in the kernel.
 // OpenSSL's own socket BIO write()s, which kills the process with SIGPIPE when
 // the peer is gone, unless the whole program ignores the signal. send() with
 // MSG_NOSIGNAL turns that into EPIPE, which we report as Disconnected.
+//
+// Every recv()/send() is MSG_DONTWAIT. A multiplexed handshake (TlsHandshake)
+// hands EAGAIN back to OpenSSL as "retry"; a blocking stream waits in poll()
+// instead, where it also sees its deadline and its stop flag: a thread
+// blocked in a read can be stopped without anyone else touching its socket.
+
+using Clock = std::chrono::steady_clock;
+
+// How often a wait looks at its stop flag.
+constexpr std::chrono::milliseconds kStopPollSlice(200);
 
 struct SocketBioState {
   int fd = -1;
   bool eof = false;
   int lastErrno = 0;
+  bool nonBlocking = false;                   // EAGAIN goes back to OpenSSL as retry
+  std::chrono::milliseconds ioTimeout{0};     // a wait longer than this times out; <= 0: no limit
+  std::optional<Clock::time_point> deadline;  // the handshake's, besides ioTimeout
+  const std::atomic<bool>* stop = nullptr;
+  bool timedOut = false;  // the last wait ran into ioTimeout or the deadline
+  bool stopped = false;   // a wait saw `stop`
 };
+
+// Waits until the socket shows `events`. False when it timed out (timedOut)
+// or was stopped (stopped), or poll failed (lastErrno).
+bool waitSocket(SocketBioState& state, short events) {
+  std::optional<Clock::time_point> limit = state.deadline;
+  if (state.ioTimeout.count() > 0) {
+    auto io = Clock::now() + state.ioTimeout;
+    if (!limit || io < *limit) limit = io;
+  }
+  for (;;) {
+    if (state.stop != nullptr && state.stop->load()) {
+      state.stopped = true;
+      return false;
+    }
+    auto now = Clock::now();
+    if (limit && now >= *limit) {
+      state.timedOut = true;
+      return false;
+    }
+    int waitMs = -1;
+    if (limit) waitMs = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(*limit - now).count());
+    if (state.stop != nullptr && (waitMs < 0 || waitMs > kStopPollSlice.count())) {
+      waitMs = static_cast<int>(kStopPollSlice.count());
+    }
+    pollfd p{state.fd, events, 0};
+    int rc = ::poll(&p, 1, waitMs);
+    if (rc > 0) return true;
+    if (rc < 0 && errno != EINTR) {
+      state.lastErrno = errno;
+      return false;
+    }
+  }
+}
 
 int socketBioWrite(BIO* bio, const char* data, int size) {
   auto* state = static_cast<SocketBioState*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);
   for (;;) {
-    ssize_t n = ::send(state->fd, data, static_cast<size_t>(size), MSG_NOSIGNAL);
+    ssize_t n = ::send(state->fd, data, static_cast<size_t>(size), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) return static_cast<int>(n);
     if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (!state->nonBlocking && waitSocket(*state, POLLOUT)) continue;
+      // Retry tells OpenSSL "would block": for a blocking stream that is a
+      // timeout (failIo reports it so); a stop is an error instead.
+      if (state->nonBlocking || state->timedOut) BIO_set_retry_write(bio);
+      return -1;
+    }
     state->lastErrno = errno;
-    // EAGAIN on a blocking socket means SO_SNDTIMEO expired.
-    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(bio);
     return -1;
   }
 }
@@ -57,15 +111,19 @@ int socketBioRead(BIO* bio, char* buffer, int size) {
   auto* state = static_cast<SocketBioState*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);
   for (;;) {
-    ssize_t n = ::recv(state->fd, buffer, static_cast<size_t>(size), 0);
+    ssize_t n = ::recv(state->fd, buffer, static_cast<size_t>(size), MSG_DONTWAIT);
     if (n > 0) return static_cast<int>(n);
     if (n == 0) {
       state->eof = true;
       return 0;
     }
     if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (!state->nonBlocking && waitSocket(*state, POLLIN)) continue;
+      if (state->nonBlocking || state->timedOut) BIO_set_retry_read(bio);
+      return -1;
+    }
     state->lastErrno = errno;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(bio);
     return -1;
   }
 }
@@ -120,18 +178,8 @@ bool isUnexpectedEof(unsigned long code) {
 }
 
 std::string describeTimeout(std::chrono::milliseconds timeout) {
-  return std::to_string(timeout.count() / 1000) + "s";
-}
-
-void setSocketTimeouts(int fd, std::chrono::milliseconds timeout) {
-  if (timeout.count() <= 0) return;
-  timeval tv{};
-  tv.tv_sec = timeout.count() / 1000;
-  tv.tv_usec = (timeout.count() % 1000) * 1000;
-  if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
-      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) != 0) {
-    failErrno(errno, "tls: setting socket timeouts");
-  }
+  if (timeout.count() % 1000 == 0) return std::to_string(timeout.count() / 1000) + "s";
+  return std::to_string(timeout.count()) + "ms";
 }
 
 struct SslCtxDeleter {
@@ -157,7 +205,7 @@ struct TlsStream::Impl {
   std::string identity;
   std::vector<uint8_t> psk;
   bool server = false;
-  std::chrono::milliseconds ioTimeout{0};
+  TlsOptions options;
   SocketBioState bio;
   std::unique_ptr<SSL_CTX, SslCtxDeleter> ctx;
   std::unique_ptr<SSL, SslDeleter> ssl;
@@ -165,9 +213,19 @@ struct TlsStream::Impl {
   bool writeShut = false;
   bool readEof = false;
 
-  void handshake();
+  static std::unique_ptr<Impl> make(Fd sock, const std::string& identity, std::span<const uint8_t> psk, bool server,
+                                    const TlsOptions& options);
+  void setUp();
+  // One SSL_do_handshake: true once complete; false when a non-blocking BIO
+  // must wait (wantEvents() says for what); throws on failure.
+  bool step();
+  short wantEvents() const;
+  void handshake();  // blocking, within options.handshakeTimeout
+  void becomeStream();
   SSL_SESSION* makeSession(SSL* ssl) const;
+  [[noreturn]] void failHandshake(int ret);
   [[noreturn]] void failIo(std::string_view action, int ret);
+  [[noreturn]] void failStopped(std::string_view action);
 };
 
 SSL_SESSION* TlsStream::Impl::makeSession(SSL* s) const {
@@ -220,7 +278,13 @@ int findPskSession(SSL* ssl, const unsigned char* id, size_t idLength, SSL_SESSI
 
 }  // namespace
 
+void TlsStream::Impl::failStopped(std::string_view action) {
+  ERR_clear_error();
+  fail(ErrorKind::Failed, "tls: " + std::string(action) + " with " + peer + " stopped");
+}
+
 void TlsStream::Impl::failIo(std::string_view action, int ret) {
+  if (bio.stopped) failStopped(action);
   int error = SSL_get_error(ssl.get(), ret);
   int savedErrno = bio.lastErrno;
   unsigned long first = ERR_peek_error();
@@ -229,7 +293,7 @@ void TlsStream::Impl::failIo(std::string_view action, int ret) {
 
   if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
     fail(ErrorKind::Disconnected, "tls: " + std::string(action) + " with " + peer + " made no progress for " +
-                                      describeTimeout(ioTimeout) + " (timed out)");
+                                      describeTimeout(options.ioTimeout) + " (timed out)");
   }
   bool eofWithoutNotify = (error == SSL_ERROR_SSL && isUnexpectedEof(first)) ||
                           (error == SSL_ERROR_SYSCALL && (bio.eof || savedErrno == 0));
@@ -248,14 +312,25 @@ void TlsStream::Impl::failIo(std::string_view action, int ret) {
                                     (details.empty() ? "SSL error " + std::to_string(error) : details));
 }
 
-void TlsStream::Impl::handshake() {
+std::unique_ptr<TlsStream::Impl> TlsStream::Impl::make(Fd sock, const std::string& identity,
+                                                       std::span<const uint8_t> psk, bool server,
+                                                       const TlsOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->fd = std::move(sock);
+  impl->identity = identity;
+  impl->psk.assign(psk.begin(), psk.end());
+  impl->server = server;
+  impl->options = options;
+  return impl;
+}
+
+void TlsStream::Impl::setUp() {
   if (psk.size() < kMinPskBytes || psk.size() > kMaxPskBytes) {
     fail(ErrorKind::InvalidInput, "tls: pre-shared key must be " + std::to_string(kMinPskBytes) + ".." +
                                       std::to_string(kMaxPskBytes) + " bytes, got " + std::to_string(psk.size()));
   }
   if (identity.empty()) fail(ErrorKind::InvalidInput, "tls: empty PSK identity");
   peer = socketPeerName(fd.get());
-  setSocketTimeouts(fd.get(), ioTimeout);
 
   ERR_clear_error();
   ctx.reset(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()));
@@ -288,38 +363,75 @@ void TlsStream::Impl::handshake() {
   ssl.reset(SSL_new(c));
   if (!ssl) fail("tls: SSL_new: " + takeOpenSslErrors());
   SSL_set_app_data(ssl.get(), this);
+  if (server) {
+    SSL_set_accept_state(ssl.get());
+  } else {
+    SSL_set_connect_state(ssl.get());
+  }
   bio.fd = fd.get();
+  bio.ioTimeout = options.ioTimeout;
+  bio.stop = options.stop;
   BIO* b = BIO_new(socketBioMethod());
   if (b == nullptr) fail("tls: BIO_new: " + takeOpenSslErrors());
   BIO_set_data(b, &bio);
   SSL_set_bio(ssl.get(), b, b);  // ssl owns the BIO (one reference for both directions).
+}
 
-  int ret = server ? SSL_accept(ssl.get()) : SSL_connect(ssl.get());
+bool TlsStream::Impl::step() {
+  ERR_clear_error();
+  bio.lastErrno = 0;
+  bio.timedOut = false;
+  int ret = SSL_do_handshake(ssl.get());
   if (ret != 1) {
     int error = SSL_get_error(ssl.get(), ret);
-    std::string details = takeOpenSslErrors();
-    std::string hint;
-    if (offeredIdentity) {
-      hint = " (client offered PSK identity `" + *offeredIdentity + "`, expected `" + identity + "`)";
-    } else if (error == SSL_ERROR_SSL) {
-      hint = " (wrong pre-shared key or identity?)";
-    }
-    ErrorKind kind = ErrorKind::InvalidInput;
-    if (error == SSL_ERROR_SYSCALL || error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
-      kind = ErrorKind::Disconnected;
-      if (details.empty()) {
-        details = error != SSL_ERROR_SYSCALL ? "timed out after " + describeTimeout(ioTimeout)
-                  : bio.lastErrno != 0       ? std::strerror(bio.lastErrno)
-                                             : "connection closed by peer";
-      }
-    }
-    fail(kind, "tls: handshake with " + peer + " failed: " + details + hint);
+    if (bio.nonBlocking && (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE)) return false;
+    failHandshake(ret);
   }
   // Belt and braces: the callbacks and VERIFY_PEER already rule out anything
   // but our PSK, but a handshake that did not use it must never carry data.
   if (SSL_session_reused(ssl.get()) != 1) {
     fail(ErrorKind::InvalidInput, "tls: handshake with " + peer + " completed without the pre-shared key");
   }
+  return true;
+}
+
+short TlsStream::Impl::wantEvents() const { return SSL_want_write(ssl.get()) ? POLLOUT : POLLIN; }
+
+void TlsStream::Impl::failHandshake(int ret) {
+  if (bio.stopped) failStopped("handshake");
+  int error = SSL_get_error(ssl.get(), ret);
+  std::string details = takeOpenSslErrors();
+  std::string hint;
+  if (offeredIdentity) {
+    hint = " (client offered PSK identity `" + *offeredIdentity + "`, expected `" + identity + "`)";
+  } else if (error == SSL_ERROR_SSL) {
+    hint = " (wrong pre-shared key or identity?)";
+  }
+  ErrorKind kind = ErrorKind::InvalidInput;
+  if (error == SSL_ERROR_SYSCALL || error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+    kind = ErrorKind::Disconnected;
+    if (details.empty()) {
+      bool handshakeDeadline = bio.deadline && Clock::now() >= *bio.deadline;
+      details = error != SSL_ERROR_SYSCALL
+                    ? "timed out after " + describeTimeout(handshakeDeadline ? options.handshakeTimeout
+                                                                             : options.ioTimeout)
+                : bio.lastErrno != 0 ? std::strerror(bio.lastErrno)
+                                     : "connection closed by peer";
+    }
+  }
+  fail(kind, "tls: handshake with " + peer + " failed: " + details + hint);
+}
+
+void TlsStream::Impl::handshake() {
+  setUp();
+  if (options.handshakeTimeout.count() > 0) bio.deadline = Clock::now() + options.handshakeTimeout;
+  step();
+  becomeStream();
+}
+
+void TlsStream::Impl::becomeStream() {
+  bio.nonBlocking = false;
+  bio.deadline.reset();
 }
 
 TlsStream::TlsStream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -332,32 +444,56 @@ TlsStream::~TlsStream() = default;
 
 TlsStream TlsStream::connect(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
                              std::chrono::milliseconds ioTimeout) {
-  auto impl = std::make_unique<Impl>();
-  impl->fd = std::move(sock);
-  impl->identity = pskIdentity;
-  impl->psk.assign(psk.begin(), psk.end());
-  impl->server = false;
-  impl->ioTimeout = ioTimeout;
+  return connect(std::move(sock), pskIdentity, psk, TlsOptions{ioTimeout, ioTimeout, nullptr});
+}
+
+TlsStream TlsStream::connect(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
+                             const TlsOptions& options) {
+  auto impl = Impl::make(std::move(sock), pskIdentity, psk, false, options);
   impl->handshake();
   return TlsStream(std::move(impl));
 }
 
 TlsStream TlsStream::accept(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
                             std::chrono::milliseconds ioTimeout) {
-  auto impl = std::make_unique<Impl>();
-  impl->fd = std::move(sock);
-  impl->identity = pskIdentity;
-  impl->psk.assign(psk.begin(), psk.end());
-  impl->server = true;
-  impl->ioTimeout = ioTimeout;
+  return accept(std::move(sock), pskIdentity, psk, TlsOptions{ioTimeout, ioTimeout, nullptr});
+}
+
+TlsStream TlsStream::accept(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
+                            const TlsOptions& options) {
+  auto impl = Impl::make(std::move(sock), pskIdentity, psk, true, options);
   impl->handshake();
   return TlsStream(std::move(impl));
 }
+
+TlsHandshake TlsHandshake::accept(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
+                                  const TlsOptions& options) {
+  auto impl = TlsStream::Impl::make(std::move(sock), pskIdentity, psk, true, options);
+  impl->setUp();
+  impl->bio.nonBlocking = true;
+  return TlsHandshake(std::move(impl));
+}
+
+TlsHandshake::TlsHandshake(std::unique_ptr<TlsStream::Impl> impl) : impl_(std::move(impl)) {}
+TlsHandshake::TlsHandshake(TlsHandshake&&) noexcept = default;
+TlsHandshake& TlsHandshake::operator=(TlsHandshake&&) noexcept = default;
+TlsHandshake::~TlsHandshake() = default;
+
+short TlsHandshake::advance() { return impl_->step() ? 0 : impl_->wantEvents(); }
+
+TlsStream TlsHandshake::finish() && {
+  impl_->becomeStream();
+  return TlsStream(std::move(impl_));
+}
+
+int TlsHandshake::fd() const { return impl_->fd.get(); }
+const std::string& TlsHandshake::peer() const { return impl_->peer; }
 
 size_t TlsStream::read(void* buffer, size_t size) {
   if (impl_->readEof || size == 0) return 0;
   ERR_clear_error();
   impl_->bio.lastErrno = 0;
+  impl_->bio.timedOut = false;
   size_t n = 0;
   int ret = SSL_read_ex(impl_->ssl.get(), buffer, size, &n);
   if (ret == 1) return n;
@@ -374,6 +510,7 @@ void TlsStream::write(const void* data, size_t size) {
   while (size > 0) {
     ERR_clear_error();
     impl_->bio.lastErrno = 0;
+    impl_->bio.timedOut = false;
     size_t n = 0;
     int ret = SSL_write_ex(impl_->ssl.get(), p, size, &n);
     if (ret != 1) impl_->failIo("write", ret);
@@ -386,6 +523,7 @@ void TlsStream::shutdownWrite() {
   if (impl_->writeShut) return;
   ERR_clear_error();
   impl_->bio.lastErrno = 0;
+  impl_->bio.timedOut = false;
   // 0: close_notify sent, the peer's not seen yet; 1: both sent. Either way
   // our direction is closed and reads continue.
   int ret = SSL_shutdown(impl_->ssl.get());

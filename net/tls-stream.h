@@ -12,6 +12,7 @@
 // with the digest it computed) before closing its own side.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -26,6 +27,23 @@ namespace migrate {
 
 // How long a read or write may block before the stream is declared dead.
 constexpr std::chrono::milliseconds kDefaultTlsIoTimeout = std::chrono::minutes(2);
+// How long a receiver gives each connection to prove the key: a TLS 1.3 PSK
+// handshake is one round trip and two X25519 operations, milliseconds even
+// across a slow fabric; a peer that has not finished by then (silent, slow,
+// or speaking something else) is a stranger and is dropped.
+constexpr std::chrono::milliseconds kTlsHandshakeTimeout = std::chrono::seconds(5);
+
+struct TlsOptions {
+  // A read or write that makes no progress this long fails (Disconnected).
+  std::chrono::milliseconds ioTimeout = kDefaultTlsIoTimeout;
+  // The whole handshake, however its bytes trickle in.
+  std::chrono::milliseconds handshakeTimeout = kDefaultTlsIoTimeout;
+  // Borrowed, must outlive the stream. Once true, a blocked handshake, read or
+  // write gives up within a fraction of a second with Error(Failed,
+  // "... stopped"): how another thread stops this one without touching its
+  // socket (no fd number crosses threads).
+  const std::atomic<bool>* stop = nullptr;
+};
 
 // 32 random bytes from OpenSSL's CSPRNG, for PrepareReceive.psk.
 std::vector<uint8_t> generatePsk();
@@ -38,9 +56,14 @@ class TlsStream {
   // Error(Disconnected) if the connection breaks during the handshake.
   static TlsStream connect(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
                            std::chrono::milliseconds ioTimeout = kDefaultTlsIoTimeout);
+  static TlsStream connect(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
+                           const TlsOptions& options);
   // Server side; same errors, including a client offering another identity.
+  // A receiver that may see strangers uses DataListener::acceptTls instead.
   static TlsStream accept(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
                           std::chrono::milliseconds ioTimeout = kDefaultTlsIoTimeout);
+  static TlsStream accept(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
+                          const TlsOptions& options);
 
   TlsStream(TlsStream&&) noexcept;
   TlsStream& operator=(TlsStream&&) noexcept;
@@ -68,8 +91,38 @@ class TlsStream {
   struct Impl;
 
  private:
+  friend class TlsHandshake;
   explicit TlsStream(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
+};
+
+// A server handshake that never blocks, so that one thread can carry several
+// at once in its poll loop (DataListener::acceptTls) and a stranger that says
+// nothing holds up nobody. The socket's bytes are read and written with
+// MSG_DONTWAIT; the caller polls fd() for the events advance() asks for and
+// owns the deadline.
+class TlsHandshake {
+ public:
+  static TlsHandshake accept(Fd sock, const std::string& pskIdentity, std::span<const uint8_t> psk,
+                             const TlsOptions& options);
+  TlsHandshake(TlsHandshake&&) noexcept;
+  TlsHandshake& operator=(TlsHandshake&&) noexcept;
+  ~TlsHandshake();
+
+  // Moves the handshake on with what the socket holds. Returns the poll
+  // events to wait for before calling again (POLLIN, POLLOUT), or 0 once it
+  // completed. Throws as TlsStream::accept does when the peer fails it.
+  short advance();
+  // After advance() returned 0: the stream, blocking from now on (with the
+  // options' ioTimeout and stop).
+  TlsStream finish() &&;
+
+  int fd() const;
+  const std::string& peer() const;
+
+ private:
+  explicit TlsHandshake(std::unique_ptr<TlsStream::Impl> impl);
+  std::unique_ptr<TlsStream::Impl> impl_;
 };
 
 // Decorators over a TlsStream (borrowed).
