@@ -32,6 +32,7 @@ struct ServeOptions {
   std::string tlsCert;
   std::string tlsKey;
   bool insecureHttp = false;
+  HttpLimits httpLimits;
   std::vector<std::string> hookUrls;
   std::string hookSecretFile;
   int heartbeatMs = 2000;
@@ -89,6 +90,7 @@ int serve(const ServeOptions& o, const sigset_t& stopSignals) {
   httpOptions.token = token;
   if (!o.tlsCert.empty()) httpOptions.tls = TlsFiles{o.tlsCert, o.tlsKey};
   httpOptions.insecureHttp = o.insecureHttp;
+  httpOptions.limits = o.httpLimits;
   HttpApi api(coordinator, httpOptions);
   api.start();
   logInfo(std::string("coordinator ") + kVersion + " ready: control " + server.endpoint() + ", " +
@@ -130,6 +132,14 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure-http", serveOptions.insecureHttp,
                "Serve plain HTTP on --http (only behind a TLS-terminating proxy on this host, or for tests)");
   app.add_option("--token-file", serveOptions.tokenFile, "Bearer token of the HTTP API");
+  app.add_option("--http-max-connections", serveOptions.httpLimits.maxConnections,
+                 "HTTP API connections open at once, per listener; more get 429")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--http-max-connections-per-client", serveOptions.httpLimits.maxConnectionsPerClient,
+                 "HTTP API connections open at once from one IP address (or uid on the unix socket)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--hook-url", serveOptions.hookUrls, "Outbound hook URL (repeatable)");
   app.add_option("--hook-secret-file", serveOptions.hookSecretFile, "HMAC-SHA256 key for hook signatures");
   app.add_option("--heartbeat-ms", serveOptions.heartbeatMs, "Heartbeat interval asked of agents")

@@ -13,6 +13,9 @@
 
 #include <array>
 #include <climits>
+#include <deque>
+#include <thread>
+#include <vector>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -26,8 +29,11 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Workers beyond the connection cap: they only ever answer 429, so a refusal
-// never waits behind the admitted connections.
+// Workers beyond the connection cap: up to kMaxWaiting connections wait for
+// a slot (HttpLimits::admissionWait), more are refused at once, and the last
+// kRefusalWorkers only ever answer 429, so a refusal never waits behind the
+// admitted or the waiting connections.
+constexpr int kMaxWaiting = 64;
 constexpr int kRefusalWorkers = 4;
 // A refused or cut connection: time to send the answer, and to read what the
 // client still sends (a body it had started) so that closing does not reset
@@ -143,6 +149,60 @@ void blockSigpipe() {
   sigaddset(&set, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
+
+// httplib's ThreadPool starts all its threads at once; this one starts them
+// as connections arrive, up to `max`, and keeps them until shutdown().
+class OnDemandPool : public httplib::TaskQueue {
+ public:
+  explicit OnDemandPool(size_t max) : max_(max) {}
+  ~OnDemandPool() override { shutdown(); }
+
+  void enqueue(std::function<void()> job) override {
+    {
+      std::lock_guard lock(mutex_);
+      jobs_.push_back(std::move(job));
+      if (idle_ == 0 && workers_.size() < max_) workers_.emplace_back([this] { work(); });
+    }
+    ready_.notify_one();
+  }
+
+  void shutdown() override {
+    std::vector<std::thread> workers;
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+      workers.swap(workers_);
+    }
+    ready_.notify_all();
+    for (auto& w : workers) w.join();
+  }
+
+ private:
+  void work() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      ++idle_;
+      ready_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      --idle_;
+      // Queued connections are still served at shutdown (each ends at its
+      // next wait, the server's stop event being set).
+      if (jobs_.empty()) return;
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  }
+
+  const size_t max_;
+  std::mutex mutex_;  // guards everything below
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> workers_;
+  size_t idle_ = 0;
+  bool stopping_ = false;
+};
 
 }  // namespace
 
@@ -429,8 +489,8 @@ class HttpServer::Slot {
 HttpServer::HttpServer(HttpLimits limits, const TlsFiles* tls)
     : limits_(limits), tls_(nullptr, SSL_CTX_free), stopEvent_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
   if (!stopEvent_) failErrno(errno, "eventfd");
-  int workers = limits_.maxConnections + kRefusalWorkers;
-  new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
+  size_t workers = static_cast<size_t>(limits_.maxConnections + kMaxWaiting + kRefusalWorkers);
+  new_task_queue = [workers] { return new OnDemandPool(workers); };
   set_payload_max_length(limits_.maxBodyBytes);
   set_keep_alive_max_count(static_cast<size_t>(limits_.maxRequestsPerConnection));
   if (!tls) return;
@@ -461,26 +521,37 @@ void HttpServer::stopServing() {
 }
 
 std::optional<std::string> HttpServer::admit(const std::string& client) {
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(mutex_);
+  auto mine = [&] {
+    auto it = perClient_.find(client);
+    return it == perClient_.end() ? 0 : it->second;
+  };
+  auto free = [&] { return total_ < limits_.maxConnections && mine() < limits_.maxConnectionsPerClient; };
+  if (!free() && waiting_ < kMaxWaiting) {
+    ++waiting_;
+    slotFreed_.wait_for(lock, limits_.admissionWait, free);
+    --waiting_;
+  }
   if (total_ >= limits_.maxConnections) {
     return "http: too many connections (limit " + std::to_string(limits_.maxConnections) + " in all); retry later";
   }
-  int& mine = perClient_[client];
-  if (mine >= limits_.maxConnectionsPerClient) {
-    if (mine == 0) perClient_.erase(client);
+  if (mine() >= limits_.maxConnectionsPerClient) {
     return "http: too many connections from " + client + " (limit " + std::to_string(limits_.maxConnectionsPerClient) +
            " per client)";
   }
-  ++mine;
+  ++perClient_[client];
   ++total_;
   return std::nullopt;
 }
 
 void HttpServer::release(const std::string& client) {
-  std::lock_guard lock(mutex_);
-  --total_;
-  auto it = perClient_.find(client);
-  if (it != perClient_.end() && --it->second <= 0) perClient_.erase(it);
+  {
+    std::lock_guard lock(mutex_);
+    --total_;
+    auto it = perClient_.find(client);
+    if (it != perClient_.end() && --it->second <= 0) perClient_.erase(it);
+  }
+  slotFreed_.notify_all();
 }
 
 bool HttpServer::process_and_close_socket(socket_t sock) {

@@ -13,13 +13,15 @@
 // reads share one deadline per request and count the header and body bytes.
 // A request that breaks a limit gets the server's own answer (408, 413, 429,
 // 431) naming the limit; the worker pool is larger than the connection cap, so
-// a refusal never waits for a worker that an admitted connection holds.
+// a refusal never waits for a worker that an admitted connection holds;
+// workers start on demand, up to that size.
 #pragma once
 
 #include <httplib.h>
 #include <openssl/ssl.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -42,8 +44,13 @@ struct HttpLimits {
   size_t maxHeaderBytes = 64 * 1024;  // Request line and headers (431).
   size_t maxBodyBytes = 1 << 20;      // As declared or as sent (413).
   size_t maxJsonDepth = 64;           // Nesting of a JSON body; the API's parser checks it (400).
-  int maxConnectionsPerClient = 16;   // Per IP address, or per uid on the unix socket (429).
-  int maxConnections = 64;            // Open at once in all (429).
+  int maxConnectionsPerClient = 64;   // Per IP address, or per uid on the unix socket (429).
+  int maxConnections = 256;           // Open at once in all (429).
+  // A connection over a cap waits this long for a slot before its 429, so a
+  // burst of short requests (200 at once from one client) is served, while
+  // connections that hold their slots (each at most requestTimeout per
+  // request) are refused soon.
+  std::chrono::milliseconds admissionWait = std::chrono::seconds(1);
   int maxRequestsPerConnection = 100; // Keep-alive requests before the server closes.
 };
 
@@ -81,6 +88,7 @@ class HttpServer : public httplib::Server {
   bool process_and_close_socket(socket_t sock) override;
   void serve(Connection& connection);
   // nullopt: admitted (release() when done); else why not, naming the cap.
+  // Waits up to limits_.admissionWait for a slot.
   std::optional<std::string> admit(const std::string& client);
   void release(const std::string& client);
 
@@ -88,9 +96,11 @@ class HttpServer : public httplib::Server {
   std::unique_ptr<SSL_CTX, void (*)(SSL_CTX*)> tls_;
   Fd stopEvent_;  // eventfd, readable once stopping; every connection's poll() watches it.
 
-  std::mutex mutex_;  // guards perClient_ and total_
+  std::mutex mutex_;  // guards perClient_, total_ and waiting_
+  std::condition_variable slotFreed_;
   std::map<std::string, int> perClient_;
   int total_ = 0;
+  int waiting_ = 0;  // In admit(), for a slot.
 };
 
 }  // namespace migrate
