@@ -161,7 +161,9 @@ class OnDemandPool : public httplib::TaskQueue {
     {
       std::lock_guard lock(mutex_);
       jobs_.push_back(std::move(job));
-      if (idle_ == 0 && workers_.size() < max_) workers_.emplace_back([this] { work(); });
+      // Each idle worker takes one job; the ones beyond need a new worker
+      // (idle_ counts a woken worker until it has taken its job).
+      if (jobs_.size() > idle_ && workers_.size() < max_) workers_.emplace_back([this] { work(); });
     }
     ready_.notify_one();
   }
