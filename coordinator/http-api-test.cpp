@@ -514,8 +514,17 @@ TEST_CASE("http: the TCP listener serves TLS, verified against the CA; plain HTT
   Api api(cluster, [&](HttpApiOptions& o) {
     o.insecureHttp = false;
     o.tls = TlsFiles{pki.path("server.crt"), pki.path("server.key")};
+    o.limits.requestTimeout = 1s;
   });
   int port = api.api.tcpPort();
+  // A handshake that never completes is cut within the request timeout.
+  Fd silent = connectFrom("127.0.0.2", port);
+  Fd stalled = connectFrom("127.0.0.2", port);
+  sendAll(stalled.get(), std::string("\x16\x03\x01", 3));
+  auto start = Clock::now();
+  CHECK(readUntilClosed(silent.get(), 3s).empty());
+  CHECK(readUntilClosed(stalled.get(), 3s).empty());
+  CHECK(secondsSince(start) < 2);
   auto tlsClient = [&](const std::string& host, const std::string& ca) {
     auto client = std::make_unique<httplib::SSLClient>(host, port);
     client->enable_server_certificate_verification(true);

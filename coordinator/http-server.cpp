@@ -12,12 +12,13 @@
 #include <sys/un.h>
 
 #include <array>
+#include <cctype>
 #include <climits>
+#include <cstring>
 #include <deque>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
-#include <cstring>
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -561,7 +562,7 @@ bool HttpServer::process_and_close_socket(socket_t sock) {
   Connection connection(Fd(sock), stopEvent_.get());
   Slot slot(*this, clientOf(connection.fd()));
   if (slot.refusal()) {
-    // Answered at once, over TLS too (a short handshake budget), so a client
+    // Answered over TLS too (with a short handshake budget), so a client
     // over the cap learns why instead of seeing a reset.
     auto deadline = Clock::now() + kRefusalBudget;
     if (tls_ && connection.acceptTls(tls_.get(), deadline) != Connection::Handshake::Done) return false;
@@ -598,7 +599,9 @@ void HttpServer::serve(Connection& connection) {
       char* end = nullptr;
       errno = 0;
       unsigned long long length = std::strtoull(declared.c_str(), &end, 10);
-      if (declared.empty() || *end != '\0' || errno == ERANGE || length > limits_.maxBodyBytes) {
+      if (declared.empty() || *end != '\0' || !std::isdigit(static_cast<unsigned char>(declared[0]))) {
+        stream.refuse(400, "invalid-input", "http: Content-Length `" + declared + "` is not a number");
+      } else if (errno == ERANGE || length > limits_.maxBodyBytes) {
         stream.refuse(413, "invalid-input",
                       "http: request body of " + declared + " bytes is over the limit of " +
                           describeBytes(limits_.maxBodyBytes));
