@@ -29,6 +29,10 @@ struct ServeOptions {
   std::string http;
   std::string httpSocket;
   std::string tokenFile;
+  std::string tlsCert;
+  std::string tlsKey;
+  bool insecureHttp = false;
+  HttpLimits httpLimits;
   std::vector<std::string> hookUrls;
   std::string hookSecretFile;
   int heartbeatMs = 2000;
@@ -56,6 +60,13 @@ void keygen(const KeygenOptions& o) {
 int serve(const ServeOptions& o, const sigset_t& stopSignals) {
   setLogTag("migrate-coordinator");
   if (o.http.empty() && o.httpSocket.empty()) fail(ErrorKind::InvalidInput, "give --http and/or --http-socket");
+  if (o.tlsCert.empty() != o.tlsKey.empty()) fail(ErrorKind::InvalidInput, "give --tls-cert and --tls-key together");
+  if (!o.http.empty() && o.tlsCert.empty() && !o.insecureHttp) {
+    fail(ErrorKind::InvalidInput, "--http " + o.http +
+                                      " serves HTTPS: give --tls-cert and --tls-key (or --insecure-http for plain "
+                                      "HTTP, which sends the bearer token in clear)");
+  }
+  if (!o.tlsCert.empty() && o.insecureHttp) fail(ErrorKind::InvalidInput, "--insecure-http contradicts --tls-cert");
   CurveKeyPair keys = loadKeyPair(o.keyDir, "coordinator");
   HostRegistry registry(loadAllowList(o.agentsFile), std::chrono::milliseconds(o.heartbeatMs));
   Journal journal(o.dbFile);
@@ -77,6 +88,9 @@ int serve(const ServeOptions& o, const sigset_t& stopSignals) {
   if (!o.http.empty()) httpOptions.tcpAddress = o.http;
   if (!o.httpSocket.empty()) httpOptions.unixSocket = o.httpSocket;
   httpOptions.token = token;
+  if (!o.tlsCert.empty()) httpOptions.tls = TlsFiles{o.tlsCert, o.tlsKey};
+  httpOptions.insecureHttp = o.insecureHttp;
+  httpOptions.limits = o.httpLimits;
   HttpApi api(coordinator, httpOptions);
   api.start();
   logInfo(std::string("coordinator ") + kVersion + " ready: control " + server.endpoint() + ", " +
@@ -109,9 +123,23 @@ int main(int argc, char** argv) {
   app.add_option("--key-dir", serveOptions.keyDir, "Directory with coordinator.key and coordinator.pub");
   app.add_option("--agents", serveOptions.agentsFile, "Allow-list: lines `hostName publicKeyZ85`");
   app.add_option("--db", serveOptions.dbFile, "SQLite journal");
-  app.add_option("--http", serveOptions.http, "HTTP API TCP address, host:port (e.g. 198.19.0.1:8080)");
-  app.add_option("--http-socket", serveOptions.httpSocket, "HTTP API unix socket path");
+  app.add_option("--http", serveOptions.http,
+                 "HTTP API TCP address, host:port (e.g. 198.19.0.1:8080); serves HTTPS, so it needs --tls-cert "
+                 "and --tls-key unless --insecure-http");
+  app.add_option("--http-socket", serveOptions.httpSocket, "HTTP API unix socket path (plain HTTP, mode 0660)");
+  app.add_option("--tls-cert", serveOptions.tlsCert, "PEM certificate (chain) of the --http listener");
+  app.add_option("--tls-key", serveOptions.tlsKey, "PEM private key of --tls-cert");
+  app.add_flag("--insecure-http", serveOptions.insecureHttp,
+               "Serve plain HTTP on --http (only behind a TLS-terminating proxy on this host, or for tests)");
   app.add_option("--token-file", serveOptions.tokenFile, "Bearer token of the HTTP API");
+  app.add_option("--http-max-connections", serveOptions.httpLimits.maxConnections,
+                 "HTTP API connections open at once, per listener; more get 429")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--http-max-connections-per-client", serveOptions.httpLimits.maxConnectionsPerClient,
+                 "HTTP API connections open at once from one IP address (or uid on the unix socket)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--hook-url", serveOptions.hookUrls, "Outbound hook URL (repeatable)");
   app.add_option("--hook-secret-file", serveOptions.hookSecretFile, "HMAC-SHA256 key for hook signatures");
   app.add_option("--heartbeat-ms", serveOptions.heartbeatMs, "Heartbeat interval asked of agents")

@@ -241,15 +241,19 @@ std::string Coordinator::locate(const std::string& container) {
       if (c->state == "running") running.push_back(h.name);
     }
   }
-  if (owner && std::find(reporting.begin(), reporting.end(), *owner) != reporting.end()) return *owner;
-  if (running.size() == 1) return running[0];
-  if (reporting.size() == 1) return reporting[0];
-  if (reporting.empty()) {
-    if (owner && !registry_.isUp(*owner)) {
+  if (owner) {
+    // The journal names the owner and only a commit changes it: another
+    // host's report of the same name (a stale copy, or a hostile agent
+    // claiming names) never redirects a request there.
+    if (std::find(reporting.begin(), reporting.end(), *owner) != reporting.end()) return *owner;
+    if (!registry_.isUp(*owner)) {
       fail(ErrorKind::Disconnected, "container `" + container + "` belongs to " + *owner + ", which is down");
     }
-    fail(ErrorKind::NotFound, "container `" + container + "` not found on any host");
+    fail(ErrorKind::NotFound, "container `" + container + "` belongs to " + *owner + ", which does not report it");
   }
+  if (running.size() == 1) return running[0];
+  if (reporting.size() == 1) return reporting[0];
+  if (reporting.empty()) fail(ErrorKind::NotFound, "container `" + container + "` not found on any host");
   std::string list;
   for (auto& h : reporting) list += (list.empty() ? "" : ", ") + h;
   fail(ErrorKind::Conflict, "container `" + container + "` exists on several hosts (" + list + ")");
@@ -484,6 +488,12 @@ EvacuationResult Coordinator::evacuate(const EvacuationRequest& request) {
     std::lock_guard lock(mutex_);
     for (auto& c : containers) {
       if (c.state != "running") continue;
+      // A name the journal gives to another host is not this host's to move,
+      // whatever it reports (see locate()).
+      if (auto owner = journal_.ownerIfExists(c.name); owner && *owner != request.host) {
+        result.unplaced.emplace_back(c.name, "owned by " + *owner + " (journal), not by " + request.host);
+        continue;
+      }
       try {
         checkNotBusyLocked(c.name);
         items.push_back({c.name, 0});

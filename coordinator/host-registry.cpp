@@ -54,7 +54,12 @@ ContainerSummary containerFromProto(proto::ContainerInfo::Reader info) {
 }
 
 std::vector<ContainerSummary> containersFromProto(capnp::List<proto::ContainerInfo>::Reader list) {
+  if (list.size() > kMaxContainersPerReport) {
+    fail(ErrorKind::InvalidInput, "a report of " + std::to_string(list.size()) + " containers is over the limit of " +
+                                      std::to_string(kMaxContainersPerReport) + " per report");
+  }
   std::vector<ContainerSummary> out;
+  out.reserve(list.size());
   for (auto info : list) out.push_back(containerFromProto(info));
   return out;
 }
@@ -164,6 +169,9 @@ std::map<std::string, std::string> HostRegistry::keyToHost() const {
 }
 
 void HostRegistry::recordRegister(const std::string& host, proto::Register::Reader reg) {
+  ErrorContext context("registry: refusing the registration of `" + host + "`");
+  // Decoded before anything is recorded, so a refused report changes nothing.
+  auto containers = containersFromProto(reg.getContainers());
   std::lock_guard lock(mutex_);
   auto it = hosts_.find(host);
   if (it == hosts_.end()) return;
@@ -200,14 +208,23 @@ void HostRegistry::recordRegister(const std::string& host, proto::Register::Read
     i.sizeBytes = image.getSizeBytes();
     s.images.push_back(std::move(i));
   }
-  s.containers = containersFromProto(reg.getContainers());
+  s.containers = std::move(containers);
 }
 
 void HostRegistry::recordHeartbeat(const std::string& host, proto::Heartbeat::Reader heartbeat) {
+  ErrorContext context("registry: ignoring a heartbeat of `" + host + "`");
   std::lock_guard lock(mutex_);
   auto it = hosts_.find(host);
   if (it == hosts_.end()) return;
   HostState& s = it->second;
+  // An allowed key alone makes no member: without `register` (protocol and
+  // name checked) the host's reports would fill the registry unchecked.
+  if (!s.registered) fail(ErrorKind::InvalidInput, "it has not registered since this coordinator started");
+  // An agent busy with a long export or import sends its heartbeat without
+  // the list (no pointer, not an empty list): keep what we knew. Decoded
+  // first, so a refused list changes nothing.
+  std::optional<std::vector<ContainerSummary>> containers;
+  if (heartbeat.hasContainers()) containers = containersFromProto(heartbeat.getContainers());
   s.lastSeen = Clock::now();
   s.lastSeenEpochMs = epochMsNow();
   auto load = heartbeat.getLoad();
@@ -215,11 +232,9 @@ void HostRegistry::recordHeartbeat(const std::string& host, proto::Heartbeat::Re
   s.memAvailableBytes = load.getMemAvailableBytes();
   s.diskAvailableBytes = load.getDiskAvailableBytes();
   s.activeMigrations = load.getActiveMigrations();
-  // An agent busy with a long export or import sends its heartbeat without
-  // the list (no pointer, not an empty list): keep what we knew.
-  if (heartbeat.hasContainers()) {
+  if (containers) {
     s.runningContainers = load.getRunningContainers();
-    s.containers = containersFromProto(heartbeat.getContainers());
+    s.containers = std::move(*containers);
   }
 }
 

@@ -39,7 +39,13 @@ struct ImageSummary {
   uint64_t sizeBytes = 0;
 };
 
+// The most containers one report (register, heartbeat, a listContainers
+// reply) may hold. A host runs far fewer; a longer list is a broken or hostile
+// agent, and is refused whole rather than recorded in part.
+constexpr size_t kMaxContainersPerReport = 10000;
+
 ContainerSummary containerFromProto(proto::ContainerInfo::Reader info);
+// Throws Error(InvalidInput) naming kMaxContainersPerReport for a longer list.
 std::vector<ContainerSummary> containersFromProto(capnp::List<proto::ContainerInfo>::Reader list);
 std::string containerStateName(proto::ContainerState state);
 
@@ -96,6 +102,10 @@ class HostRegistry {
   // Z85 key -> host name, for the ControlServer's ZAP handler.
   std::map<std::string, std::string> keyToHost() const;
 
+  // Both throw Error(InvalidInput) naming the host and the rule, recording
+  // nothing, for a report over kMaxContainersPerReport; a heartbeat also
+  // from a host that has not registered since this coordinator started
+  // (its key is allowed, but only `register` makes it a member).
   void recordRegister(const std::string& host, proto::Register::Reader reg);
   void recordHeartbeat(const std::string& host, proto::Heartbeat::Reader heartbeat);
   void recordContainers(const std::string& host, std::vector<ContainerSummary> containers);

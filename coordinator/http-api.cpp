@@ -1,6 +1,8 @@
 #include "coordinator/http-api.h"
 
 #include <httplib.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -14,14 +16,6 @@
 namespace migrate {
 
 using nlohmann::json;
-
-// httplib 0.11 (Debian 12) listens on TCP only. Its accept loop works on
-// whatever listening socket svr_sock_ holds, so the unix socket is bound here
-// and handed to it.
-class HttpApi::Server : public httplib::Server {
- public:
-  void adoptListeningSocket(Fd fd) { svr_sock_ = fd.release(); }
-};
 
 namespace {
 
@@ -40,12 +34,6 @@ void sendError(httplib::Response& res, ErrorKind kind, const std::string& messag
   sendJson(res, httpStatusFor(kind), {{"error", message}, {"kind", kindName(kind)}});
 }
 
-json parseBody(const httplib::Request& req) {
-  if (req.body.empty()) return json::object();
-  json body = json::parse(req.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) fail(ErrorKind::InvalidInput, "request body is not a JSON object");
-  return body;
-}
 
 // Typed field access that reports the field by name instead of a library error.
 template <typename T>
@@ -83,6 +71,35 @@ Handler guarded(Handler handler) {
   };
 }
 
+// Bound here rather than by httplib, whose listen backlog of 5 drops the
+// SYNs of a burst of connections (each then waits a 1 s retransmission)
+// whenever its accept loop is a moment late.
+Fd bindTcpSocket(const std::string& host, int port, int& boundPort) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  std::string where = host + ":" + std::to_string(port);
+  if (int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found); rc != 0) {
+    fail(ErrorKind::InvalidInput, "http: cannot resolve " + where + ": " + gai_strerror(rc));
+  }
+  std::unique_ptr<addrinfo, void (*)(addrinfo*)> owned(found, freeaddrinfo);
+  Fd fd(SYSCALL(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), "socket", where));
+  int one = 1;
+  SYSCALL(::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), "setsockopt(SO_REUSEADDR)", where);
+  if (::bind(fd.get(), found->ai_addr, found->ai_addrlen) != 0) {
+    fail(ErrorKind::Conflict, "http: cannot bind " + where + ": " + std::strerror(errno));
+  }
+  SYSCALL(::listen(fd.get(), SOMAXCONN), "listen", where);
+  sockaddr_storage bound{};
+  socklen_t length = sizeof bound;
+  SYSCALL(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &length), "getsockname", where);
+  boundPort = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                                : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  return fd;
+}
+
 Fd bindUnixSocket(const std::filesystem::path& path) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
@@ -106,6 +123,34 @@ Fd bindUnixSocket(const std::filesystem::path& path) {
 }
 
 }  // namespace
+
+// Nesting counted over brackets outside strings. It can only over-count
+// (invalid JSON is refused by the parser anyway), never let a deeper valid
+// document through.
+json parseJsonBody(const std::string& body, size_t maxDepth) {
+  if (body.empty()) return json::object();
+  size_t depth = 0;
+  bool inString = false, escaped = false;
+  for (char c : body) {
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') inString = false;
+    } else if (c == '"') {
+      inString = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > maxDepth) {
+        fail(ErrorKind::InvalidInput, "request body nests deeper than the limit of " + std::to_string(maxDepth) +
+                                          " levels");
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  json parsed = json::parse(body, nullptr, false);
+  if (parsed.is_discarded() || !parsed.is_object()) fail(ErrorKind::InvalidInput, "request body is not a JSON object");
+  return parsed;
+}
 
 int httpStatusFor(ErrorKind kind) {
   switch (kind) {
@@ -141,20 +186,20 @@ void HttpApi::start() {
     }
     std::string host = options_.tcpAddress->substr(0, colon);
     int port = std::atoi(options_.tcpAddress->c_str() + colon + 1);
-    tcp_ = std::make_unique<Server>();
-    routes(*tcp_);
-    if (port == 0) {
-      tcpPort_ = tcp_->bind_to_any_port(host);
-      if (tcpPort_ <= 0) fail(ErrorKind::Conflict, "http: cannot bind " + host + ":0");
-    } else {
-      if (!tcp_->bind_to_port(host, port)) fail(ErrorKind::Conflict, "http: cannot bind " + *options_.tcpAddress);
-      tcpPort_ = port;
+    if (!options_.tls && !options_.insecureHttp) {
+      fail(ErrorKind::InvalidInput, "http: " + *options_.tcpAddress +
+                                        " would serve the API and its bearer token in clear; give a TLS "
+                                        "certificate and key, or ask for plain HTTP explicitly");
     }
+    tcp_ = std::make_unique<HttpServer>(options_.limits, options_.tls ? &*options_.tls : nullptr);
+    routes(*tcp_);
+    tcp_->adoptListeningSocket(bindTcpSocket(host, port, tcpPort_));
     tcpThread_ = std::thread([this] { tcp_->listen_after_bind(); });
-    logInfo("http: listening on " + options_.tcpAddress->substr(0, colon) + ":" + std::to_string(tcpPort_));
+    logInfo(std::string("http: listening on ") + (options_.tls ? "https://" : "http://") +
+            options_.tcpAddress->substr(0, colon) + ":" + std::to_string(tcpPort_));
   }
   if (options_.unixSocket) {
-    unix_ = std::make_unique<Server>();
+    unix_ = std::make_unique<HttpServer>(options_.limits, nullptr);
     routes(*unix_);
     unix_->adoptListeningSocket(bindUnixSocket(*options_.unixSocket));
     unixThread_ = std::thread([this] { unix_->listen_after_bind(); });
@@ -163,11 +208,11 @@ void HttpApi::start() {
 }
 
 void HttpApi::stop() {
-  auto stopServer = [](Server* server, std::thread& thread) {
+  auto stopServer = [](HttpServer* server, std::thread& thread) {
     if (!thread.joinable()) return;
     // stop() is a no-op until the accept loop has started; give it a moment.
     for (int i = 0; i < 2000 && !server->is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    server->stop();
+    server->stopServing();
     thread.join();
   };
   stopServer(tcp_.get(), tcpThread_);
@@ -180,7 +225,7 @@ void HttpApi::stop() {
   unix_.reset();
 }
 
-void HttpApi::routes(Server& server) {
+void HttpApi::routes(HttpServer& server) {
   server.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     std::string header = req.get_header_value("Authorization");
     constexpr std::string_view kBearer = "Bearer ";
@@ -193,8 +238,14 @@ void HttpApi::routes(Server& server) {
     return httplib::Server::HandlerResponse::Unhandled;
   });
   server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404 && res.body.empty()) {
+    if (!res.body.empty()) return;
+    if (res.status == 404) {
       sendJson(res, 404, {{"error", "no such endpoint: " + req.method + " " + req.path}, {"kind", "not-found"}});
+    } else {
+      // httplib's own refusals (a malformed request line, 414, 416) carry no body.
+      sendJson(res, res.status,
+               {{"error", "http: " + std::string(httpReasonPhrase(res.status))},
+                {"kind", res.status < 500 ? "invalid-input" : "failed"}});
     }
   });
   server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -208,6 +259,9 @@ void HttpApi::routes(Server& server) {
   });
 
   Coordinator& c = coordinator_;
+  auto parseBody = [depth = options_.limits.maxJsonDepth](const httplib::Request& req) {
+    return parseJsonBody(req.body, depth);
+  };
 
   server.Get("/v1/hosts", guarded([&c](const httplib::Request&, httplib::Response& res) {
                sendJson(res, 200, c.hosts());
@@ -217,7 +271,7 @@ void HttpApi::routes(Server& server) {
                sendJson(res, 200, c.containers());
              }));
 
-  server.Post("/v1/containers", guarded([&c](const httplib::Request& req, httplib::Response& res) {
+  server.Post("/v1/containers", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 RunContainerRequest r;
                 r.host = field<std::string>(body, "host", "");
@@ -252,7 +306,7 @@ void HttpApi::routes(Server& server) {
                 sendJson(res, 200, c.stopContainer(req.matches[1]));
               }));
 
-  server.Post("/v1/migrations", guarded([&c](const httplib::Request& req, httplib::Response& res) {
+  server.Post("/v1/migrations", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 MigrationRequest r;
                 r.container = field<std::string>(body, "container", "");
@@ -284,7 +338,7 @@ void HttpApi::routes(Server& server) {
                 sendJson(res, 202, c.cancelMigration(req.matches[1]));
               }));
 
-  server.Post("/v1/evacuations", guarded([&c](const httplib::Request& req, httplib::Response& res) {
+  server.Post("/v1/evacuations", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 EvacuationRequest r;
                 r.host = field<std::string>(body, "host", "");
@@ -298,7 +352,7 @@ void HttpApi::routes(Server& server) {
   // Prometheus Alertmanager webhook (version 4 payload): every firing alert
   // labelled action="evacuate" evacuates the host its `host` label names, or
   // the host part of its `instance` label (a host name or data address).
-  server.Post("/v1/hooks/alertmanager", guarded([&c](const httplib::Request& req, httplib::Response& res) {
+  server.Post("/v1/hooks/alertmanager", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 if (!body.contains("alerts") || !body["alerts"].is_array()) {
                   fail(ErrorKind::InvalidInput, "alertmanager: payload has no `alerts` array");

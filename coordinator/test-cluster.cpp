@@ -61,6 +61,11 @@ void FakeAgent::addContainer(std::string name, std::string state, std::string) {
   containers_.emplace_back(std::move(name), std::move(state));
 }
 
+void FakeAgent::removeContainer(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(containers_, [&](auto& c) { return c.first == name; });
+}
+
 void FakeAgent::fillContainers(capnp::List<proto::ContainerInfo>::Builder list) {
   for (unsigned i = 0; i < containers_.size(); ++i) {
     list[i].setName(containers_[i].first);
@@ -194,8 +199,10 @@ void FakeAgent::loop() {
   }
 }
 
-Cluster::Cluster(std::chrono::milliseconds heartbeatInterval) : heartbeat(heartbeatInterval) {
+Cluster::Cluster(std::chrono::milliseconds heartbeatInterval, std::vector<std::string> allowedOnly)
+    : heartbeat(heartbeatInterval) {
   for (auto name : {"host1", "host2", "host3"}) agentKeys[name] = generateCurveKeyPair();
+  for (auto& name : allowedOnly) allowedOnlyKeys[name] = generateCurveKeyPair();
   endpoint = "tcp://127.0.0.1:*";
   buildCoordinator();
   endpoint = server->endpoint();
@@ -208,6 +215,7 @@ Cluster::Cluster(std::chrono::milliseconds heartbeatInterval) : heartbeat(heartb
 void Cluster::buildCoordinator() {
   std::vector<AllowedHost> allowed;
   for (auto& [name, keys] : agentKeys) allowed.push_back({name, keys.publicKey, {}});
+  for (auto& [name, keys] : allowedOnlyKeys) allowed.push_back({name, keys.publicKey, {}});
   registry = std::make_unique<HostRegistry>(allowed, heartbeat);
   journal = std::make_unique<Journal>(dir.path() / "coordinator.db");
   server = std::make_unique<ControlServer>(context, endpoint, coordinatorKeys, registry->keyToHost(), 3 * heartbeat);

@@ -37,6 +37,7 @@ class FakeAgent {
 
   void setHandler(std::string request, Handler handler);
   void addContainer(std::string name, std::string state, std::string ip = "198.18.0.5");
+  void removeContainer(const std::string& name);
   void setSilent(bool silent) { silent_ = silent; }
   bool registered() const { return registered_; }
   // The key it registers as its bundle signing key; set before Cluster::start().
@@ -61,7 +62,10 @@ class FakeAgent {
 };
 
 struct Cluster {
-  explicit Cluster(std::chrono::milliseconds heartbeat = std::chrono::milliseconds(200));
+  // `allowedOnly`: hosts on the allow-list with keys in allowedOnlyKeys but
+  // no scripted agent, for a test to speak as with its own ControlClient.
+  explicit Cluster(std::chrono::milliseconds heartbeat = std::chrono::milliseconds(200),
+                   std::vector<std::string> allowedOnly = {});
   ~Cluster();
 
   FakeAgent& agent(const std::string& name);
@@ -75,6 +79,7 @@ struct Cluster {
   zmq::context_t context;
   CurveKeyPair coordinatorKeys = generateCurveKeyPair();
   std::map<std::string, CurveKeyPair> agentKeys;
+  std::map<std::string, CurveKeyPair> allowedOnlyKeys;
   std::unique_ptr<Journal> journal;
   std::unique_ptr<HostRegistry> registry;
   std::unique_ptr<ControlServer> server;

@@ -1,10 +1,12 @@
 #include "migrate/client.h"
 
 #include <httplib.h>
+#include <openssl/x509.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -71,6 +73,7 @@ std::string pathSegment(const std::string& s) {
 Client::Client(ClientOptions options) {
   coordinator_ = options.coordinator.empty() ? envOr("MIGRATE_COORDINATOR", kDefaultCoordinator) : options.coordinator;
   std::string tokenFile = options.tokenFile.empty() ? envOr("MIGRATE_TOKEN_FILE", "") : options.tokenFile;
+  caFile_ = options.caFile.empty() ? envOr("MIGRATE_CA", "") : options.caFile;
   if (!tokenFile.empty()) {
     token_ = readFile(tokenFile);
     while (!token_.empty() && std::isspace(static_cast<unsigned char>(token_.back()))) token_.pop_back();
@@ -79,16 +82,33 @@ Client::Client(ClientOptions options) {
 
 json Client::send(const std::string& method, const std::string& path, const std::string& body) {
   std::unique_ptr<httplib::ClientImpl> http;
+  httplib::SSLClient* tlsClient = nullptr;  // Into `http`, for the verification result.
+  bool https = coordinator_.rfind("https://", 0) == 0;
   if (coordinator_.rfind("unix:", 0) == 0) {
     http = std::make_unique<UnixClient>(coordinator_.substr(5));
-  } else if (coordinator_.rfind("http://", 0) == 0) {
-    std::string hostPort = coordinator_.substr(7);
+  } else if (https || coordinator_.rfind("http://", 0) == 0) {
+    std::string hostPort = coordinator_.substr(https ? 8 : 7);
     while (!hostPort.empty() && hostPort.back() == '/') hostPort.pop_back();
     auto colon = hostPort.rfind(':');
-    int port = colon == std::string::npos ? 80 : std::atoi(hostPort.c_str() + colon + 1);
-    http = std::make_unique<httplib::ClientImpl>(hostPort.substr(0, colon), port);
+    int port = colon == std::string::npos ? (https ? 443 : 80) : std::atoi(hostPort.c_str() + colon + 1);
+    std::string host = hostPort.substr(0, colon);
+    if (https) {
+      auto tls = std::make_unique<httplib::SSLClient>(host, port);
+      // Verified always: the chain against the CA file (or the system's CAs),
+      // and the name or IP address against the certificate's subjectAltName.
+      tls->enable_server_certificate_verification(true);
+      if (!caFile_.empty()) {
+        if (!std::filesystem::exists(caFile_)) fail(ErrorKind::NotFound, "CA file " + caFile_ + " does not exist");
+        tls->set_ca_cert_path(caFile_.c_str());
+      }
+      tlsClient = tls.get();
+      http = std::move(tls);
+    } else {
+      http = std::make_unique<httplib::ClientImpl>(host, port);
+    }
   } else {
-    fail(ErrorKind::InvalidInput, "coordinator address `" + coordinator_ + "` is neither unix:/path nor http://host:port");
+    fail(ErrorKind::InvalidInput,
+         "coordinator address `" + coordinator_ + "` is neither unix:/path, https://host:port nor http://host:port");
   }
   http->set_connection_timeout(std::chrono::seconds(5));
   http->set_read_timeout(std::chrono::seconds(60));
@@ -98,6 +118,12 @@ json Client::send(const std::string& method, const std::string& path, const std:
                            : method == "DELETE" ? http->Delete(path.c_str(), headers)
                                                 : http->Post(path.c_str(), headers, body, "application/json");
   if (!result) {
+    if (result.error() == httplib::Error::SSLServerVerification && tlsClient) {
+      fail(ErrorKind::InvalidInput, "the coordinator at " + coordinator_ + " presented a certificate that does not verify (" +
+                                        X509_verify_cert_error_string(tlsClient->get_openssl_verify_result()) + ") against " +
+                                        (caFile_.empty() ? "the system's CAs" : "CA file " + caFile_) +
+                                        "; give --ca or set MIGRATE_CA");
+    }
     fail(ErrorKind::Disconnected,
          "cannot reach the coordinator at " + coordinator_ + ": " + httplib::to_string(result.error()));
   }

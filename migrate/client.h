@@ -1,5 +1,7 @@
 // The `migrate` CLI's client library: JSON over HTTP to the coordinator, on a
-// unix socket (unix:/path) or TCP (http://host:port), with a bearer token.
+// unix socket (unix:/path) or TCP (https://host:port, the coordinator's
+// certificate verified against a CA file or the system's CAs; http://host:port
+// only for a coordinator started with --insecure-http), with a bearer token.
 // Each verb calls one function here.
 #pragma once
 
@@ -13,6 +15,7 @@ namespace migrate {
 struct ClientOptions {
   std::string coordinator;  // Empty: $MIGRATE_COORDINATOR, else unix:/run/migrate-lab/coordinator.sock.
   std::string tokenFile;    // Empty: $MIGRATE_TOKEN_FILE, else no token.
+  std::string caFile;       // CA certificate(s) for https://. Empty: $MIGRATE_CA, else the system's CAs.
 };
 
 // Throws Error with the coordinator's message and kind (from its {error, kind} body).
@@ -28,6 +31,7 @@ class Client {
   nlohmann::json send(const std::string& method, const std::string& path, const std::string& body);
   std::string coordinator_;
   std::string token_;
+  std::string caFile_;
 };
 
 struct RunOptions {

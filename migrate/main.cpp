@@ -14,7 +14,7 @@ namespace {
 // `migrate CTR --to HOST` means `migrate move CTR --to HOST`: the first word
 // that is neither a verb nor a global option (or its value) is a container.
 std::vector<std::string> withDefaultVerb(int argc, char** argv, const std::set<std::string>& verbs) {
-  static const std::set<std::string> kGlobalWithValue = {"--coordinator", "--token-file", "--output", "-o"};
+  static const std::set<std::string> kGlobalWithValue = {"--coordinator", "--token-file", "--ca", "--output", "-o"};
   std::vector<std::string> args(argv + 1, argv + argc);
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -37,9 +37,12 @@ int main(int argc, char** argv) {
   app.fallthrough();
   CommonOptions common;
   app.add_option("--coordinator", common.client.coordinator,
-                 "unix:/path or http://host:port (default: $MIGRATE_COORDINATOR, else "
-                 "unix:/run/migrate-lab/coordinator.sock)");
+                 "unix:/path, https://host:port, or http://host:port for a coordinator started with "
+                 "--insecure-http (default: $MIGRATE_COORDINATOR, else unix:/run/migrate-lab/coordinator.sock)");
   app.add_option("--token-file", common.client.tokenFile, "Bearer token file (default: $MIGRATE_TOKEN_FILE)");
+  app.add_option("--ca", common.client.caFile,
+                 "CA certificate file that the coordinator's https:// certificate must verify against "
+                 "(default: $MIGRATE_CA, else the system's CAs)");
   app.add_option("--output,-o", common.output, "text or json")->check(CLI::IsMember({"text", "json"}));
 
   // The command table.

@@ -10,7 +10,12 @@
 #                                      agents still hold, lab down, remove state
 #   cluster.sh start-agent hostK       (re)start one agent daemon
 #   cluster.sh start-coordinator       (re)start the coordinator
-#   cluster.sh env                     print MIGRATE_COORDINATOR / MIGRATE_TOKEN_FILE
+#   cluster.sh env                     print MIGRATE_COORDINATOR / MIGRATE_TOKEN_FILE /
+#                                      MIGRATE_CA
+#
+# The coordinator's API serves HTTPS on the fabric (198.19.0.1:8080) with a
+# certificate from the lab's own CA ($KEYS/ca.crt, made by `up` with openssl),
+# and plain HTTP on its unix socket, which the file mode guards.
 #
 # Binaries come from $BUILD_DIR (default: build/ at the top of the checkout).
 # $AGENT_DAEMON_ARGS is added to every agent daemon's command line (e.g.
@@ -59,11 +64,29 @@ start_agent() {
   log "agent $h: pid $!"
 }
 
+# The lab's CA and the coordinator's server certificate for its fabric
+# address (subjectAltName IP, which the CLI checks); kept across `up`s like
+# the CURVE keys, removed by `down`.
+make_certificates() {
+  [ -f "$KEYS/http.crt" ] && return
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 30 -subj "/CN=migrate lab CA" \
+    -keyout "$KEYS/ca.key" -out "$KEYS/ca.crt" 2>/dev/null
+  openssl req "${ec[@]}" -subj "/CN=$CTL_NET.1" -keyout "$KEYS/http.key" -out "$KEYS/http.csr" 2>/dev/null
+  printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$CTL_NET.1" \
+    >"$KEYS/http.ext"
+  openssl x509 -req -in "$KEYS/http.csr" -CA "$KEYS/ca.crt" -CAkey "$KEYS/ca.key" -CAcreateserial \
+    -days 30 -extfile "$KEYS/http.ext" -out "$KEYS/http.crt" 2>/dev/null
+  chmod 600 "$KEYS/ca.key" "$KEYS/http.key"
+  rm -f "$KEYS/http.csr" "$KEYS/http.ext" "$KEYS/ca.srl"
+}
+
 start_coordinator() {
   if [ -f "$RUN/coordinator.pid" ] && alive "$(cat "$RUN/coordinator.pid")"; then return; fi
   setsid nsenter --net=/run/netns/fabric -- "$COORDINATOR" \
     --listen "tcp://$CTL_NET.1:7700" --key-dir "$KEYS" --agents "$KEYS/agents" \
     --db "$VAR/coordinator.db" --http "$CTL_NET.1:8080" --http-socket "$RUN/coordinator.sock" \
+    --tls-cert "$KEYS/http.crt" --tls-key "$KEYS/http.key" \
     --token-file "$KEYS/token" --heartbeat-ms 500 \
     </dev/null >>"$RUN/coordinator.log" 2>&1 &
   echo $! >"$RUN/coordinator.pid"
@@ -73,6 +96,16 @@ start_coordinator() {
 print_env() {
   echo "export MIGRATE_COORDINATOR=unix:$RUN/coordinator.sock"
   echo "export MIGRATE_TOKEN_FILE=$KEYS/token"
+  echo "export MIGRATE_CA=$KEYS/ca.crt"
+  echo "# inside a lab namespace: export MIGRATE_COORDINATOR=https://$CTL_NET.1:8080"
+}
+
+# The CLI over the fabric, as an operator on a host would use it: HTTPS,
+# the coordinator's certificate verified against the lab CA.
+check_https() {
+  nsenter --net=/run/netns/host1 -- env MIGRATE_COORDINATOR="https://$CTL_NET.1:8080" MIGRATE_CA="$KEYS/ca.crt" \
+    MIGRATE_TOKEN_FILE="$KEYS/token" "$MIGRATE" hosts >/dev/null ||
+    die "the CLI cannot reach https://$CTL_NET.1:8080 with the lab CA (see $RUN/coordinator.log)"
 }
 
 wait_registered() {  # wait_registered N
@@ -113,9 +146,11 @@ cmd_up() {
     fi
   done
   mv "$KEYS/agents.new" "$KEYS/agents"
+  make_certificates
   start_coordinator
   for k in $(seq 1 "$n"); do start_agent "host$k"; done
   wait_registered "$n"
+  check_https
   log "up: coordinator and $n agent(s); $(print_env | tr '\n' ' ')"
 }
 

@@ -20,6 +20,8 @@ PACKAGES=(
   cppzmq-dev libzmq3-dev capnproto libcapnp-dev libarchive-dev libzstd-dev zstd
   libssl-dev libselinux1-dev nlohmann-json3-dev catch2 libsqlite3-dev
   libcpp-httplib-dev libcli11-dev
+  # the lab's CA and the coordinator's HTTPS certificate (cluster.sh), TLS tests
+  openssl
   # container runtime parts
   runc conmon containernetworking-plugins busybox-static iproute2 nftables
   iputils-arping iputils-ping procps psmisc util-linux
