@@ -18,6 +18,7 @@
 #include "agent/bundle-reader.h"
 #include "agent/bundle-writer.h"
 #include "agent/bundle.h"
+#include "agent/criu-image-check.h"
 #include "agent/oci-spec.h"
 #include "agent/storage.h"
 #include "common/error.h"
@@ -726,6 +727,9 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (!request.ignoreStaticMac && !c.state.mac.empty()) mac = c.state.mac;
     setupNetwork(c, ip, mac, true);
     writeSpec(c, importedSpec);
+    // The images may come from another host: checked against the spec this
+    // host just wrote, before CRIU (as root) reads them.
+    checkCriuImages(c.paths.checkpoint(), json::parse(readFile(c.paths.spec())));
     if (times) times->add("network", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
