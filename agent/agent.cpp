@@ -727,10 +727,12 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (!request.ignoreStaticMac && !c.state.mac.empty()) mac = c.state.mac;
     setupNetwork(c, ip, mac, true);
     writeSpec(c, importedSpec);
+    if (times) times->add("network", secondsSince(start));
+    start = Clock::now();
     // The images may come from another host: checked against the spec this
     // host just wrote, before CRIU (as root) reads them.
     checkCriuImages(c.paths.checkpoint(), json::parse(readFile(c.paths.spec())));
-    if (times) times->add("network", secondsSince(start));
+    if (times) times->add("image-check", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
     c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages});

@@ -353,6 +353,27 @@ TEST_CASE("criu images of a real root container pass, and each widening edit is 
   }
 }
 
+TEST_CASE("criu images of a container with a second process and a zombie pass") {
+  REQUIRE_PRIVILEGES();
+  // `true` exits unreaped (counter never waits): a zombie, dumped with a task
+  // core only; `sleep` is a second live task with its own core and ids.
+  RealCheckpoint real("", {"sh", "-c", "/bin/true & sleep 1000 & exec /usr/local/bin/counter"});
+  size_t cores = 0;
+  for (auto& e : fs::directory_iterator(real.images())) cores += e.path().filename().string().rfind("core-", 0) == 0;
+  CHECK(cores == 3);
+  CHECK(refusal(real.images(), real.spec()) == "");
+  // The second task is checked like the first.
+  ImagesCopy images(real.images());
+  fs::path second;
+  for (auto& e : fs::directory_iterator(images.path())) {
+    auto name = e.path().filename().string();
+    if (name.rfind("ids-", 0) == 0 && name != "ids-1.img") second = images / ("core-" + name.substr(4));
+  }
+  REQUIRE(!second.empty());
+  editCore(second, [](core_entry& c) { c.mutable_thread_core()->mutable_creds()->mutable_cap_bnd()->Set(0, 0xffffffff); });
+  CHECK_THAT(refusal(images.path(), real.spec()), Catch::Contains("CapBnd 0xffffffff exceeds the spec's bounding set"));
+}
+
 TEST_CASE("criu images of a non-root task: ids stay the spec's user") {
   REQUIRE_PRIVILEGES();
   // CRIU cannot dump a non-root task on a host without CAP_SYS_RESOURCE (its

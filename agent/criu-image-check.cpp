@@ -350,19 +350,25 @@ class ImageChecker {
   void checkTasks() {
     CriuImageReader pstree(dir_ / "pstree.img", criu::kPstreeMagic);
     pstree_entry task;
-    std::set<uint32_t> threads;
+    std::map<uint32_t, std::set<uint32_t>> threadsOf;
     while (pstree.next(task)) {
       tasks_.push_back(task.pid());
-      for (auto tid : task.threads()) threads.insert(tid);
+      threadsOf[task.pid()] = {task.threads().begin(), task.threads().end()};
+      threadsOf[task.pid()].insert(task.pid());
     }
     if (tasks_.empty()) refuse(pstree.name(), "no task");
-    for (auto tid : threads) {
-      if (!fs::exists(dir_ / ("core-" + std::to_string(tid) + ".img"))) {
-        refuse("core-" + std::to_string(tid) + ".img", "missing for thread " + std::to_string(tid) + " of pstree.img");
-      }
-    }
     uint32_t seccompFilters = seccompFilterCount();
     for (auto& name : byKind_[ImageKind::Core]) checkCore(name, seccompFilters);
+    // Every task and live thread CRIU restores has a core, so none goes unchecked.
+    for (auto& [pid, threads] : threadsOf) {
+      if (zombies_.count(pid)) continue;  // a zombie lists thread 0, and has its task core only
+      for (auto tid : threads) {
+        if (!fs::exists(dir_ / ("core-" + std::to_string(tid) + ".img"))) {
+          refuse("core-" + std::to_string(tid) + ".img",
+                 "missing for thread " + std::to_string(tid) + " of task " + std::to_string(pid) + " in pstree.img");
+        }
+      }
+    }
   }
 
   uint32_t seccompFilterCount() {
@@ -379,6 +385,14 @@ class ImageChecker {
     reader.readOnly(core);
     std::string task = "task " + std::to_string(numberIn(name));
     if (core.has_ids()) idsFromCore_[numberIn(name)] = core.ids();
+    // A zombie is dumped with its task core only (criu/cr-dump.c
+    // dump_one_zombie) and restored dead: no credentials or ids to check.
+    // CRIU takes the state from the task's own core (a pstree pid), not a thread's.
+    constexpr uint32_t kTaskDead = 2;  // compel/include/uapi/task-state.h
+    bool isTask = std::find(tasks_.begin(), tasks_.end(), numberIn(name)) != tasks_.end();
+    bool zombie = isTask && core.has_tc() && core.tc().task_state() == kTaskDead;
+    if (zombie) zombies_.insert(numberIn(name));
+    if (zombie && !core.has_thread_core()) return;
     if (!core.has_thread_core() || !core.thread_core().has_creds()) {
       // CRIU would then take creds-N.img, which is not let through.
       refuse(name, task + " has no credentials in its thread_core");
@@ -471,6 +485,8 @@ class ImageChecker {
       if (fs::exists(dir_ / idsName)) {
         CriuImageReader reader(dir_ / idsName, criu::kIdsMagic);
         reader.readOnly(ids);
+      } else if (zombies_.count(pid)) {
+        continue;
       } else if (idsFromCore_.count(pid)) {
         idsName = "core-" + std::to_string(pid) + ".img";
         ids = idsFromCore_[pid];
@@ -737,6 +753,7 @@ class ImageChecker {
   task_kobj_ids_entry rootIds_;
   std::vector<uint32_t> tasks_;
   std::map<uint32_t, task_kobj_ids_entry> idsFromCore_;
+  std::set<uint32_t> zombies_;
 };
 
 }  // namespace
