@@ -224,4 +224,11 @@ TEST_CASE("a bundle whose core-1.img was edited to CapEff 0xfeffffff is refused,
   CHECK(restored["state"]["status"] == "running");
   auto base = lastCount(target, "c");
   CHECK(waitUntil([&] { return lastCount(target, "c") > base + 2; }, std::chrono::seconds(10)));
+
+  // And the helper's own repack, without an edit, is a bundle that restores:
+  // what the attack tests see refused is the attack, not the repacking.
+  auto plain = scratch.path() / "plain.tar.zst";
+  HostileBundle(bundle).repack(plain);
+  auto copy = target.agentJson({"restore", "--import", plain.string(), "--name", "plain"});
+  CHECK(copy["state"]["status"] == "running");
 }
