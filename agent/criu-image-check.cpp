@@ -136,6 +136,7 @@ struct SpecPolicy {
   std::set<uint32_t> groups;  // additionalGids
   uint64_t inheritable = 0, permitted = 0, effective = 0, bounding = 0, ambient = 0;
   bool noNewPrivileges = false;
+  bool terminal = false;
   bool seccomp = false;
   std::string lsmLabel;
   std::set<NsKind> namespaces;
@@ -189,6 +190,7 @@ SpecPolicy SpecPolicy::fromSpec(const json& spec) {
   p.bounding = capMask(caps.value("bounding", json::array()));
   p.ambient = capMask(caps.value("ambient", json::array()));
   p.noNewPrivileges = process.value("noNewPrivileges", false);
+  p.terminal = process.value("terminal", false);
   p.lsmLabel = process.value("selinuxLabel", process.value("apparmorProfile", ""));
   auto linuxSection = spec.value("linux", json::object());
   p.seccomp = linuxSection.contains("seccomp") && !linuxSection["seccomp"].is_null();
@@ -585,8 +587,10 @@ class ImageChecker {
       if (!sources->second.count(e.source())) {
         refuse(name, what + ": " + fsname + " source `" + e.source() + "` is not one the spec mounts");
       }
+      // runc also binds the terminal's pty over /dev/console (a devpts mount).
+      bool console = policy_.terminal && e.mountpoint() == "/dev/console" && e.fstype() == DEVPTS;
       bool known = policy_.mounts.count(e.mountpoint()) || policy_.maskedPaths.count(e.mountpoint()) ||
-                   policy_.readonlyPaths.count(e.mountpoint());
+                   policy_.readonlyPaths.count(e.mountpoint()) || console;
       if (!known) refuse(name, what + ": the spec mounts nothing there");
     }
     // Flags the spec sets must still be set (MS_* values, as CRIU stores them).
