@@ -1,44 +1,27 @@
-// Hostile bundles for attack tests (issue 9), made from a real exported one:
-// unpack it into a directory, let the test change any file there as an
-// attacker on the source host would, and pack it again as a valid bundle
-// tar (pax, zstd; entries in the order the reader wants; the manifest's
-// checkpointBytes/rootfsDiffBytes fixed up to what the directory now holds),
-// so that what a restore refuses is the attack, not a broken container.
-//
-//   HostileBundle b(exported);
-//   editSomething(b.dir() / "checkpoint" / "core-1.img");
-//   b.repack(out);
-//
-// It packs with libarchive directly, not through writeBundle: it must be able
-// to write what writeBundle never would.
+// A real exported bundle, unpacked for a test to mutate and packed again
+// with its manifest's figures fixed up, so that the target's reader accepts
+// it and the mutation reaches what comes after (CRIU, restore).
 #pragma once
 
 #include <filesystem>
-
-#include <nlohmann/json.hpp>
 
 #include "common/files.h"
 
 namespace migrate::test {
 
-namespace fs = std::filesystem;
-
 class HostileBundle {
  public:
+  // Unpacks `bundle` (tar+zstd) with the agent's own reader.
   explicit HostileBundle(const fs::path& bundle);
-  HostileBundle(const HostileBundle&) = delete;
-
-  // The unpacked bundle: manifest.json, config.dump, spec.dump, checkpoint/, ...
-  const fs::path& dir() const { return dir_.path(); }
-  nlohmann::json manifest() const;
-  void setManifest(const nlohmann::json& manifest) const;
-
-  // Packs dir() into `out`. With fixSizes, the manifest's byte counts are set
-  // to the regular-file bytes under checkpoint/ and rootfs-diff/ first.
-  void repack(const fs::path& out, bool fixSizes = true) const;
+  // manifest.json, config.dump, spec.dump, checkpoint/, rootfs-diff/, ...
+  const fs::path& dir() const { return dir_; }
+  // Packs dir() into `out` as writeBundle does: the manifest as dir() has
+  // it, with its byte and entry figures recomputed.
+  void repack(const fs::path& out) const;
 
  private:
-  TempDir dir_;
+  TempDir scratch_;
+  fs::path dir_;
 };
 
 }  // namespace migrate::test
