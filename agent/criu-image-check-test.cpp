@@ -67,11 +67,17 @@ class RealCheckpoint {
     run.args = std::move(args);
     run.user = user;
     auto c = agent_->run(run);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    agent_->checkpoint("c", CheckpointRequest{false, true});
-    c = agent_->inspect("c");
-    images_ = c.paths.checkpoint();
-    spec_ = json::parse(readFile(c.paths.spec()));
+    try {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      agent_->checkpoint("c", CheckpointRequest{false, true});
+      c = agent_->inspect("c");
+      images_ = c.paths.checkpoint();
+      spec_ = json::parse(readFile(c.paths.spec()));
+    } catch (...) {
+      // No destructor runs for a half-made fixture: the container goes here.
+      agent_->remove("c", true);
+      throw;
+    }
   }
   ~RealCheckpoint() {
     try {
