@@ -24,6 +24,7 @@
 #include "criu/images/cgroup.pb.h"
 #include "criu/images/core.pb.h"
 #include "criu/images/ghost-file.pb.h"
+#include "criu/images/inventory.pb.h"
 #include "criu/images/mnt.pb.h"
 
 using namespace migrate;
@@ -54,7 +55,11 @@ std::optional<std::string> missingPrivileges() {
 // images stay while the container goes on); removed with the agent's state.
 class RealCheckpoint {
  public:
-  RealCheckpoint(const std::string& user, std::vector<std::string> args = {"/usr/local/bin/counter"})
+  // restoredOnce: checkpointed, restored, then checkpointed again, as a
+  // container that already moved once (CRIU's restore leaves marks, e.g. a
+  // time namespace of its own).
+  RealCheckpoint(const std::string& user, std::vector<std::string> args = {"/usr/local/bin/counter"},
+                 bool restoredOnce = false)
       : state_("/var/tmp", "criu-check-test") {
     AgentOptions options;
     options.stateDir = state_.path();
@@ -69,6 +74,11 @@ class RealCheckpoint {
     auto c = agent_->run(run);
     try {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      if (restoredOnce) {
+        agent_->checkpoint("c", CheckpointRequest{false, false});
+        agent_->restore("c", RestoreRequest{});
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      }
       agent_->checkpoint("c", CheckpointRequest{false, true});
       c = agent_->inspect("c");
       images_ = c.paths.checkpoint();
@@ -378,6 +388,19 @@ TEST_CASE("criu images of a container with a second process and a zombie pass") 
   REQUIRE(!second.empty());
   editCore(second, [](core_entry& c) { c.mutable_thread_core()->mutable_creds()->mutable_cap_bnd()->Set(0, 0xffffffff); });
   CHECK_THAT(refusal(images.path(), real.spec()), Catch::Contains("CapBnd 0xffffffff exceeds the spec's bounding set"));
+}
+
+TEST_CASE("criu images of a container restored once and checkpointed again pass") {
+  REQUIRE_PRIVILEGES();
+  // Seen in the lab: the second move of a container was refused for the time
+  // namespace CRIU's first restore had made.
+  RealCheckpoint real("", {"/usr/local/bin/counter"}, true);
+  CHECK(refusal(real.images(), real.spec()) == "");
+  // Still one time namespace for the container.
+  ImagesCopy images(real.images());
+  auto ids = readOne<task_kobj_ids_entry>(images / "ids-1.img", criu::kIdsMagic);
+  auto inventory = readOne<inventory_entry>(images / "inventory.img", criu::kInventoryMagic);
+  CHECK(ids.time_ns_id() != inventory.root_ids().time_ns_id());
 }
 
 TEST_CASE("criu images of a non-root task: ids stay the spec's user") {
