@@ -319,7 +319,21 @@ int main(int argc, char** argv) {
         throw CLI::ValidationError("restore", "name a container or give --import FILE");
       }
       PhaseTimes times;
-      auto c = agent.restore(target, restoreRequest, &times);
+      Container c;
+      try {
+        c = agent.restore(target, restoreRequest, &times);
+      } catch (const std::exception& e) {
+        // A bundle refused as hostile (e.g. its CRIU images) has nothing to
+        // retry: what this command imported goes, with its checkpoint tmpfs.
+        if (!importFile.empty() && kindOf(e) == ErrorKind::InvalidInput) {
+          try {
+            agent.remove(target, true);
+          } catch (const std::exception& cleanup) {
+            logWarn(std::string("removing the refused import: ") + cleanup.what());
+          }
+        }
+        throw;
+      }
       json result = c.toJson();
       result["times"] = timesJson(times);
       printOne(g, result, c.config.id);

@@ -22,6 +22,7 @@
 #include "agent/bundle-writer.h"
 #include "agent/bundle.h"
 #include "agent/capacity.h"
+#include "agent/criu-image-check.h"
 #include "agent/identifiers.h"
 #include "agent/oci-spec.h"
 #include "agent/storage.h"
@@ -819,6 +820,11 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     setupNetwork(c, ip, mac, true);
     writeSpec(c, checkpointedSpec);
     if (times) times->add("network", secondsSince(start));
+    start = Clock::now();
+    // The images may come from another host: checked against the spec this
+    // host just wrote, before CRIU (as root) reads them.
+    checkCriuImages(c.paths.checkpoint(), json::parse(readFile(c.paths.spec())));
+    if (times) times->add("image-check", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
     c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages, cgroupsPath(c.config.id)});

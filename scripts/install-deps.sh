@@ -48,6 +48,13 @@ fi
 # any TCP socket (SO_PASSCRED change in Linux 6.16), so build 4.2.1 from the
 # upstream tarball of Debian's source package in sid. Its .debian.tar.xz is
 # missing on the mirror, so we fetch only the orig tarball and build that.
+#
+# The agent decodes a bundle's CRIU images with CRIU's own schemas before CRIU
+# reads them (agent/criu-image-check.h), so the images/*.proto of that same
+# tarball are kept in $CRIU_PROTOS; CMake generates C++ from them.
+CRIU_SHARE=$PREFIX/share/criu
+CRIU_PROTOS=$CRIU_SHARE/images
+
 criu_ok() {
   local v
   v=$(criu --version 2>/dev/null | awk '/^Version:/{print $2}') || return 1
@@ -56,12 +63,19 @@ criu_ok() {
   [ $((a * 10000 + b * 100 + ${c:-0})) -ge $CRIU_MIN ]
 }
 
-if criu_ok; then
-  log "criu $(criu --version | awk '/^Version:/{print $2}') present"
-else
+# The schemas are ready when they came from the tarball of this version.
+protos_ok() {
+  [ -f "$CRIU_PROTOS/core.proto" ] && [ -f "$CRIU_PROTOS/inventory.proto" ] &&
+    [ "$(cat "$CRIU_SHARE/source-version" 2>/dev/null)" = "$CRIU_VERSION" ]
+}
+
+# Fetches CRIU's orig tarball (listed, with its SHA-256, in Debian sid's signed
+# source index), checks it and unpacks it into a temporary dir; sets $src.
+fetch_criu_source() {
   work=$(mktemp -d /tmp/migrate-deps.XXXXXX)
   trap 'rm -rf "$work"' EXIT
   # The mirror this machine already uses for Debian, read from apt's own config.
+  local mirror
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   [ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)
   mkdir -p "$work/etc" "$work/lists/partial"
@@ -73,10 +87,11 @@ Suites: sid
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-  aptopts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/etc"
-           -o "Dir::State::Lists=$work/lists")
+  local aptopts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/etc"
+                 -o "Dir::State::Lists=$work/lists")
   log "fetching CRIU $CRIU_VERSION source"
   apt-get "${aptopts[@]}" update -qq
+  local line url sum
   line=$(apt-get "${aptopts[@]}" source --print-uris criu 2>/dev/null | grep "criu_${CRIU_VERSION}.orig.tar" | head -1)
   [ -n "$line" ] || { log "criu ${CRIU_VERSION} orig tarball not listed in sid sources"; exit 1; }
   url=$(echo "$line" | awk '{print $1}' | tr -d "'")
@@ -85,11 +100,30 @@ SRC
   echo "$sum  $work/criu.tar.xz" | sha256sum -c --quiet
   tar -C "$work" -xf "$work/criu.tar.xz"
   src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'criu-[0-9]*' | head -1)
+  [ -n "$src" ] && [ -f "$src/images/core.proto" ] || { log "unexpected layout of the CRIU tarball"; exit 1; }
+}
+
+install_criu_protos() {
+  install -d -m 0755 "$CRIU_PROTOS"
+  install -m 0644 "$src"/images/*.proto "$CRIU_PROTOS/"
+  echo "$CRIU_VERSION" >"$CRIU_SHARE/source-version"
+  log "installed CRIU $CRIU_VERSION image schemas in $CRIU_PROTOS"
+}
+
+if criu_ok; then
+  log "criu $(criu --version | awk '/^Version:/{print $2}') present"
+  if ! protos_ok; then
+    fetch_criu_source
+    install_criu_protos
+  fi
+else
+  fetch_criu_source
   log "building CRIU (about 30 s)"
   make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
   install -m 0755 "$src/criu/criu" "$PREFIX/sbin/criu"
   criu_ok || { log "built criu does not report version >= 4.2"; exit 1; }
   log "installed $(criu --version | head -1) in $PREFIX/sbin"
+  install_criu_protos
 fi
 
 # cgroup v1 hybrid: runc needs the controllers mounted; they are on this machine.

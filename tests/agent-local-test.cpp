@@ -3,10 +3,13 @@
 #include <catch2/catch.hpp>
 #include <signal.h>
 
+#include <cstring>
 #include <fstream>
 
 #include "common/files.h"
+#include "criu/images/core.pb.h"
 #include "tests/support/harness.h"
+#include "tests/support/hostile-bundle.h"
 
 using namespace migrate;
 using namespace migrate::test;
@@ -20,6 +23,22 @@ std::string logsOf(AgentHome& home, const std::string& name) { return home.agent
 unsigned long lastCount(AgentHome& home, const std::string& name) {
   auto c = counts(logsOf(home, name));
   return c.empty() ? 0 : c.back();
+}
+
+// An attacker's edit, with CRIU's own generated class: core-1.img re-encoded
+// with task 1's effective capabilities widened to `capEff`.
+void editCriuCore(const fs::path& path, uint32_t capEff) {
+  auto bytes = readFile(path);
+  REQUIRE(bytes.size() > 12);
+  uint32_t size;
+  std::memcpy(&size, bytes.data() + 8, 4);
+  REQUIRE(12 + size == bytes.size());
+  criupb::core_entry core;
+  REQUIRE(core.ParseFromString(bytes.substr(12)));
+  core.mutable_thread_core()->mutable_creds()->mutable_cap_eff()->Set(0, capEff);
+  auto edited = core.SerializeAsString();
+  size = static_cast<uint32_t>(edited.size());
+  writeFileAtomic(path, bytes.substr(0, 8) + std::string(reinterpret_cast<const char*>(&size), 4) + edited);
 }
 
 }  // namespace
@@ -168,4 +187,52 @@ TEST_CASE("a corrupt bundle is refused with a clear error and leaves nothing beh
   CHECK(entries == 0);
   // The source still has its checkpoint and can restore from it.
   CHECK(source.agentJson({"restore", "c"})["state"]["status"] == "running");
+}
+
+TEST_CASE("a bundle whose core-1.img was edited to CapEff 0xfeffffff is refused, and the untouched one restores") {
+  REQUIRE_PRIVILEGES();
+  AgentHome source("src"), target("dst");
+  source.importTestImage();
+  target.importTestImage();
+  target.trustSigner(source);
+  TempDir scratch("/var/tmp", "migrate-bundle");
+  auto bundle = scratch.path() / "c.tar.zst";
+  auto hostile = scratch.path() / "hostile.tar.zst";
+  source.agent({"run", "--name", "c", "test", "/usr/local/bin/counter"});
+  REQUIRE(waitUntil([&] { return lastCount(source, "c") >= 2; }, std::chrono::seconds(10)));
+  source.agent({"checkpoint", "c", "--export", bundle.string()});
+
+  {
+    HostileBundle b(bundle);
+    editCriuCore(b.dir() / "checkpoint" / "core-1.img", 0xfeffffff);
+    b.repack(hostile, source);
+  }
+  auto r = target.tryAgent({"restore", "--import", hostile.string()});
+  INFO(r.err);
+  CHECK(r.status != 0);
+  CHECK(occurrences(r.err, "criu image `core-1.img`: task 1 CapEff 0xfeffffff exceeds the spec's effective set") == 1);
+  CHECK(occurrences(r.err, "CAP_SYS_ADMIN") == 1);
+  // Nothing left: no container, process, mount or tmpfs of the target's.
+  CHECK(target.agentJson({"ps"}).empty());
+  CHECK(occurrences(readFile("/proc/self/mountinfo"), target.dir().string()) == 0);
+  CHECK(runCapture(SubprocessOptions::of({"pgrep", "-f", target.dir().string()})).out == "");
+  size_t entries = 0;
+  for (auto& e : fs::directory_iterator(target.dir() / "containers")) {
+    (void)e;
+    ++entries;
+  }
+  CHECK(entries == 0);
+
+  // The same bundle as exported restores right after.
+  auto restored = target.agentJson({"restore", "--import", bundle.string()});
+  CHECK(restored["state"]["status"] == "running");
+  auto base = lastCount(target, "c");
+  CHECK(waitUntil([&] { return lastCount(target, "c") > base + 2; }, std::chrono::seconds(10)));
+
+  // And the helper's own repack, without an edit, is a bundle that restores:
+  // what the attack tests see refused is the attack, not the repacking.
+  auto plain = scratch.path() / "plain.tar.zst";
+  HostileBundle(bundle).repack(plain, source);
+  auto copy = target.agentJson({"restore", "--import", plain.string(), "--name", "plain"});
+  CHECK(copy["state"]["status"] == "running");
 }
