@@ -89,10 +89,8 @@ void exportCounter(AgentHome& source, const std::string& name, const fs::path& b
 
 TEST_CASE("a restore CRIU cannot finish (pages-1.img cut to 4 KiB) is killed at its deadline, and a whole bundle then restores") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   auto hostile = scratch.path() / "cut.tar.zst";
@@ -155,10 +153,8 @@ TEST_CASE("a restore CRIU cannot finish (pages-1.img cut to 4 KiB) is killed at 
 
 TEST_CASE("two concurrent imports of one bundle: exactly one restores, the other is told the name is in use") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   exportCounter(source, "m", bundle);
@@ -193,10 +189,8 @@ TEST_CASE("two concurrent imports of one bundle: exactly one restores, the other
 
 TEST_CASE("an import killed midway is removed, tmpfs and all, by the next command") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   exportCounter(source, "m", bundle);
@@ -237,10 +231,8 @@ TEST_CASE("an import killed midway is removed, tmpfs and all, by the next comman
 
 TEST_CASE("a bundle without rootfs-diff/ restores with an empty upper layer") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "m.tar.zst";
   auto bare = scratch.path() / "bare.tar.zst";

@@ -15,15 +15,9 @@ using namespace migrate;
 using namespace migrate::test;
 using nlohmann::json;
 
-
 namespace {
 
 std::string logsOf(AgentHome& home, const std::string& name) { return home.agent({"logs", name}); }
-
-unsigned long lastCount(AgentHome& home, const std::string& name) {
-  auto c = counts(logsOf(home, name));
-  return c.empty() ? 0 : c.back();
-}
 
 // An attacker's edit, with CRIU's own generated class: core-1.img re-encoded
 // with task 1's effective capabilities widened to `capEff`.
@@ -45,10 +39,8 @@ void editCriuCore(const fs::path& path, uint32_t capEff) {
 
 TEST_CASE("a counter exported, removed, imported and restored on a fresh host continues counting") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "web.tar.zst").string();
 
@@ -89,10 +81,8 @@ TEST_CASE("a counter exported, removed, imported and restored on a fresh host co
 
 TEST_CASE("a program holding 64 MiB of random data verifies its memory after restore") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "mem.tar.zst").string();
 
@@ -158,10 +148,8 @@ TEST_CASE("checkpoint with --leave-running keeps the container going, and a copy
 
 TEST_CASE("a corrupt bundle is refused with a clear error and leaves nothing behind") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "c.tar.zst";
   source.agent({"run", "--name", "c", "test", "/usr/local/bin/counter"});
@@ -191,10 +179,8 @@ TEST_CASE("a corrupt bundle is refused with a clear error and leaves nothing beh
 
 TEST_CASE("a bundle whose core-1.img was edited to CapEff 0xfeffffff is refused, and the untouched one restores") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "c.tar.zst";
   auto hostile = scratch.path() / "hostile.tar.zst";

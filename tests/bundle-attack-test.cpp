@@ -21,11 +21,6 @@ using nlohmann::json;
 
 namespace {
 
-unsigned long lastCount(AgentHome& home, const std::string& name) {
-  auto c = counts(home.agent({"logs", name}));
-  return c.empty() ? 0 : c.back();
-}
-
 // A counter checkpointed and exported from `source` into `bundle`, then removed there.
 void exportCounter(AgentHome& source, const fs::path& bundle) {
   source.agent({"run", "--name", "web", "test", "/usr/local/bin/counter"});
@@ -51,10 +46,8 @@ constexpr uint64_t kCapSysAdmin = 1ull << 21;
 
 TEST_CASE("a spec.dump with hooks, a host file, a host device and extra capabilities is not used: the target's own spec is") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "web.tar.zst";
   auto hostile = scratch.path() / "spec.tar.zst";
@@ -105,10 +98,8 @@ TEST_CASE("a spec.dump with hooks, a host file, a host device and extra capabili
 
 TEST_CASE("identifiers in a bundle that are paths or carry newlines are refused, naming the field, and leave nothing") {
   REQUIRE_PRIVILEGES();
-  AgentHome source("src"), target("dst");
-  source.importTestImage();
-  target.importTestImage();
-  target.trustSigner(source);
+  AgentPair agents;
+  auto& [source, target] = agents;
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = scratch.path() / "web.tar.zst";
   exportCounter(source, bundle);

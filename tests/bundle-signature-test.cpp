@@ -17,11 +17,6 @@ using nlohmann::json;
 
 namespace {
 
-unsigned long lastCount(AgentHome& home, const std::string& name) {
-  auto c = counts(home.agent({"logs", name}));
-  return c.empty() ? 0 : c.back();
-}
-
 // The bundle's tar (zstd -d), edited by `edit`, compressed again into `out`:
 // what an attacker with the file can do without breaking the zstd frame.
 void rewriteTar(const fs::path& bundle, const fs::path& out, const std::function<void(std::string&)>& edit) {

@@ -70,6 +70,17 @@ json AgentHome::agentJson(const std::vector<std::string>& args) {
   return json::parse(agent(full));
 }
 
+AgentPair::AgentPair() {
+  source.importTestImage();
+  target.importTestImage();
+  target.trustSigner(source);
+}
+
+unsigned long lastCount(AgentHome& home, const std::string& name) {
+  auto c = counts(home.agent({"logs", name}));
+  return c.empty() ? 0 : c.back();
+}
+
 void AgentHome::importTestImage() { agent({"image", "import", testImage().string(), "test"}); }
 
 void AgentHome::trustSigner(AgentHome& signer) {

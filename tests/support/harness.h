@@ -57,6 +57,13 @@ class AgentHome {
   TempDir dir_;
 };
 
+// Two agents on this host with the test image, the target trusting the
+// source's signature: where every export/import test starts.
+struct AgentPair {
+  AgentPair();
+  AgentHome source{"src"}, target{"dst"};
+};
+
 // The multi-host lab (scripts/lab.sh up N) for one test; `lab.sh down` when
 // it dies, so no namespace, link or process outlives the test.
 class LabGuard {
@@ -131,6 +138,8 @@ bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds
 
 // Numbers from "count N" lines of a counter payload's log.
 std::vector<unsigned long> counts(const std::string& log);
+// The last of them in container `name`'s log on `home`, 0 before the first.
+unsigned long lastCount(AgentHome& home, const std::string& name);
 
 }  // namespace migrate::test
 
