@@ -378,7 +378,13 @@ Container Agent::run(const RunRequest& request) {
 std::string Agent::logs(const std::string& ref, size_t tailLines) {
   auto c = inspect(ref);
   // conmon writes k8s-file lines: "<time> <stream> <F|P> <text>"; show the text.
-  auto raw = readFileIfExists(c.paths.log()).value_or("");
+  // The log grows as long as the container writes: read its tail only, as
+  // much as a bundle carries (a first line cut in two is dropped below).
+  auto raw = readFileTailIfExists(c.paths.log(), bundle::kMaxCtrLogBytes).value_or("");
+  if (raw.size() == bundle::kMaxCtrLogBytes) {
+    auto nl = raw.find('\n');
+    raw.erase(0, nl == std::string::npos ? raw.size() : nl + 1);
+  }
   std::string out;
   size_t pos = 0;
   while (pos < raw.size()) {
