@@ -30,6 +30,7 @@
 #include "common/files.h"
 #include "common/hash-stream.h"
 #include "common/log.h"
+#include "common/untrusted-json.h"
 #include "common/syscall.h"
 #include "common/zstd-stream.h"
 #include "net/announce.h"
@@ -741,7 +742,9 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   // bundles are refused here, and the staging dir goes with them.
   std::string signer = checkBundleSignature(signature, manifest, request.trust);
 
-  auto config = ContainerConfig::fromJson(json::parse(readFile(staging.path() / "config.dump")));
+  auto config = ContainerConfig::fromJson(parseUntrustedJson(readFile(staging.path() / "config.dump"), "config.dump"));
+  // Only ever compared with this host's own spec; refused now if it could not be.
+  parseUntrustedJson(readFile(staging.path() / "spec.dump"), "spec.dump");
   checkUntrustedConfig(config);
   if (config.id != manifest.containerId || config.name != manifest.containerName) {
     fail(ErrorKind::InvalidInput, "bundle: config.dump names container " + quotedForMessage(config.name) + " (" +
@@ -811,8 +814,11 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   auto start = Clock::now();
   std::optional<json> checkpointedSpec;
   if (auto text = readFileIfExists(c.paths.dir / "spec.dump")) {
-    checkpointedSpec = json::parse(*text, nullptr, false);
-    if (checkpointedSpec->is_discarded()) checkpointedSpec.reset();
+    try {
+      checkpointedSpec = parseUntrustedJson(*text, "spec.dump");
+    } catch (const Error& e) {
+      logWarn("`" + c.config.name + "`: " + e.what() + "; not compared");
+    }
   }
 
   try {

@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/syscall.h"
+#include "common/untrusted-json.h"
 
 namespace migrate {
 
@@ -536,8 +537,8 @@ class BundleReader {
   }
 
   void acceptManifest(const std::function<void(const BundleManifest&)>& onManifest) {
-    nlohmann::json json = nlohmann::json::parse(manifestText_, nullptr, /*allow_exceptions=*/false);
-    if (json.is_discarded() || !json.is_object()) fail(ErrorKind::InvalidInput, "bundle: manifest.json is not a JSON object");
+    nlohmann::json json = parseUntrustedJson(manifestText_, "bundle: manifest.json");
+    if (!json.is_object()) fail(ErrorKind::InvalidInput, "bundle: manifest.json is not a JSON object");
     auto version = json.find("formatVersion");
     if (version == json.end() || !version->is_number_integer()) {
       fail(ErrorKind::InvalidInput, "bundle: manifest.json has no integer formatVersion");

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/untrusted-json.h"
 
 namespace migrate {
 
@@ -179,8 +180,7 @@ std::string checkBundleSignature(const ReadSignature& read, const BundleManifest
     fail(ErrorKind::InvalidInput, "bundle signature: the bundle is unsigned (it has no " +
                                       std::string(bundle::kSignature) + "); " + trust.refusalHint);
   }
-  json parsed = json::parse(*read.text, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) fail(ErrorKind::InvalidInput, "bundle signature: signature.json is not JSON");
+  json parsed = parseUntrustedJson(*read.text, "bundle signature: signature.json");
   BundleSignature s = BundleSignature::fromJson(parsed);
   if (s.text() != *read.text) {
     fail(ErrorKind::InvalidInput, "bundle signature: signature.json is not as its writer makes it (a changed byte?)");

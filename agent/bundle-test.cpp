@@ -738,7 +738,7 @@ TEST_CASE("bundle reader refuses wrong structure", "[bundle]") {
              Catch::Contains("duplicate entry"));
   CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, "{\"formatVersion\":" + std::to_string(kBundleFormatVersion) + "}").finish()),
              Catch::Contains("missing field"));
-  CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, "not json").finish()), Catch::Contains("not a JSON object"));
+  CHECK_THAT(readHostile(Tar().add("manifest.json", AE_IFREG, "not json").finish()), Catch::Contains("manifest.json: not valid JSON"));
   Declared short100;
   short100.rootfsDiffBytes = 100;
   CHECK_THAT(readHostile(Tar().minimal(short100).finish()), Catch::Contains("manifest says 100"));

@@ -11,6 +11,7 @@
 #include "common/files.h"
 #include "common/hash-stream.h"
 #include "common/log.h"
+#include "common/untrusted-json.h"
 #include "common/syscall.h"
 
 namespace migrate {
@@ -124,31 +125,10 @@ Fd bindUnixSocket(const std::filesystem::path& path) {
 
 }  // namespace
 
-// Nesting counted over brackets outside strings. It can only over-count
-// (invalid JSON is refused by the parser anyway), never let a deeper valid
-// document through.
 json parseJsonBody(const std::string& body, size_t maxDepth) {
   if (body.empty()) return json::object();
-  size_t depth = 0;
-  bool inString = false, escaped = false;
-  for (char c : body) {
-    if (inString) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') inString = false;
-    } else if (c == '"') {
-      inString = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > maxDepth) {
-        fail(ErrorKind::InvalidInput, "request body nests deeper than the limit of " + std::to_string(maxDepth) +
-                                          " levels");
-      }
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  json parsed = json::parse(body, nullptr, false);
-  if (parsed.is_discarded() || !parsed.is_object()) fail(ErrorKind::InvalidInput, "request body is not a JSON object");
+  json parsed = parseUntrustedJson(body, "request body", maxDepth);
+  if (!parsed.is_object()) fail(ErrorKind::InvalidInput, "request body is not a JSON object");
   return parsed;
 }
 

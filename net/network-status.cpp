@@ -5,6 +5,7 @@
 #include <charconv>
 
 #include "common/error.h"
+#include "common/untrusted-json.h"
 
 namespace migrate {
 
@@ -189,12 +190,7 @@ json cniResultToJson(const CniResult& result) {
 }
 
 std::vector<CniResult> parseNetworkStatus(std::string_view text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail(ErrorKind::InvalidInput, std::string("network.status: not valid JSON: ") + e.what());
-  }
+  json j = parseUntrustedJson(text, "network.status");
   std::vector<CniResult> results;
   if (j.is_null()) return results;
   if (!j.is_array()) fail(ErrorKind::InvalidInput, "network.status: not a JSON array of CNI results");

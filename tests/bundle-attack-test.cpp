@@ -152,6 +152,19 @@ TEST_CASE("identifiers in a bundle that are paths or carry newlines are refused,
     for (auto& e : fs::directory_iterator(target.dir() / "containers")) left.push_back(e.path().filename());
     CHECK(left.empty());
   }
+  // A spec.dump nested a quarter of a million levels deep: copying or
+  // comparing it would recurse past the stack; refused before that.
+  {
+    auto hostile = scratch.path() / "deep.tar.zst";
+    HostileBundle b(bundle);
+    writeFileAtomic(b.dir() / "spec.dump", std::string(1 << 18, '[') + std::string(1 << 18, ']'));
+    b.repack(hostile, source);
+    auto r = target.tryAgent({"restore", "--import", hostile.string()});
+    CHECK(r.status != 0);
+    CHECK_THAT(r.err, Catch::Contains("spec.dump: nests deeper than the limit of 64 levels"));
+    CHECK(target.agentJson({"ps"}).empty());
+    CHECK(mountsUnder(target.dir()).empty());
+  }
   // The untouched bundle restores right after.
   CHECK(target.agentJson({"restore", "--import", bundle.string()})["state"]["status"] == "running");
 }
