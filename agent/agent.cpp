@@ -835,7 +835,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     start = Clock::now();
     // The images may come from another host: checked against the spec this
     // host just wrote, before CRIU (as root) reads them.
-    checkCriuImages(c.paths.checkpoint(), json::parse(readFile(c.paths.spec())));
+    checkCriuImages(c.paths.checkpoint(), json::parse(readFile(c.paths.spec())), c.paths.rootfs());
     if (times) times->add("image-check", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;

@@ -25,7 +25,9 @@ namespace {
 
 constexpr size_t kReadBufferBytes = 1 << 20;
 constexpr uint64_t kMaxManifestBytes = 1 << 20;
-constexpr uint64_t kMaxDeletedFilesBytes = 256ull << 20;
+// Parsed whole (a JSON array of paths, ~25x its size in memory): 16 MiB is
+// some 100,000 deletions, and at most ~400 MB while it is read.
+constexpr uint64_t kMaxDeletedFilesBytes = 16ull << 20;
 constexpr uint64_t kMaxSignatureBytes = 64 << 10;
 // Our writer pads the tar to its 10 KiB record; anything much beyond that is not ours.
 constexpr uint64_t kMaxTrailingBytes = 1 << 20;

@@ -23,6 +23,7 @@
 #include "common/subprocess.h"
 #include "criu/images/cgroup.pb.h"
 #include "criu/images/core.pb.h"
+#include "criu/images/fdinfo.pb.h"
 #include "criu/images/ghost-file.pb.h"
 #include "criu/images/inventory.pb.h"
 #include "criu/images/mnt.pb.h"
@@ -135,19 +136,24 @@ void editCore(const fs::path& path, const std::function<void(core_entry&)>& edit
   writeCriuImage(path, criu::kCoreMagic, {&core});
 }
 
-std::vector<mnt_entry> readMounts(const fs::path& path) {
-  CriuImageReader reader(path, criu::kMntsMagic);
-  std::vector<mnt_entry> mounts;
-  mnt_entry m;
-  while (reader.next(m)) mounts.push_back(m);
-  return mounts;
+template <typename Message>
+std::vector<Message> readAll(const fs::path& path, uint32_t magic) {
+  CriuImageReader reader(path, magic);
+  std::vector<Message> all;
+  Message m;
+  while (reader.next(m)) all.push_back(m);
+  return all;
 }
 
-void writeMounts(const fs::path& path, const std::vector<mnt_entry>& mounts) {
+template <typename Message>
+void writeAll(const fs::path& path, uint32_t magic, const std::vector<Message>& all) {
   std::vector<const google::protobuf::MessageLite*> entries;
-  for (auto& m : mounts) entries.push_back(&m);
-  writeCriuImage(path, criu::kMntsMagic, entries);
+  for (auto& m : all) entries.push_back(&m);
+  writeCriuImage(path, magic, entries);
 }
+
+std::vector<mnt_entry> readMounts(const fs::path& path) { return readAll<mnt_entry>(path, criu::kMntsMagic); }
+void writeMounts(const fs::path& path, const std::vector<mnt_entry>& mounts) { writeAll(path, criu::kMntsMagic, mounts); }
 
 fs::path onlyImage(const fs::path& dir, const std::string& prefix) {
   for (auto& e : fs::directory_iterator(dir)) {
@@ -158,9 +164,9 @@ fs::path onlyImage(const fs::path& dir, const std::string& prefix) {
 }
 
 // The refusal's message, or "" when the images pass.
-std::string refusal(const fs::path& dir, const json& spec) {
+std::string refusal(const fs::path& dir, const json& spec, std::optional<fs::path> rootfs = std::nullopt) {
   try {
-    checkCriuImages(dir, spec);
+    checkCriuImages(dir, spec, rootfs);
     return "";
   } catch (const Error& e) {
     CHECK(e.kind() == ErrorKind::InvalidInput);
@@ -168,8 +174,10 @@ std::string refusal(const fs::path& dir, const json& spec) {
   }
 }
 
-// Appends a device node to a CRIU tmpfs tarball (gzip tar), keeping what it holds.
-void addDeviceNode(const fs::path& tarball, const std::string& name, mode_t type, unsigned maj, unsigned min) {
+// Appends a device node (or, with `symlinkTarget`, a symlink) to a CRIU
+// tmpfs tarball (gzip tar), keeping what it holds.
+void addTarEntry(const fs::path& tarball, const std::string& name, mode_t type, unsigned maj, unsigned min,
+                 const std::string& symlinkTarget = "") {
   auto original = readFile(tarball);
   std::unique_ptr<archive, decltype(&archive_read_free)> in(archive_read_new(), archive_read_free);
   archive_read_support_filter_gzip(in.get());
@@ -192,6 +200,7 @@ void addDeviceNode(const fs::path& tarball, const std::string& name, mode_t type
   archive_entry_set_perm(node, 0666);
   archive_entry_set_rdevmajor(node, maj);
   archive_entry_set_rdevminor(node, min);
+  if (!symlinkTarget.empty()) archive_entry_set_symlink(node, symlinkTarget.c_str());
   REQUIRE(archive_write_header(out.get(), node) == ARCHIVE_OK);
   archive_entry_free(node);
   REQUIRE(archive_write_close(out.get()) == ARCHIVE_OK);
@@ -273,11 +282,11 @@ TEST_CASE("criu images of a real root container pass, and each widening edit is 
     CHECK_THAT(refusal(images.path(), filtered), Catch::Contains("task 1 seccomp mode disabled, but the spec sets a seccomp filter"));
   }
   SECTION("a block device node in the /dev tmpfs tarball") {
-    addDeviceNode(devTarball(images.path()), "sda", AE_IFBLK, 8, 0);
+    addTarEntry(devTarball(images.path()), "sda", AE_IFBLK, 8, 0);
     CHECK_THAT(refusal(images.path(), spec), Catch::Contains("entry `./sda` is block device 8:0"));
   }
   SECTION("/dev/mem as a character device node") {
-    addDeviceNode(devTarball(images.path()), "mem", AE_IFCHR, 1, 1);
+    addTarEntry(devTarball(images.path()), "mem", AE_IFCHR, 1, 1);
     CHECK_THAT(refusal(images.path(), spec), Catch::Contains("entry `./mem` is character device 1:1, not one of the default devices"));
   }
   SECTION("a mount of the host's disk") {
@@ -312,6 +321,34 @@ TEST_CASE("criu images of a real root container pass, and each widening edit is 
     std::erase_if(mounts, [](const mnt_entry& m) { return m.mountpoint() == "/proc/sys"; });
     writeMounts(path, mounts);
     CHECK_THAT(refusal(images.path(), spec), Catch::Contains("`/proc/sys` is masked or read-only in the spec but not covered by a mount"));
+  }
+  SECTION("a masked path unmasked by a read-only proc bind, a read-only path bound from elsewhere") {
+    auto path = onlyImage(images.path(), "mountpoints-");
+    auto mounts = readMounts(path);
+    auto proc = std::find_if(mounts.begin(), mounts.end(), [](const mnt_entry& m) { return m.mountpoint() == "/proc"; });
+    REQUIRE(proc != mounts.end());
+    auto original = mounts;
+    bool edited = false;
+    for (auto& m : mounts) {
+      if (m.mountpoint() != "/proc/keys") continue;
+      auto parent = m.parent_mnt_id(), id = m.mnt_id();
+      m = *proc;
+      m.set_mnt_id(id);
+      m.set_parent_mnt_id(parent);
+      m.set_mountpoint("/proc/keys");
+      m.set_root("/keys");
+      m.set_flags(m.flags() | MS_RDONLY);
+      edited = true;
+    }
+    REQUIRE(edited);
+    writeMounts(path, mounts);
+    CHECK_THAT(refusal(images.path(), spec), Catch::Contains("at `/proc/keys`: a masked path must be covered by /dev/null or an empty tmpfs"));
+    mounts = original;
+    for (auto& m : mounts) {
+      if (m.mountpoint() == "/proc/sys") m.set_root("/");
+    }
+    writeMounts(path, mounts);
+    CHECK_THAT(refusal(images.path(), spec), Catch::Contains("at `/proc/sys`: a read-only path must be its own place in proc"));
   }
   SECTION("an external bind the spec does not make") {
     auto path = onlyImage(images.path(), "mountpoints-");
@@ -353,6 +390,31 @@ TEST_CASE("criu images of a real root container pass, and each widening edit is 
     REQUIRE(edited);
     writeCriuImage(images / "cgroup.img", criu::kCgroupMagic, {&cgroups});
     CHECK_THAT(refusal(images.path(), spec), Catch::Contains("devices.list allows `a *:* rwm`"));
+  }
+  SECTION("a symlink into /proc in the /dev tarball") {
+    addTarEntry(devTarball(images.path()), "x", AE_IFLNK, 0, 0, "/proc/self/fd");
+    CHECK_THAT(refusal(images.path(), spec),
+               Catch::Contains("entry `./x` is a symlink to `/proc/self/fd`: only runc's own /dev links"));
+  }
+  SECTION("an open file named by CRIU's own descriptors, a kernel interface, or through a symlink") {
+    auto path = onlyImage(images.path(), "files");
+    auto files = readAll<file_entry>(path, criu::kFilesMagic);
+    auto reg = std::find_if(files.begin(), files.end(), [](const file_entry& f) { return f.has_reg(); });
+    REQUIRE(reg != files.end());
+    auto named = [&](const std::string& name, std::optional<fs::path> rootfs = std::nullopt) {
+      reg->mutable_reg()->set_name(name);
+      writeAll(path, criu::kFilesMagic, files);
+      return refusal(images.path(), spec, rootfs);
+    };
+    CHECK_THAT(named("/proc/self/fd/7"), Catch::Contains("files under /proc and /sys are not restored"));
+    CHECK_THAT(named("/proc/kmsg"), Catch::Contains("files under /proc and /sys"));
+    CHECK_THAT(named("/dev/fd/7"), Catch::Contains("under /dev only the default devices"));
+    CHECK(named("/dev/null") == "");
+    TempDir rootfs("/var/tmp", "criu-check-rootfs");
+    fs::create_directories(rootfs.path() / "usr/local/bin");
+    fs::create_symlink("/proc/self/fd", rootfs.path() / "usr/local/bin/fds");
+    CHECK_THAT(named("/usr/local/bin/fds/7", rootfs.path()), Catch::Contains("goes through the symlink `/usr/local/bin/fds`"));
+    CHECK(named("/usr/local/bin/counter", rootfs.path()) == "");
   }
   SECTION("a file CRIU does not write for a runc container") {
     writeFileAtomic(images / "userns-7.img", "x");

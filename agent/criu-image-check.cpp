@@ -2,6 +2,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -17,6 +18,8 @@
 
 #include "agent/criu-images.h"
 #include "common/error.h"
+#include "common/fd.h"
+#include "common/files.h"
 #include "criu/images/cgroup.pb.h"
 #include "criu/images/core.pb.h"
 #include "criu/images/fdinfo.pb.h"
@@ -302,11 +305,33 @@ uint32_t numberIn(const std::string& name) {
   return static_cast<uint32_t>(std::stoul(name.substr(begin)));
 }
 
+// The symlinks runc makes in a container's /dev (libcontainer's default links).
+bool isRuncDevLink(const std::string& link, const std::string& target) {
+  static const std::map<std::string, std::string> kLinks = {
+      {"fd", "/proc/self/fd"},       {"stdin", "/proc/self/fd/0"}, {"stdout", "/proc/self/fd/1"},
+      {"stderr", "/proc/self/fd/2"}, {"ptmx", "pts/ptmx"},         {"core", "/proc/kcore"}};
+  auto it = kLinks.find(link);
+  return it != kLinks.end() && it->second == target;
+}
+
+// /dev paths an open file may have: the OCI default devices and the
+// filesystems the spec mounts under /dev.
+bool isDevicePathAllowed(const std::string& path) {
+  static const std::set<std::string> kDevices = {"/dev/null", "/dev/zero",    "/dev/full", "/dev/random",
+                                                 "/dev/urandom", "/dev/tty", "/dev/console", "/dev/ptmx"};
+  if (kDevices.count(path)) return true;
+  for (auto dir : {"/dev/pts/", "/dev/shm/", "/dev/mqueue/"}) {
+    if (path.rfind(dir, 0) == 0 && path.size() > std::string(dir).size()) return true;
+  }
+  return false;
+}
+
 // ---- the checks -------------------------------------------------------------
 
 class ImageChecker {
  public:
-  ImageChecker(const fs::path& dir, const SpecPolicy& policy) : dir_(dir), policy_(policy) {}
+  ImageChecker(const fs::path& dir, const SpecPolicy& policy, std::optional<fs::path> rootfs)
+      : dir_(dir), policy_(policy), rootfs_(std::move(rootfs)) {}
 
   void run() {
     listImages();
@@ -601,6 +626,20 @@ class ImageChecker {
                    policy_.readonlyPaths.count(e.mountpoint()) || console;
       if (!known) refuse(name, what + ": the spec mounts nothing there");
     }
+    // What covers a masked or read-only path is what runc puts there, not
+    // just any read-only mount of an allowed filesystem (a proc bind of
+    // /kcore over /proc/kcore would unmask it): /dev/null or an empty tmpfs
+    // over a masked path, the same place of the same proc bound read-only
+    // over a read-only one.
+    if (policy_.maskedPaths.count(e.mountpoint())) {
+      bool nullBind = key == "/dev/null";
+      bool emptyTmpfs = key.empty() && e.fstype() == TMPFS && e.root() == "/";
+      if (!nullBind && !emptyTmpfs) refuse(name, what + ": a masked path must be covered by /dev/null or an empty tmpfs");
+    } else if (policy_.readonlyPaths.count(e.mountpoint()) && key.empty() && e.mountpoint().rfind("/proc/", 0) == 0) {
+      if (e.fstype() != PROC || e.root() != e.mountpoint().substr(5)) {
+        refuse(name, what + ": a read-only path must be its own place in proc, bound read-only (root `" + e.root() + "`)");
+      }
+    }
     // Flags the spec sets must still be set (MS_* values, as CRIU stores them).
     uint32_t required = 0;
     if (auto spec = policy_.mounts.find(e.mountpoint()); spec != policy_.mounts.end()) {
@@ -663,7 +702,18 @@ class ImageChecker {
           refuse(name, "entry `" + entryName + "` is character device " + std::to_string(major) + ":" +
                            std::to_string(minor) + ", not one of the default devices");
         }
-      } else if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK && type != AE_IFIFO) {
+      } else if (type == AE_IFLNK) {
+        // A symlink in a tmpfs is a way for an open-file entry to reach what
+        // the spec never gave the container (/proc/self/fd/N is CRIU's own
+        // descriptors while it restores): only the links runc makes in /dev.
+        std::string target = archive_entry_symlink(entry) ? archive_entry_symlink(entry) : "";
+        std::string link = entryName.rfind("./", 0) == 0 ? entryName.substr(2) : entryName;
+        bool devTarball = name.rfind("tmpfs-dev-", 0) == 0;
+        if (!devTarball || !isRuncDevLink(link, target)) {
+          refuse(name, "entry `" + entryName + "` is a symlink to `" + target +
+                           "`: only runc's own /dev links may be symlinks in a tmpfs image");
+        }
+      } else if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFIFO) {
         refuse(name, "entry `" + entryName + "` has file type " + hex(type));
       }
       archive_read_data_skip(a.get());
@@ -683,11 +733,42 @@ class ImageChecker {
     }
   }
 
+  // CRIU opens each open file by its name, as root, in the container's
+  // mount namespace, while its own descriptors (the images directory among
+  // them) are still in the task: a name under /proc (`/proc/self/fd/N`) or
+  // /sys, or one that passes through a symlink, could hand the container a
+  // host directory or a kernel interface. A dump records the path the kernel
+  // resolved, so a real one never goes through a symlink.
   void checkRegFile(const std::string& name, const reg_file_entry& reg) {
     std::string what = "open file " + std::to_string(reg.id()) + " `" + reg.name() + "`";
     if (reg.ext()) refuse(name, what + " is an external file");
     if (hasDotDot(reg.name())) refuse(name, what + " leaves its mount");
     if (S_ISBLK(reg.mode())) refuse(name, what + " is a block device");
+    const std::string& path = reg.name();
+    auto under = [&](const std::string& dir) { return path == dir || path.rfind(dir + "/", 0) == 0; };
+    if (under("/proc") || under("/sys")) refuse(name, what + ": files under /proc and /sys are not restored from a bundle");
+    if (under("/dev") && !isDevicePathAllowed(path)) {
+      refuse(name, what + ": under /dev only the default devices, /dev/pts, /dev/shm and /dev/mqueue");
+    }
+    if (rootfs_) refuseSymlinkOnTheWay(name, what, path);
+  }
+
+  void refuseSymlinkOnTheWay(const std::string& name, const std::string& what, const std::string& path) {
+    Fd dir = openOrFail(*rootfs_, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    std::string walked;
+    std::istringstream parts(path);
+    std::string part;
+    while (std::getline(parts, part, '/')) {
+      if (part.empty() || part == ".") continue;
+      walked += "/" + part;
+      struct stat st;
+      if (::fstatat(dir.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;  // made at restore, or on a tmpfs
+      if (S_ISLNK(st.st_mode)) refuse(name, what + " goes through the symlink `" + walked + "`");
+      if (!S_ISDIR(st.st_mode)) return;
+      int next = ::openat(dir.get(), part.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (next < 0) return;
+      dir = Fd(next);
+    }
   }
 
   void checkOpenFiles(const std::string& name, bool oldLayout) {
@@ -760,6 +841,7 @@ class ImageChecker {
 
   fs::path dir_;
   const SpecPolicy& policy_;
+  std::optional<fs::path> rootfs_;  // the container's merged rootfs, when mounted
   std::error_code ec_;
   std::map<ImageKind, std::vector<std::string>> byKind_;
   task_kobj_ids_entry rootIds_;
@@ -770,9 +852,9 @@ class ImageChecker {
 
 }  // namespace
 
-void checkCriuImages(const fs::path& imagesDir, const json& spec) {
+void checkCriuImages(const fs::path& imagesDir, const json& spec, std::optional<fs::path> rootfs) {
   auto policy = SpecPolicy::fromSpec(spec);
-  ImageChecker(imagesDir, policy).run();
+  ImageChecker(imagesDir, policy, std::move(rootfs)).run();
 }
 
 }  // namespace migrate

@@ -30,6 +30,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -40,6 +41,9 @@ namespace fs = std::filesystem;
 // Throws Error(InvalidInput, "criu image `core-1.img`: task 1 CapEff 0x... exceeds
 // the spec's effective set 0x... (CAP_SYS_ADMIN, ...)") for the first thing
 // that does not hold; each refusal names the file, the task or mount, and the field.
-void checkCriuImages(const fs::path& imagesDir, const nlohmann::json& spec);
+// `rootfs`: the container's merged rootfs, mounted, where open files' paths
+// are walked for symlinks (see checkRegFile).
+void checkCriuImages(const fs::path& imagesDir, const nlohmann::json& spec,
+                     std::optional<fs::path> rootfs = std::nullopt);
 
 }  // namespace migrate

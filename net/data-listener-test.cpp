@@ -3,6 +3,8 @@
 // with the wrong key, as any host on the fabric could be.
 #include "net/data-listener.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -256,6 +258,46 @@ TEST_CASE("acceptTls: a flood of idle connections past the pending limit does no
   size_t closed = 0;
   for (auto& s : flood) closed += closedWithin(s, 1s);
   CHECK(closed == flood.size());
+}
+
+namespace {
+
+// A TCP connection to the listener from a loopback address of our choice
+// (every 127/8 address is this host's): another "host" on the fabric.
+Fd connectFrom(const char* source, uint16_t port) {
+  Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(fd.get() >= 0);
+  sockaddr_in from{}, to{};
+  from.sin_family = to.sin_family = AF_INET;
+  ::inet_pton(AF_INET, source, &from.sin_addr);
+  ::inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  to.sin_port = htons(port);
+  REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&from), sizeof from) == 0);
+  REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+  return fd;
+}
+
+}  // namespace
+
+TEST_CASE("acceptTls: a flood from one address evicts only its own connections, never another host's", "[receiver]") {
+  DataListener listener("127.0.0.1");
+  std::atomic<bool> stop{false};
+  auto psk = generatePsk();
+  auto data = noise(1 << 20, 15);
+  auto receiver = std::async(std::launch::async, [&] {
+    TlsStream tls = listener.acceptTls("m-peer", psk, 30s, stop, TlsAcceptOptions{});
+    return receive(tls);
+  });
+  // A slow sender's connection (its handshake not begun) from one host,
+  // then a flood far past every limit from another.
+  Fd slow = connectFrom("127.0.0.3", listener.port());
+  std::vector<Fd> flood;
+  for (size_t i = 0; i < 4 * kMaxPendingHandshakes; ++i) flood.push_back(connectFrom("127.0.0.2", listener.port()));
+  REQUIRE(closedWithin(flood[0], 2s));  // the flooder's own oldest went
+  CHECK_FALSE(closedWithin(slow, 500ms));  // the other host's is still pending
+  std::string ack = send(listener.port(), "m-peer", psk, data);
+  CHECK(receiver.get().digest == sha256Of(data));
+  CHECK(ack == sha256Of(data));
 }
 
 TEST_CASE("acceptTls: the pending limit holds while the flood lasts", "[receiver]") {

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <iterator>
@@ -198,6 +199,7 @@ TlsStream DataListener::acceptTls(const std::string& pskIdentity, std::span<cons
     TlsHandshake handshake;
     short events;
     Clock::time_point deadline;
+    std::string peerHost;  // its address without the port
   };
   std::deque<Pending> pending;  // oldest first
   size_t dropped = 0;
@@ -265,14 +267,24 @@ TlsStream DataListener::acceptTls(const std::string& pskIdentity, std::span<cons
     if (fds[0].revents & POLLIN) {
       Fd sock = tryAccept();
       if (!sock) continue;
-      if (pending.size() >= std::max<size_t>(options.maxPending, 1)) {
+      std::string peer = socketPeerName(sock.get());
+      std::string peerHost = peer.substr(0, peer.rfind(':'));
+      // One address makes room only among its own connections, so a
+      // stranger cannot evict a sender on another host without holding
+      // maxPending / maxPendingPerPeer addresses.
+      auto sameHost = [&](const Pending& p) { return p.peerHost == peerHost; };
+      if (static_cast<size_t>(std::count_if(pending.begin(), pending.end(), sameHost)) >=
+          std::max<size_t>(options.maxPendingPerPeer, 1)) {
+        drop(std::find_if(pending.begin(), pending.end(), sameHost),
+             "pending handshakes from " + peerHost + " at their limit of " + std::to_string(options.maxPendingPerPeer) +
+                 "; its oldest makes room");
+      } else if (pending.size() >= std::max<size_t>(options.maxPending, 1)) {
         drop(pending.begin(), "pending handshakes at their limit of " + std::to_string(options.maxPending) +
                                   "; the oldest makes room");
       }
-      std::string peer = socketPeerName(sock.get());
       try {
         pending.push_back(Pending{TlsHandshake::accept(std::move(sock), pskIdentity, psk, tls), POLLIN,
-                                  Clock::now() + options.handshakeTimeout});
+                                  Clock::now() + options.handshakeTimeout, peerHost});
       } catch (const Error& e) {
         // Our own parameters (key size, identity) are wrong: no sender can
         // ever authenticate.

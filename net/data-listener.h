@@ -18,10 +18,13 @@ namespace migrate {
 // bound; past this, the oldest makes room for the newest, so a flood can
 // neither exhaust fds nor keep the sender in the kernel's backlog.
 constexpr size_t kMaxPendingHandshakes = 16;
+// ... and from one address: past it, that address's oldest makes room.
+constexpr size_t kMaxPendingHandshakesPerPeer = 4;
 
 struct TlsAcceptOptions {
   std::chrono::milliseconds handshakeTimeout = kTlsHandshakeTimeout;  // per connection
   size_t maxPending = kMaxPendingHandshakes;
+  size_t maxPendingPerPeer = kMaxPendingHandshakesPerPeer;
   std::chrono::milliseconds ioTimeout = kDefaultTlsIoTimeout;  // of the stream returned
 };
 
