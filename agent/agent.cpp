@@ -325,9 +325,7 @@ void Agent::writeSpec(Container& c, const std::optional<json>& checkpointedSpec)
 Container Agent::run(const RunRequest& request) {
   std::lock_guard lock(mutex_);
   ErrorContext context("run `" + request.name + "`");
-  if (!isContainerName(request.name)) {
-    fail(ErrorKind::InvalidInput, "invalid name (use 1-64 of [A-Za-z0-9_.-], not starting with . or -)");
-  }
+  checkContainerName(request.name, "name");
   if (findIfExists(request.name)) fail(ErrorKind::Conflict, "a container with this name exists on " + options_.hostName);
   auto image = images_.find(request.image);
 
@@ -700,6 +698,7 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
                                   std::function<void(const json& manifest)> onManifest, std::string* sha256) {
   std::lock_guard lock(mutex_);
   ErrorContext context("import");
+  if (request.name) checkContainerName(*request.name, "name");
   // Unpack into a directory beside the containers' that no listing sees
   // (no container.json yet) and that disappears if anything fails; locked
   // while we live, so removeStaleImports() knows it is not stale.
@@ -716,14 +715,12 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
     }
   } checkpointMount{staging.path() / "checkpoint"};
   std::optional<NameReservation> reservation;
-  std::string reservedName;
   Sha256InputStream hashed(in);
   ZstdInputStream zstd(hashed);
   ReadSignature signature;
   auto manifest = readBundle(zstd, staging.path(), options_.importLimits, [&](const BundleManifest& m) {
     if (onManifest) onManifest(m.toJson());
-    reservedName = request.name.value_or(m.containerName);
-    reservation.emplace(options_.stateDir, reservedName, options_.hostName);
+    reservation.emplace(options_.stateDir, request.name.value_or(m.containerName), options_.hostName);
     // Where the staging dir, and so rootfs-diff/, lands (it may be a mount of its own).
     fs::path landing = options_.stateDir / "containers";
     precheckImport(m, HostCapacity::measure(landing), options_.checkpointsInMemory, landing);
@@ -764,7 +761,6 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   config.imageName = image->names.empty() ? image->digest : image->names.front();
   bool renamed = request.name && *request.name != config.name;
   if (renamed) {
-    if (!isContainerName(*request.name)) fail(ErrorKind::InvalidInput, "invalid name `" + *request.name + "`");
     config.name = *request.name;
     config.id = newContainerId();
     config.hostname = config.name;

@@ -21,6 +21,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/subprocess.h"
+#include "tests/support/privileges.h"
 #include "criu/images/cgroup.pb.h"
 #include "criu/images/core.pb.h"
 #include "criu/images/fdinfo.pb.h"
@@ -33,24 +34,6 @@ using namespace criupb;
 using nlohmann::json;
 
 namespace {
-
-std::optional<std::string> missingPrivileges() {
-  if (::geteuid() != 0) return "needs root (runc, CRIU, mounts)";
-  for (auto tool : {"runc", "conmon", "criu"}) {
-    if (runCapture(SubprocessOptions::of({"sh", "-c", std::string("command -v ") + tool})).status != 0) {
-      return std::string(tool) + " is not installed (scripts/install-deps.sh)";
-    }
-  }
-  return std::nullopt;
-}
-
-#define REQUIRE_PRIVILEGES()                   \
-  do {                                         \
-    if (auto why = missingPrivileges()) {      \
-      WARN("skipped: " << *why);               \
-      return;                                  \
-    }                                          \
-  } while (0)
 
 // A container checkpointed by a real agent (left running, so that its
 // images stay while the container goes on); removed with the agent's state.

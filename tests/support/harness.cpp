@@ -26,15 +26,6 @@ fs::path binary(const std::string& name) {
 
 fs::path testImage() { return TEST_IMAGE; }
 
-std::optional<std::string> missingPrivileges() {
-  if (::geteuid() != 0) return "needs root (runc, CRIU, mounts)";
-  for (auto tool : {"runc", "conmon", "criu"}) {
-    if (runCapture(SubprocessOptions::of({"sh", "-c", std::string("command -v ") + tool})).status != 0) {
-      return std::string(tool) + " is not installed (scripts/install-deps.sh)";
-    }
-  }
-  return std::nullopt;
-}
 
 AgentHome::AgentHome(std::string hostName) : host_(std::move(hostName)), dir_("/var/tmp", "migrate-test-" + host_) {}
 

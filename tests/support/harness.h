@@ -14,6 +14,7 @@
 
 #include "common/files.h"
 #include "common/subprocess.h"
+#include "tests/support/privileges.h"
 
 namespace migrate::test {
 
@@ -21,9 +22,6 @@ namespace fs = std::filesystem;
 
 fs::path binary(const std::string& name);   // build tree: agent/migrate-agent, ...
 fs::path testImage();
-
-// Why a test that needs root, runc and CRIU cannot run here, or nullopt.
-std::optional<std::string> missingPrivileges();
 
 // A migrate-agent state directory for one test; its destructor removes every
 // container it still holds (runc delete --force, overlay unmount) and the dir.
@@ -142,13 +140,3 @@ std::vector<unsigned long> counts(const std::string& log);
 unsigned long lastCount(AgentHome& home, const std::string& name);
 
 }  // namespace migrate::test
-
-// Returns from the test (with a warning naming the reason) where it cannot
-// run: not root, or runc/conmon/CRIU missing. CI has them all.
-#define REQUIRE_PRIVILEGES()                                      \
-  do {                                                            \
-    if (auto why = ::migrate::test::missingPrivileges()) {        \
-      WARN("skipped: " << *why);                                  \
-      return;                                                     \
-    }                                                             \
-  } while (0)
