@@ -29,6 +29,7 @@ struct GlobalOptions {
   BundleLimits importLimits;
   int restoreTimeoutSeconds = 0;
   uint64_t criuLogMaxBytes = RuntimeOptions{}.criuLogMaxBytes;
+  std::string usernsRange = IdRange{}.text();
 };
 
 AgentOptions agentOptions(const GlobalOptions& g) {
@@ -46,6 +47,7 @@ AgentOptions agentOptions(const GlobalOptions& g) {
   o.importLimits = g.importLimits;
   o.runtime.restoreTimeout = std::chrono::seconds(g.restoreTimeoutSeconds);
   o.runtime.criuLogMaxBytes = g.criuLogMaxBytes;
+  o.idRange = IdRange::parse(g.usernsRange);
   // Made at the first start, kept in the state dir (0600).
   o.signingKey = std::make_shared<const SigningKey>(SigningKey::loadOrCreate(o.stateDir / "signing.key"));
   return o;
@@ -139,6 +141,9 @@ int main(int argc, char** argv) {
                  "seconds before a CRIU restore is killed (0: 30 s + 10 s per GiB of images)")->capture_default_str();
   app.add_option("--criu-log-max-bytes", g.criuLogMaxBytes, "restore.log size at which a CRIU restore is killed")
       ->capture_default_str();
+  app.add_option("--userns-range", g.usernsRange,
+                 "host ids FIRST:COUNT for containers' user namespaces, 65536 each (docs/userns.md)")
+      ->capture_default_str();
 
   std::function<void()> action;
 
@@ -186,6 +191,12 @@ int main(int argc, char** argv) {
   runCmd->add_option("--hostname", runRequest.hostname);
   bool noNetwork = false;
   runCmd->add_flag("--no-network", noNetwork, "loopback only");
+  std::string userns = "auto";
+  runCmd->add_option("--userns", userns,
+                     "auto: a user namespace of its own (container root is an unprivileged host uid); "
+                     "host: the host's (container root is host root)")
+      ->check(CLI::IsMember({"auto", "host"}))
+      ->capture_default_str();
   runCmd->add_option("image", runRequest.image)->required();
   runCmd->prefix_command();  // everything after the image is the container's command
   runCmd->callback([&] {
@@ -193,6 +204,7 @@ int main(int argc, char** argv) {
     action = [&] {
       Agent agent(agentOptions(g));
       runRequest.network = !noNetwork;
+      runRequest.hostUserns = userns == "host";
       auto c = agent.run(runRequest);
       printOne(g, c.toJson(), c.config.id);
     };
@@ -395,6 +407,26 @@ int main(int argc, char** argv) {
       Agent agent(agentOptions(g));
       std::string key = publicKeyText(agent.options().signingKey->publicKey());
       printOne(g, {{"publicKey", key}, {"file", (agent.options().stateDir / "signing.key").string()}}, key);
+    };
+  });
+
+  // network-hook: runc's prestart hook for a container in a user namespace
+  // (agent/network-hook.h); not for people, so not in --help.
+  NetworkHookRequest hookRequest;
+  std::string hookIp, hookMac;
+  auto* hookCmd = app.add_subcommand("network-hook", "")->group("");
+  hookCmd->add_option("id", hookRequest.containerId)->required();
+  hookCmd->add_option("--ip", hookIp);
+  hookCmd->add_option("--mac", hookMac);
+  hookCmd->add_flag("--lock", hookRequest.lock);
+  hookCmd->callback([&] {
+    action = [&] {
+      if (!hookIp.empty()) hookRequest.ip = hookIp;
+      if (!hookMac.empty()) hookRequest.mac = hookMac;
+      if (g.cniConfig.empty()) fail(ErrorKind::InvalidInput, "network-hook needs --cni-config");
+      fs::path state = g.stateDir;
+      runNetworkHook(state, g.cniConfig, hookRequest, std::cin,
+                     ContainerPaths{state / "containers" / hookRequest.containerId}.networkAttachment());
     };
   });
 

@@ -113,7 +113,7 @@ Agent::Agent(AgentOptions options)
       }()),
       images_(options_.stateDir / "images"),
       runtime_(options_.runtime),
-      cni_({"/usr/lib/cni"}, options_.stateDir / "cni-cache") {
+      cni_(agentCniClient(options_.stateDir)) {
   fs::create_directories(options_.stateDir / "containers");
   // runc reads CRIU options from the file named by the org.criu.config
   // annotation. nftables locks the network during a TCP dump and restore:
@@ -226,9 +226,59 @@ Container Agent::inspect(const std::string& ref) {
   return *c;
 }
 
+namespace {
+
+OverlayPaths overlayPaths(const Container& c, fs::path lower) {
+  return OverlayPaths{std::move(lower), c.paths.upper(), c.paths.work(), c.paths.rootfs(), c.config.idMapping,
+                      c.paths.mappedLower()};
+}
+
+}  // namespace
+
 void Agent::prepareStorage(const Container& c) {
   auto image = images_.find(c.config.imageDigest);
-  mountOverlay(OverlayPaths{images_.rootfsPath(image), c.paths.upper(), c.paths.work(), c.paths.rootfs()});
+  if (c.config.idMapping) {
+    fs::create_directories(c.paths.rootfs());
+    makeSearchable(c.paths.rootfs(), options_.stateDir);
+  }
+  mountOverlay(overlayPaths(c, images_.rootfsPath(image)));
+}
+
+std::vector<IdMapping> Agent::mappingsInUse(const std::string& exceptName) {
+  std::vector<IdMapping> taken;
+  for (auto& other : list()) {
+    if (other.config.idMapping && other.config.name != exceptName) taken.push_back(*other.config.idMapping);
+  }
+  return taken;
+}
+
+void Agent::checkIdMappingAvailable(const IdMapping& mapping, const std::string& name) {
+  std::lock_guard lock(mutex_);
+  if (!options_.idRange.contains(mapping)) {
+    fail(ErrorKind::Conflict, "user namespace mapping " + mapping.text() + " of `" + name + "` is outside " +
+                                  options_.hostName + "'s range " + options_.idRange.text() + " (--userns-range)");
+  }
+  for (auto& other : list()) {
+    if (!other.config.idMapping || other.config.name == name || !other.config.idMapping->overlaps(mapping)) continue;
+    fail(ErrorKind::Conflict, "user namespace mapping " + mapping.text() + " of `" + name + "` overlaps `" +
+                                  other.config.name + "`'s " + other.config.idMapping->text() + " on " +
+                                  options_.hostName);
+  }
+}
+
+bool Agent::attachesFromHook(const Container& c) const {
+  return c.config.idMapping && c.config.network && options_.cniConfig;
+}
+
+void Agent::adoptNetworkAttachment(Container& c) {
+  auto text = readFileIfExists(c.paths.networkAttachment());
+  if (!text) return;
+  auto status = parseNetworkStatus(*text);
+  c.state.netns = pinnedNetnsPath(options_.stateDir, c.config.id).string();
+  c.state.networkStatus = json::parse(serializeNetworkStatus(status));
+  c.state.ip = requestedIp(status).value_or("");
+  c.state.mac = requestedMac(status).value_or("");
+  fs::remove(c.paths.networkAttachment());
 }
 
 // A persistent netns for the container, attached to the host's CNI network
@@ -299,11 +349,15 @@ void Agent::reattachAddress(Container& c) {
 // paths, seccomp or LSM settings). The spec it was checkpointed with is only
 // compared, and what differs is logged. CRIU restores into the same mounts
 // and namespaces because the source generated its spec the same way.
-void Agent::writeSpec(Container& c, const std::optional<json>& checkpointedSpec) {
+void Agent::writeSpec(Container& c, const std::optional<json>& checkpointedSpec, const NetworkHookRequest& hook) {
   SpecInputs inputs;
   inputs.rootfs = c.paths.rootfs();
   inputs.bindMounts = makeBindMounts(c.config, c.paths.userdata(), c.state.ip);
-  if (!c.state.netns.empty()) inputs.netns = c.state.netns;
+  if (attachesFromHook(c)) {
+    inputs.networkHook = networkHookCommand(options_.stateDir, *options_.cniConfig, hook);
+  } else if (!c.state.netns.empty()) {
+    inputs.netns = c.state.netns;
+  }
   inputs.cgroupsPath = cgroupsPath(c.config.id);
   inputs.criuConfig = criuConfig();
   auto image = images_.find(c.config.imageDigest);
@@ -345,6 +399,7 @@ Container Agent::run(const RunRequest& request) {
   c.config.hostname = request.hostname.empty() ? request.name : request.hostname;
   c.config.network = request.network && options_.cniConfig.has_value();
   c.config.createdAt = nowIso8601();
+  if (!request.hostUserns) c.config.idMapping = allocateIdMapping(options_.idRange, c.config.id, mappingsInUse(""));
   c.paths = pathsFor(c.config.id);
   fs::create_directories(c.paths.dir);
   c.state.status = ContainerStatus::Created;
@@ -352,9 +407,10 @@ Container Agent::run(const RunRequest& request) {
 
   try {
     prepareStorage(c);
-    setupNetwork(c, std::nullopt, std::nullopt, false);
-    writeSpec(c, std::nullopt);
+    if (!attachesFromHook(c)) setupNetwork(c, std::nullopt, std::nullopt, false);
+    writeSpec(c, std::nullopt, NetworkHookRequest{c.config.id, std::nullopt, std::nullopt, false});
     c.state.pid = runtime_.create(c.config.id, c.paths);
+    adoptNetworkAttachment(c);
     runtime_.start(c.config.id);
     c.state.status = ContainerStatus::Running;
     c.state.startedAt = nowIso8601();
@@ -363,6 +419,7 @@ Container Agent::run(const RunRequest& request) {
     // Nothing half-made stays: runc state, mounts, network, the directory.
     try {
       runtime_.remove(c.config.id);
+      adoptNetworkAttachment(c);
       cleanupAfterStop(c);
       removeTree(c.paths.dir);
     } catch (const std::exception& e) {
@@ -413,7 +470,7 @@ std::string Agent::logs(const std::string& ref, size_t tailLines) {
 }
 
 void Agent::cleanupAfterStop(Container& c) {
-  unmountOverlay(c.paths.rootfs());
+  unmountOverlay(overlayPaths(c, {}));
   teardownNetwork(c);
   pruneCgroupParents();
 }
@@ -825,8 +882,13 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     std::optional<std::string> ip, mac;
     if (!request.ignoreStaticIp && !c.state.ip.empty()) ip = c.state.ip;
     if (!request.ignoreStaticMac && !c.state.mac.empty()) mac = c.state.mac;
-    setupNetwork(c, ip, mac, true);
-    writeSpec(c, checkpointedSpec);
+    if (attachesFromHook(c)) {
+      // A netns left from its last life here (a rollback): the hook makes a new one.
+      teardownNetwork(c);
+    } else {
+      setupNetwork(c, ip, mac, true);
+    }
+    writeSpec(c, checkpointedSpec, NetworkHookRequest{c.config.id, ip, mac, true});
     if (times) times->add("network", secondsSince(start));
     start = Clock::now();
     // The images may come from another host: checked against the spec this
@@ -835,7 +897,14 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (times) times->add("image-check", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
+    if (c.config.idMapping) {
+      // CRIU reads the last images as the container's root, inside its user
+      // namespace: the directory (0700) becomes that uid's, still no one else's.
+      SYSCALL(::lchown(c.paths.checkpoint().c_str(), c.config.idMapping->hostId, c.config.idMapping->hostId), "chown",
+              c.paths.checkpoint().string());
+    }
     c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages, cgroupsPath(c.config.id)});
+    adoptNetworkAttachment(c);
     if (!c.state.netns.empty()) {
       unlockNetns(c.state.netns);
       if (!c.state.ip.empty()) announceAddress(c.state.netns, "eth0", c.state.ip);
@@ -844,6 +913,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   } catch (...) {
     try {
       runtime_.remove(c.config.id);
+      adoptNetworkAttachment(c);
       cleanupAfterStop(c);
       save(c);
     } catch (const std::exception& e) {

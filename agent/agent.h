@@ -16,6 +16,7 @@
 #include "agent/bundle-signature.h"
 #include "agent/container.h"
 #include "agent/image-store.h"
+#include "agent/network-hook.h"
 #include "agent/runtime.h"
 #include "common/stream.h"
 #include "net/cni.h"
@@ -29,6 +30,8 @@ struct AgentOptions {
   RuntimeOptions runtime;              // runcRoot defaults to stateDir/runc
   bool checkpointsInMemory = true;     // CRIU images on a tmpfs per container (storage.h)
   BundleLimits importLimits;           // this host's caps on any bundle, whatever its manifest declares
+  // Host ids this agent maps containers' user namespaces to (--userns-range).
+  IdRange idRange;
   // Signs every bundle this agent exports; made by main() from
   // <stateDir>/signing.key (agent/bundle-signature.h). Export refuses without.
   std::shared_ptr<const SigningKey> signingKey;
@@ -41,6 +44,10 @@ struct RunRequest {
   std::vector<std::string> env;
   std::string workingDir, user, hostname;
   bool network = true;                 // has effect only when the agent has a CNI config
+  // false: a user namespace with a mapping allocated from the agent's range
+  // (the default); true: the host's (--userns=host; root in the container is
+  // root on the host).
+  bool hostUserns = false;
 };
 
 struct CheckpointRequest {
@@ -147,6 +154,11 @@ class Agent {
   Container importCheckpoint(InputStream& in, const ImportRequest& request,
                              std::function<void(const nlohmann::json& manifest)> onManifest = {},
                              std::string* sha256 = nullptr);
+  // Conflict "user namespace mapping … of `name` overlaps `other`'s" when
+  // `mapping` cannot be given to a container here: outside this agent's
+  // range, or overlapping a container's (any state). A target calls it
+  // before anything of a migration is made, and again at import.
+  void checkIdMappingAvailable(const IdMapping& mapping, const std::string& name);
   // Storage, network with the requested IP and MAC, bind mounts, runc restore.
   Container restore(const std::string& ref, const RestoreRequest& request, PhaseTimes* times = nullptr);
 
@@ -164,7 +176,15 @@ class Agent {
   // and CNI ADD into that same netns (same IP and MAC) if they resume here.
   void releaseAddress(Container& container);
   void reattachAddress(Container& container);
-  void writeSpec(Container& container, const std::optional<nlohmann::json>& checkpointedSpec);
+  // `hook`: how the network hook attaches a container in a user namespace
+  // (agent/network-hook.h); ignored for one in the host's.
+  void writeSpec(Container& container, const std::optional<nlohmann::json>& checkpointedSpec,
+                 const NetworkHookRequest& hook);
+  bool attachesFromHook(const Container& container) const;
+  // Takes what the network hook attached (network-attachment.json) into the
+  // container's state; no-op when the hook did not run or failed.
+  void adoptNetworkAttachment(Container& container);
+  std::vector<IdMapping> mappingsInUse(const std::string& exceptName);
   void cleanupAfterStop(Container& container);
   void prepareCheckpointDirectory(const fs::path& dir);
   void releaseCheckpointFiles(const Container& container);

@@ -28,7 +28,7 @@ T field(const nlohmann::json& json, const char* name) {
 }  // namespace
 
 nlohmann::json BundleManifest::toJson() const {
-  return {
+  nlohmann::json j = {
       {"formatVersion", formatVersion},   {"containerName", containerName},
       {"containerId", containerId},       {"imageDigest", imageDigest},
       {"imageName", imageName},           {"sourceHost", sourceHost},
@@ -37,6 +37,8 @@ nlohmann::json BundleManifest::toJson() const {
       {"rootfsDiffBytes", rootfsDiffBytes}, {"checkpointEntries", checkpointEntries},
       {"rootfsDiffEntries", rootfsDiffEntries}, {"tcpEstablished", tcpEstablished},
   };
+  j["idMapping"] = idMapping ? idMapping->toJson() : nlohmann::json();
+  return j;
 }
 
 BundleManifest BundleManifest::fromJson(const nlohmann::json& json) {
@@ -56,6 +58,10 @@ BundleManifest BundleManifest::fromJson(const nlohmann::json& json) {
   m.checkpointEntries = field<uint64_t>(json, "checkpointEntries");
   m.rootfsDiffEntries = field<uint64_t>(json, "rootfsDiffEntries");
   m.tcpEstablished = field<bool>(json, "tcpEstablished");
+  // Required, null for the host's user namespace: a writer that leaves it
+  // out cannot have its rootfs-diff ids taken as host ids by mistake.
+  if (!json.contains("idMapping")) fail(ErrorKind::InvalidInput, "bundle manifest: missing field `idMapping`");
+  if (!json["idMapping"].is_null()) m.idMapping = IdMapping::fromJson(json["idMapping"], "bundle manifest: idMapping");
   // Identifiers name directories, log lines and records here: checked now,
   // before anything is written for the bundle.
   checkContainerName(m.containerName, "bundle manifest: `containerName`");

@@ -33,8 +33,11 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
+
+#include "agent/id-mapping.h"
 
 namespace migrate {
 
@@ -87,6 +90,11 @@ struct BundleManifest {
   uint64_t checkpointEntries = 0;
   uint64_t rootfsDiffEntries = 0;
   bool tcpEstablished = false;  // checkpointed with --tcp-established
+  // The container's user namespace (agent/id-mapping.h), as in its
+  // config.dump; none: the host's. With one, rootfs-diff/ carries container
+  // ids (0 = its root): the writer subtracts hostId, the reader adds the
+  // target's, and refuses an id past `size`.
+  std::optional<IdMapping> idMapping;
 
   nlohmann::json toJson() const;
   // Throws Error(InvalidInput) naming the missing or ill-typed field.

@@ -16,10 +16,12 @@ namespace migrate {
 using nlohmann::json;
 
 json ContainerConfig::toJson() const {
-  return {{"id", id},           {"name", name},       {"imageDigest", imageDigest},
-          {"imageName", imageName}, {"args", args},   {"env", env},
-          {"workingDir", workingDir}, {"user", user}, {"hostname", hostname},
-          {"network", network}, {"createdAt", createdAt}};
+  json j = {{"id", id},           {"name", name},       {"imageDigest", imageDigest},
+            {"imageName", imageName}, {"args", args},   {"env", env},
+            {"workingDir", workingDir}, {"user", user}, {"hostname", hostname},
+            {"network", network}, {"createdAt", createdAt}};
+  j["idMapping"] = idMapping ? idMapping->toJson() : json();
+  return j;
 }
 
 ContainerConfig ContainerConfig::fromJson(const json& j) {
@@ -36,6 +38,8 @@ ContainerConfig ContainerConfig::fromJson(const json& j) {
     c.hostname = j.value("hostname", "");
     c.network = j.value("network", false);
     c.createdAt = j.value("createdAt", "");
+    // Absent or null: the host's user namespace (records older than user namespaces).
+    if (j.contains("idMapping") && !j["idMapping"].is_null()) c.idMapping = IdMapping::fromJson(j["idMapping"], "idMapping");
     return c;
   } catch (const json::exception& e) {
     fail(ErrorKind::InvalidInput, std::string("container config: ") + e.what());

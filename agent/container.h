@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/id-mapping.h"
+
 namespace migrate {
 
 namespace fs = std::filesystem;
@@ -26,6 +28,8 @@ struct ContainerConfig {
   std::string user;              // "uid[:gid]"; empty = image's or root
   std::string hostname;
   bool network = false;          // joins the host's CNI network (else loopback only)
+  // Its user namespace (agent/id-mapping.h); none: the host's (--userns=host).
+  std::optional<IdMapping> idMapping;
   std::string createdAt;
 
   nlohmann::json toJson() const;
@@ -67,6 +71,8 @@ struct ContainerPaths {
   fs::path upper() const { return dir / "upper"; }
   fs::path work() const { return dir / "work"; }
   fs::path userdata() const { return dir / "userdata"; }    // generated /etc files
+  fs::path mappedLower() const { return dir / "lower"; }    // the image rootfs, idmapped (user namespace only)
+  fs::path networkAttachment() const { return dir / "network-attachment.json"; }  // the network hook's CNI result
   fs::path log() const { return dir / "ctr.log"; }
   fs::path pidFile() const { return dir / "pidfile"; }
   fs::path conmonPidFile() const { return dir / "conmon.pid"; }

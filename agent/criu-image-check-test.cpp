@@ -28,6 +28,7 @@
 #include "criu/images/ghost-file.pb.h"
 #include "criu/images/inventory.pb.h"
 #include "criu/images/mnt.pb.h"
+#include "criu/images/userns.pb.h"
 
 using namespace migrate;
 using namespace criupb;
@@ -343,10 +344,40 @@ TEST_CASE("criu images of a real root container pass, and each widening edit is 
     CHECK_THAT(refusal(images.path(), spec), Catch::Contains("external mount `/etc/shadow` is not a bind mount of the spec"));
   }
   SECTION("a user namespace the spec does not create") {
-    auto ids = readOne<task_kobj_ids_entry>(images / "ids-1.img", criu::kIdsMagic);
-    ids.set_user_ns_id(4242);
-    writeCriuImage(images / "ids-1.img", criu::kIdsMagic, {&ids});
-    CHECK_THAT(refusal(images.path(), spec), Catch::Contains("criu image `ids-1.img`: task 1 user namespace 4242 is one the spec does not create"));
+    // A target that runs the container in the host's user namespace.
+    json hostSpec = spec;
+    auto& namespaces = hostSpec["linux"]["namespaces"];
+    namespaces.erase(std::remove(namespaces.begin(), namespaces.end(), json{{"type", "user"}}), namespaces.end());
+    hostSpec["linux"].erase("uidMappings");
+    hostSpec["linux"].erase("gidMappings");
+    CHECK_THAT(refusal(images.path(), hostSpec), Catch::Matches(".*userns-[0-9]+\\.img`: holds a user namespace the spec does not create"));
+  }
+  SECTION("user namespace maps other than the spec's") {
+    fs::path userns;
+    for (auto& e : fs::directory_iterator(images.path())) {
+      if (e.path().filename().string().rfind("userns-", 0) == 0) userns = e.path();
+    }
+    REQUIRE(!userns.empty());
+    auto entry = readOne<userns_entry>(userns, criu::kUsernsMagic);
+    REQUIRE(entry.uid_map_size() == 1);
+    SECTION("uid 0 mapped to host root") {
+      entry.mutable_uid_map(0)->set_lower_first(0);
+      writeCriuImage(userns, criu::kUsernsMagic, {&entry});
+      CHECK_THAT(refusal(images.path(), spec), Catch::Contains("uid_map [0 0 65536] is not this host's mapping for the container"));
+    }
+    SECTION("a second gid extent") {
+      auto* extra = entry.add_gid_map();
+      extra->set_first(70000);
+      extra->set_lower_first(0);
+      extra->set_count(1);
+      writeCriuImage(userns, criu::kUsernsMagic, {&entry});
+      CHECK_THAT(refusal(images.path(), spec), Catch::Contains("gid_map"));
+    }
+    SECTION("a wider uid extent") {
+      entry.mutable_uid_map(0)->set_count(1u << 31);
+      writeCriuImage(userns, criu::kUsernsMagic, {&entry});
+      CHECK_THAT(refusal(images.path(), spec), Catch::Contains("is not this host's mapping"));
+    }
   }
   SECTION("a block device as a ghost file") {
     ghost_file_entry ghost;
@@ -400,8 +431,12 @@ TEST_CASE("criu images of a real root container pass, and each widening edit is 
     CHECK(named("/usr/local/bin/counter", rootfs.path()) == "");
   }
   SECTION("a file CRIU does not write for a runc container") {
+    writeFileAtomic(images / "ns-files.img", "x");
+    CHECK_THAT(refusal(images.path(), spec), Catch::Contains("criu image `ns-files.img`: not a file CRIU writes for a runc container"));
+  }
+  SECTION("a second user namespace") {
     writeFileAtomic(images / "userns-7.img", "x");
-    CHECK_THAT(refusal(images.path(), spec), Catch::Contains("criu image `userns-7.img`: not a file CRIU writes for a runc container"));
+    CHECK_THAT(refusal(images.path(), spec), Catch::Contains("criu image `userns-7.img`: a second user namespace"));
   }
   SECTION("an entry whose size runs past the end of the file") {
     auto bytes = readFile(core);
@@ -450,25 +485,18 @@ TEST_CASE("criu images of a container restored once and checkpointed again pass"
 
 TEST_CASE("criu images of a non-root task: ids stay the spec's user") {
   REQUIRE_PRIVILEGES();
-  // CRIU cannot dump a non-root task on a host without CAP_SYS_RESOURCE (its
-  // prlimit on the task fails, as here), so the root container's images are
-  // made into what a task of user 1000 holds after runc's exec under
-  // no_new_privs: its ids, no capabilities but the bounding set.
-  RealCheckpoint real("");
+  // A real dump of a task of user 1000 (in the container's user namespace;
+  // in the host's, CRIU cannot read its rlimits without CAP_SYS_RESOURCE):
+  // CRIU records the ids as the namespace sees them.
+  RealCheckpoint real("1000:1000");
   json spec = real.spec();
-  spec["process"]["user"] = {{"uid", 1000}, {"gid", 1000}};
+  CHECK(spec["process"]["user"] == json{{"uid", 1000}, {"gid", 1000}});
   ImagesCopy images(real.images());
   auto core = images / "core-1.img";
-  editCore(core, [](core_entry& c) {
-    auto* creds = c.mutable_thread_core()->mutable_creds();
-    for (auto set : {&creds_entry::set_uid, &creds_entry::set_euid, &creds_entry::set_suid, &creds_entry::set_fsuid,
-                     &creds_entry::set_gid, &creds_entry::set_egid, &creds_entry::set_sgid, &creds_entry::set_fsgid}) {
-      (creds->*set)(1000);
-    }
-    for (auto* caps : {creds->mutable_cap_prm(), creds->mutable_cap_eff()}) {
-      for (auto& word : *caps) word = 0;
-    }
-  });
+  auto creds = readOne<core_entry>(core, criu::kCoreMagic).thread_core().creds();
+  CHECK(creds.uid() == 1000);
+  CHECK(creds.egid() == 1000);
+  CHECK(creds.cap_eff(0) == 0);
   SECTION("as runc leaves it") { CHECK(refusal(images.path(), spec) == ""); }
   SECTION("uid 1000 -> 0") {
     editCore(core, [](core_entry& c) { c.mutable_thread_core()->mutable_creds()->set_uid(0); });

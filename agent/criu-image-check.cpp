@@ -15,6 +15,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "agent/criu-images.h"
 #include "common/error.h"
@@ -29,6 +30,7 @@
 #include "criu/images/pstree.pb.h"
 #include "criu/images/regfile.pb.h"
 #include "criu/images/seccomp.pb.h"
+#include "criu/images/userns.pb.h"
 
 namespace migrate {
 
@@ -143,6 +145,8 @@ struct SpecPolicy {
   bool seccomp = false;
   std::string lsmLabel;
   std::set<NsKind> namespaces;
+  // linux.uidMappings/gidMappings as "containerID hostID size" lines.
+  std::vector<std::string> uidMap, gidMap;
   std::set<std::string> maskedPaths, readonlyPaths;
   std::map<std::string, json> mounts;               // destination -> spec mount
   std::set<std::string> externalKeys;               // runc's ext-mount-map keys at restore
@@ -202,6 +206,16 @@ SpecPolicy SpecPolicy::fromSpec(const json& spec) {
     if (kind == kSpecNamespaces.end()) fail(ErrorKind::InvalidInput, "spec: unknown namespace `" + ns.value("type", "") + "`");
     p.namespaces.insert(kind->second);
   }
+  auto extents = [](const json& list) {
+    std::vector<std::string> out;
+    for (auto& m : list) {
+      out.push_back(std::to_string(m.value("containerID", 0u)) + " " + std::to_string(m.value("hostID", 0u)) + " " +
+                    std::to_string(m.value("size", 0u)));
+    }
+    return out;
+  };
+  p.uidMap = extents(linuxSection.value("uidMappings", json::array()));
+  p.gidMap = extents(linuxSection.value("gidMappings", json::array()));
   for (auto& path : linuxSection.value("maskedPaths", json::array())) p.maskedPaths.insert(path.get<std::string>());
   for (auto& path : linuxSection.value("readonlyPaths", json::array())) p.readonlyPaths.insert(path.get<std::string>());
   for (auto& m : spec.value("mounts", json::array())) {
@@ -224,6 +238,14 @@ SpecPolicy SpecPolicy::fromSpec(const json& spec) {
   // The OCI default devices (runtime-spec config-linux.md "Default Devices").
   p.devices = {{'c', 1, 3}, {'c', 1, 5}, {'c', 1, 7}, {'c', 1, 8}, {'c', 1, 9},
                {'c', 5, 0}, {'c', 5, 1}, {'c', 5, 2}};
+  if (p.namespaces.count(NsKind::User)) {
+    // In a user namespace runc cannot mknod: it binds the host's node of
+    // each default device instead, and gives CRIU the same at restore (one
+    // --ext-mount-map per device, keyed by its path).
+    for (auto path : {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}) {
+      p.externalKeys.insert(path);
+    }
+  }
   for (auto& d : linuxSection.value("devices", json::array())) {
     auto type = d.value("type", "c");
     p.devices.push_back({type == "b" ? 'b' : 'c', d.value("major", 0u), d.value("minor", 0u)});
@@ -247,7 +269,7 @@ struct NamePattern {
 
 // What CRIU 4.2 writes for a runc container (criu/image-desc.c), and runc's
 // descriptors.json. Not here, so refused: creds-N (pre-3.x credentials, read
-// only when core-N lacks them), userns-N, ns-files, ext-files, tunfile,
+// only when core-N lacks them), ns-files, ext-files, tunfile,
 // autofs-N, binfmt-misc, bpfmap-*, apparmor, and anything unknown.
 const std::vector<NamePattern>& namePatterns() {
   static const std::vector<NamePattern> patterns = [] {
@@ -267,6 +289,7 @@ const std::vector<NamePattern>& namePatterns() {
     add("cgroup\\.img", ImageKind::Cgroup);
     add("seccomp\\.img", ImageKind::Seccomp);
     add("(utsns)-[0-9]+\\.img", ImageKind::NsImage, NsKind::Uts);
+    add("userns-[0-9]+\\.img", ImageKind::NsImage, NsKind::User);
     add("ipcns-(var|shm|msg|sem)-[0-9]+\\.img", ImageKind::NsImage, NsKind::Ipc);
     add("pidns-[0-9]+\\.img", ImageKind::NsImage, NsKind::Pid);
     add("(netns|netdev|ifaddr|route|route6|rule|iptables|ip6tables|nftables|netns-ct|netns-exp)-[0-9]+\\.img",
@@ -338,6 +361,7 @@ class ImageChecker {
     checkInventory();
     checkTasks();
     checkNamespaces();
+    checkUserNamespace();
     for (auto& name : byKind_[ImageKind::Mounts]) checkMounts(name);
     for (auto& name : byKind_[ImageKind::Tmpfs]) checkTmpfsTarball(name);
     for (auto& name : byKind_[ImageKind::Ghost]) checkGhostFile(name);
@@ -549,6 +573,43 @@ class ImageChecker {
           refuse(idsName, task + " " + std::to_string(*id) + " is a second one (the spec creates one, " +
                               std::to_string(at->second) + ")");
         }
+      }
+    }
+  }
+
+  // CRIU makes the user namespace from userns-N.img's maps, as root: they
+  // must be exactly the spec's, the mapping this host allocated, or the
+  // container's ids would be host ids of its choosing (0 among them).
+  void checkUserNamespace() {
+    auto& images = byKind_[ImageKind::NsImage];
+    std::vector<std::string> userns;
+    std::copy_if(images.begin(), images.end(), std::back_inserter(userns),
+                 [](auto& name) { return name.rfind("userns-", 0) == 0; });
+    if (!policy_.namespaces.count(NsKind::User)) return;  // listImages refused any userns image
+    if (userns.size() != 1) {
+      refuse(userns.empty() ? "userns-*.img" : userns[1],
+             userns.empty() ? "missing: the spec creates a user namespace" : "a second user namespace");
+    }
+    CriuImageReader reader(dir_ / userns.front(), criu::kUsernsMagic);
+    userns_entry entry;
+    reader.readOnly(entry);
+    auto extents = [](const auto& list) {
+      std::vector<std::string> out;
+      for (auto& e : list) {
+        out.push_back(std::to_string(e.first()) + " " + std::to_string(e.lower_first()) + " " + std::to_string(e.count()));
+      }
+      return out;
+    };
+    auto join = [](const std::vector<std::string>& lines) {
+      std::string out;
+      for (auto& l : lines) out += (out.empty() ? "" : ", ") + l;
+      return "[" + out + "]";
+    };
+    for (auto [what, got, want] : {std::tuple{"uid_map", extents(entry.uid_map()), policy_.uidMap},
+                                   std::tuple{"gid_map", extents(entry.gid_map()), policy_.gidMap}}) {
+      if (got != want) {
+        refuse(reader.name(), std::string(what) + " " + join(got) + " is not this host's mapping for the container " +
+                                  join(want));
       }
     }
   }

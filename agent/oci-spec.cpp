@@ -166,8 +166,10 @@ json generateSpec(const ContainerConfig& config, const SpecInputs& inputs) {
 
   json network = {{"type", "network"}};
   if (inputs.netns) network["path"] = inputs.netns->string();
+  json namespaces = json::array({{{"type", "pid"}}, {{"type", "ipc"}}, {{"type", "uts"}}, {{"type", "mount"}}, network});
+  if (config.idMapping) namespaces.push_back({{"type", "user"}});
   json linuxSection = {
-      {"namespaces", json::array({{{"type", "pid"}}, {{"type", "ipc"}}, {{"type", "uts"}}, {{"type", "mount"}}, network})},
+      {"namespaces", namespaces},
       {"cgroupsPath", inputs.cgroupsPath},
       {"resources", {{"devices", json::array({{{"allow", false}, {"access", "rwm"}}})}}},
       {"maskedPaths",
@@ -184,6 +186,15 @@ json generateSpec(const ContainerConfig& config, const SpecInputs& inputs) {
       {"linux", linuxSection},
       {"annotations", {{"io.migrate.name", config.name}, {"io.migrate.id", config.id}}},
   };
+  if (config.idMapping) {
+    json map = json::array({{{"containerID", 0}, {"hostID", config.idMapping->hostId}, {"size", config.idMapping->size}}});
+    spec["linux"]["uidMappings"] = map;
+    spec["linux"]["gidMappings"] = map;
+  }
+  if (!inputs.networkHook.empty()) {
+    spec["hooks"] = {{"prestart", json::array({{{"path", inputs.networkHook.front()}, {"args", inputs.networkHook},
+                                                 {"timeout", 60}}})}};
+  }
   if (inputs.criuConfig) spec["annotations"]["org.criu.config"] = inputs.criuConfig->string();
   if (auto labels = containerSelinuxLabels()) {
     spec["process"]["selinuxLabel"] = labels->process;

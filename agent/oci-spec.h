@@ -19,7 +19,14 @@ namespace migrate {
 struct SpecInputs {
   fs::path rootfs;                         // overlay merged dir
   std::map<std::string, fs::path> bindMounts;  // container path -> host file (from makeBindMounts)
-  std::optional<fs::path> netns;           // persistent netns; none = a fresh one (loopback only)
+  std::optional<fs::path> netns;           // persistent netns; none = a fresh one (loopback only, or networkHook's)
+  // A container in a user namespace (config.idMapping) gets a fresh netns
+  // that runc makes inside it (a netns made before would belong to the
+  // host's user namespace: the container could not mount sysfs, nor CRIU
+  // restore into it). This prestart hook, run by runc once the namespaces
+  // exist (at create, and at restore before CRIU restores the sockets),
+  // attaches it to the CNI network (agent/network-hook.h). Empty: none.
+  std::vector<std::string> networkHook;
   std::string cgroupsPath;                 // "/migrate/<host>/<id>"
   std::optional<fs::path> criuConfig;      // runc's org.criu.config annotation
   std::vector<std::string> imageEnv;       // image defaults, overridden by the container's env

@@ -4,10 +4,12 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <vector>
 #include <sstream>
 
+#include "agent/idmapped-mount.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/syscall.h"
@@ -64,12 +66,45 @@ void unmountAllUnder(const fs::path& dir) {
   }
 }
 
+void makeSearchable(const fs::path& path, const fs::path& ownedTop) {
+  auto top = fs::absolute(ownedTop).lexically_normal();
+  for (auto dir = fs::absolute(path).lexically_normal(); ; dir = dir.parent_path()) {
+    struct stat st;
+    SYSCALL(::stat(dir.c_str(), &st), "stat", dir.string());
+    bool owned = dir == top || dir.string().rfind(top.string() + "/", 0) == 0;
+    if (!(st.st_mode & S_IXOTH)) {
+      if (!owned) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", st.st_mode & 07777);
+        fail(ErrorKind::InvalidInput, "`" + dir.string() + "` (mode " + mode +
+                                          ") is not searchable by other users: a container in a user namespace "
+                                          "cannot reach its rootfs below it (chmod o+x, or run it with --userns=host)");
+      }
+      SYSCALL(::chmod(dir.c_str(), (st.st_mode & 07777) | S_IXOTH), "chmod o+x", dir.string());
+    }
+    if (dir == dir.root_path()) break;
+  }
+}
+
 void mountOverlay(const OverlayPaths& paths) {
   ErrorContext context("overlay mount at " + paths.merged.string());
   for (auto& dir : {paths.upper, paths.work, paths.merged}) fs::create_directories(dir);
   if (isMountPoint(paths.merged)) return;
   if (!fs::is_directory(paths.lower)) fail(ErrorKind::NotFound, "image rootfs " + paths.lower.string() + " is missing");
-  std::string options = "lowerdir=" + paths.lower.string() + ",upperdir=" + paths.upper.string() +
+  fs::path lower = paths.lower;
+  if (paths.idMapping) {
+    mountIdmapped(paths.lower, paths.mappedLower, *paths.idMapping);
+    lower = paths.mappedLower;
+    // The merged root takes the upper root's owner: the container's root,
+    // else it could not create a file in its own `/`.
+    struct stat st;
+    SYSCALL(::lstat(paths.upper.c_str(), &st), "stat", paths.upper.string());
+    if (st.st_uid < paths.idMapping->hostId || st.st_uid >= paths.idMapping->end()) {
+      SYSCALL(::lchown(paths.upper.c_str(), paths.idMapping->hostId, paths.idMapping->hostId), "chown",
+              paths.upper.string());
+    }
+  }
+  std::string options = "lowerdir=" + lower.string() + ",upperdir=" + paths.upper.string() +
                         ",workdir=" + paths.work.string();
   SYSCALL(::mount("overlay", paths.merged.c_str(), "overlay", 0, options.c_str()), "mount overlay", options);
 }
@@ -92,9 +127,11 @@ void releaseDirectory(const fs::path& dir) {
   if (ec) fail("remove " + dir.string() + ": " + ec.message());
 }
 
-void unmountOverlay(const fs::path& merged) {
-  if (!isMountPoint(merged)) return;
-  SYSCALL(::umount2(merged.c_str(), MNT_DETACH), "umount", merged.string());
+void unmountOverlay(const OverlayPaths& paths) {
+  for (auto& point : {paths.merged, paths.mappedLower}) {
+    if (point.empty() || !isMountPoint(point)) continue;
+    SYSCALL(::umount2(point.c_str(), MNT_DETACH), "umount", point.string());
+  }
 }
 
 }  // namespace migrate

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <optional>
 
+#include "agent/id-mapping.h"
+
 namespace migrate {
 
 namespace fs = std::filesystem;
@@ -15,14 +17,27 @@ struct OverlayPaths {
   fs::path upper;   // the container's writable layer; what the bundle carries
   fs::path work;    // overlayfs scratch, same filesystem as upper
   fs::path merged;  // mount point given to runc as root.path
+  // A container in a user namespace: `lower` is attached idmapped at
+  // `mappedLower` (agent/idmapped-mount.h) and the overlay stacks on that, so
+  // the image's files appear owned by the container's root; the upper dir
+  // holds host ids (hostId + the container's), as the kernel writes them.
+  std::optional<IdMapping> idMapping;
+  fs::path mappedLower;
 };
 
 // Mounts the overlay unless it is already mounted there (idempotent, so a
-// restarted agent can call it for each running container).
+// restarted agent can call it for each running container). With an id
+// mapping, the upper dir's root is owned by the container's root.
 void mountOverlay(const OverlayPaths& paths);
-// Lazily unmounts; no-op when not mounted.
-void unmountOverlay(const fs::path& merged);
+// Lazily unmounts the overlay, then the idmapped lower; no-op for what is not mounted.
+void unmountOverlay(const OverlayPaths& paths);
 bool isMountPoint(const fs::path& path);
+// A container in a user namespace reaches its rootfs as an unprivileged host
+// uid (runc mounts it from inside the namespace): every directory on the way
+// must be searchable by others. Adds o+x to those at or below `ownedTop`
+// (the agent's state dir; its import staging dirs are made 0700) and throws
+// Error(InvalidInput) naming the first one above it that lacks it.
+void makeSearchable(const fs::path& path, const fs::path& ownedTop);
 // Lazily unmounts every mount at or below `dir`, deepest first: what a killed
 // CRIU leaves (its cgroup yard in the work dir, runc's criu-root overlay).
 void unmountAllUnder(const fs::path& dir);

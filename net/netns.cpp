@@ -76,6 +76,22 @@ void createNetns(const fs::path& path) {
   }
 }
 
+void pinNetns(const fs::path& source, const fs::path& path) {
+  ErrorContext context("netns: pin " + source.string() + " at `" + path.string() + "`");
+  int fd = ::open(path.c_str(), O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+  if (fd < 0 && errno == EEXIST) fail(ErrorKind::Conflict, "the file already exists");
+  if (fd < 0) failErrno(errno, "open");
+  ::close(fd);
+  try {
+    SYSCALL(::mount(source.c_str(), path.c_str(), "none", MS_BIND, nullptr), "mount(bind)");
+    runInNetns(path, bringLoopbackUp);
+  } catch (...) {
+    ::umount2(path.c_str(), MNT_DETACH);
+    ::unlink(path.c_str());
+    throw;
+  }
+}
+
 void removeNetns(const fs::path& path) {
   // A netns file can carry more than one bind mount (created twice by hand);
   // peel them all so the unlink succeeds.

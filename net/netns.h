@@ -19,6 +19,11 @@ namespace fs = std::filesystem;
 // Conflict if `path` exists. The calling thread's own netns is untouched.
 void createNetns(const fs::path& path);
 
+// Binds the existing netns `source` (e.g. /proc/<pid>/ns/net of a process
+// runc made it for) on `path`, as createNetns would a new one, with loopback
+// up (CRIU's empty netns at restore has it down). Conflict if `path` exists.
+void pinNetns(const fs::path& source, const fs::path& path);
+
 // Detaches the bind mount and unlinks the file. No-op if absent. The netns
 // itself dies when its last user (process, open fd, other mount) goes.
 void removeNetns(const fs::path& path);
