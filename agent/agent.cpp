@@ -731,6 +731,7 @@ ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, c
   m.checkpointBytes = treeSize(c.paths.checkpoint());
   m.rootfsDiffBytes = treeSize(c.paths.upper());
   m.tcpEstablished = c.state.checkpointTcpEstablished;
+  m.idMapping = c.config.idMapping;
   sources.configDump = c.paths.dir / "config.dump";
   sources.specDump = c.paths.dir / "spec.dump";
   sources.networkStatus = c.paths.dir / "network.status";
@@ -778,6 +779,9 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   auto manifest = readBundle(zstd, staging.path(), options_.importLimits, [&](const BundleManifest& m) {
     if (onManifest) onManifest(m.toJson());
     reservation.emplace(options_.stateDir, request.name.value_or(m.containerName), options_.hostName);
+    // CRIU restores the user namespace with the maps its images hold, and
+    // rootfs-diff/ lands in its host ids: this host must have it free.
+    if (m.idMapping) checkIdMappingAvailable(*m.idMapping, request.name.value_or(m.containerName));
     // Where the staging dir, and so rootfs-diff/, lands (it may be a mount of its own).
     fs::path landing = options_.stateDir / "containers";
     precheckImport(m, HostCapacity::measure(landing), options_.checkpointsInMemory, landing);
@@ -804,6 +808,11 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
     fail(ErrorKind::InvalidInput, "bundle: config.dump names container " + quotedForMessage(config.name) + " (" +
                                       config.id + "), the manifest " + quotedForMessage(manifest.containerName) +
                                       " (" + quotedForMessage(manifest.containerId) + ")");
+  }
+  if (config.idMapping != manifest.idMapping) {
+    auto text = [](const std::optional<IdMapping>& m) { return m ? m->text() : std::string("the host's"); };
+    fail(ErrorKind::InvalidInput, "bundle: config.dump's user namespace mapping (" + text(config.idMapping) +
+                                      ") is not the manifest's (" + text(manifest.idMapping) + ")");
   }
   if (config.imageDigest != manifest.imageDigest) {
     fail(ErrorKind::InvalidInput, "bundle: config.dump's image " + config.imageDigest + " is not the manifest's " +

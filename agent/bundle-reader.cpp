@@ -368,7 +368,7 @@ class BundleReader {
     auto [parent, base] = splitParent(path);
     Fd parentFd = openDirectoryBeneath(rootFd_.get(), parent, true);
     if (::symlinkat(target.c_str(), parentFd.get(), base.c_str()) < 0) failCreate(errno, path);
-    auto [uid, gid] = ownerOf(entry);
+    auto [uid, gid] = ownerOf(entry, section);
     SYSCALL(::fchownat(parentFd.get(), base.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW), "lchown", path);
     struct timespec times[2] = {{0, UTIME_OMIT}, mtimeOf(entry)};
     SYSCALL(::utimensat(parentFd.get(), base.c_str(), times, AT_SYMLINK_NOFOLLOW), "utimensat", path);
@@ -428,14 +428,23 @@ class BundleReader {
     failErrno(err, "create " + path);
   }
 
-  std::pair<uid_t, gid_t> ownerOf(archive_entry* entry) {
+  // rootfs-diff/ of a container in a user namespace carries its own ids:
+  // each must be one of its `size`, and lands as the mapping's host id.
+  std::pair<uid_t, gid_t> ownerOf(archive_entry* entry, Section section) {
     la_int64_t uid = archive_entry_uid(entry);
     la_int64_t gid = archive_entry_gid(entry);
     // (uid_t)-1 means "leave unchanged" to chown.
     if (uid < 0 || uid >= UINT32_MAX || gid < 0 || gid >= UINT32_MAX) {
       fail(ErrorKind::InvalidInput, "owner " + std::to_string(uid) + ":" + std::to_string(gid) + " out of range");
     }
-    return {static_cast<uid_t>(uid), static_cast<gid_t>(gid)};
+    if (section != Section::RootfsDiff || !manifest_.idMapping) return {static_cast<uid_t>(uid), static_cast<gid_t>(gid)};
+    auto hostUid = manifest_.idMapping->toHost(static_cast<uint32_t>(uid));
+    auto hostGid = manifest_.idMapping->toHost(static_cast<uint32_t>(gid));
+    if (!hostUid || !hostGid) {
+      fail(ErrorKind::InvalidInput, "owner " + std::to_string(uid) + ":" + std::to_string(gid) + " is outside the container's " +
+                                        std::to_string(manifest_.idMapping->size) + " ids");
+    }
+    return {*hostUid, *hostGid};
   }
 
   static struct timespec mtimeOf(archive_entry* entry) {
@@ -447,7 +456,7 @@ class BundleReader {
 
   // chown before chmod and xattrs: chown clears setuid bits and security.capability.
   void applyOwnerModeXattrs(int fd, archive_entry* entry, mode_t type, Section section) {
-    auto [uid, gid] = ownerOf(entry);
+    auto [uid, gid] = ownerOf(entry, section);
     SYSCALL(::fchown(fd, uid, gid), "fchown");
     // Only the container's own files may be setuid/setgid or carry
     // capabilities; the rest of the bundle is data for the agent.
@@ -462,7 +471,13 @@ class BundleReader {
       if (!isCarriedXattr(n)) continue;
       if (section != Section::RootfsDiff && !n.starts_with("user.")) continue;
       if (n == kOverlayOpaqueXattr && (section != Section::RootfsDiff || type != AE_IFDIR)) continue;
-      if (n == "security.capability" && type != AE_IFREG) continue;
+      if (n == kFileCapabilityXattr && type != AE_IFREG) continue;
+      if (n == kFileCapabilityXattr && section == Section::RootfsDiff && manifest_.idMapping) {
+        std::vector<char> shifted(static_cast<const char*>(value), static_cast<const char*>(value) + size);
+        shiftFileCapabilityRoot(shifted, [&](uint32_t id) { return manifest_.idMapping->toHost(id); });
+        SYSCALL(::fsetxattr(fd, name, shifted.data(), shifted.size(), 0), "fsetxattr", printable(n));
+        continue;
+      }
       SYSCALL(::fsetxattr(fd, name, value, size, 0), "fsetxattr", printable(n));
     }
   }

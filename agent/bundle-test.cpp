@@ -20,6 +20,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/hash-stream.h"
+#include "common/subprocess.h"
 #include "common/syscall.h"
 #include "common/zstd-stream.h"
 
@@ -335,6 +336,7 @@ TEST_CASE("bundle writer refuses what a bundle cannot carry", "[bundle]") {
 // the entries the Tar really carries, as writeBundle would.
 struct Declared {
   std::optional<uint64_t> checkpointBytes, rootfsDiffBytes, checkpointEntries, rootfsDiffEntries;
+  std::optional<IdMapping> idMapping;
 };
 
 // Entries are recorded and written at finish(), so that manifest.json
@@ -348,12 +350,18 @@ struct Tar {
     std::string hardlinkTarget;
     dev_t rdev = 0;
     std::optional<std::pair<int, Declared>> manifest;  // version and overrides
+    la_int64_t owner = 0;  // uid and gid
   };
   std::vector<Entry> entries;
 
   Tar& add(const std::string& path, mode_t type, std::string_view content = {}, const char* link = nullptr,
            dev_t rdev = 0) {
     entries.push_back(Entry{path, type, std::string(content), link ? link : "", "", rdev, std::nullopt});
+    return *this;
+  }
+  // The last entry added is owned by `id` (uid and gid).
+  Tar& ownedBy(la_int64_t id) {
+    entries.back().owner = id;
     return *this;
   }
   Tar& hardlink(const std::string& path, const std::string& target) {
@@ -398,6 +406,7 @@ struct Tar {
     m.rootfsDiffBytes = declared.rootfsDiffBytes.value_or(m.rootfsDiffBytes);
     m.checkpointEntries = declared.checkpointEntries.value_or(m.checkpointEntries);
     m.rootfsDiffEntries = declared.rootfsDiffEntries.value_or(m.rootfsDiffEntries);
+    m.idMapping = declared.idMapping;
     return m;
   }
 
@@ -414,6 +423,8 @@ struct Tar {
       archive_entry_set_filetype(e, entry.type);
       archive_entry_set_perm(e, entry.type == AE_IFDIR ? 0755 : 0644);
       archive_entry_set_size(e, entry.type == AE_IFREG ? static_cast<la_int64_t>(content.size()) : 0);
+      archive_entry_set_uid(e, entry.owner);
+      archive_entry_set_gid(e, entry.owner);
       if (entry.type == AE_IFLNK) archive_entry_set_symlink(e, entry.link.c_str());
       if (entry.type == AE_IFCHR) archive_entry_set_rdev(e, entry.rdev);
       if (!entry.hardlinkTarget.empty()) {
@@ -787,6 +798,71 @@ TEST_CASE("bundle reader wants an empty target", "[bundle]") {
   writeFile(arena.target / "old", "x");
   StringInputStream in(Tar().minimal().finish());
   CHECK_THROWS_WITH(readBundle(in, arena.target), Catch::Contains("is not empty"));
+}
+
+TEST_CASE("a user-namespaced container's rootfs-diff travels in its own ids and lands in the mapping's", "[bundle]") {
+  REQUIRE_ROOT();
+  SourceTree src;
+  IdMapping mapping{200000, kIdMappingSize};
+  src.sources.manifest.idMapping = mapping;
+  auto up = *src.sources.upperDir;
+  // As the kernel writes them: host ids. The file of host root (made from
+  // outside the container) is nobody's inside it.
+  SYSCALL(::chown((up / "home" / "user" / "notes").c_str(), 201000, 201000), "chown");
+  SYSCALL(::chown((up / "home" / "user").c_str(), 201000, 201001), "chown");
+  SYSCALL(::lchown((up / "usr" / "bin" / "pong").c_str(), 200000, 200000), "lchown");
+  SYSCALL(::chown((up / "etc" / "hostname").c_str(), 0, 0), "chown");
+  // A file capability set inside the user namespace names its root by host id.
+  std::string v3(24, '\0');
+  uint32_t words[6] = {0x03000001, 1u << 10, 0, 0, 0, 200000};
+  std::memcpy(v3.data(), words, sizeof words);
+  SYSCALL(::chown((up / "usr" / "bin" / "ping").c_str(), 200000, 200000), "chown");
+  SYSCALL(::setxattr((up / "usr" / "bin" / "ping").c_str(), "security.capability", v3.data(), v3.size(), 0), "setxattr");
+
+  StringOutputStream sink;
+  writeBundle(src.sources, sink);
+  // What travels: the container's ids.
+  TempDir listing(fs::temp_directory_path(), "bundle-ids");
+  writeFile(listing.path() / "b.tar", sink.data());
+  auto tv = runCapture(SubprocessOptions::of({"tar", "tvf", (listing.path() / "b.tar").string(), "--numeric-owner"})).out;
+  CHECK(tv.find("1000/1000") != std::string::npos);             // notes
+  CHECK(tv.find("1000/1001") != std::string::npos);             // home/user
+  CHECK(tv.find("65534/65534") != std::string::npos);           // etc/hostname, host root's
+  CHECK(tv.find("200000") == std::string::npos);
+  CHECK(tv.find("201000") == std::string::npos);
+
+  Arena arena;
+  StringInputStream in(sink.data());
+  auto manifest = readBundle(in, arena.target);
+  REQUIRE(manifest.idMapping == mapping);
+  auto diff = arena.target / "rootfs-diff";
+  CHECK(lstatOf(diff / "home" / "user" / "notes").st_uid == 201000);
+  CHECK(lstatOf(diff / "home" / "user").st_gid == 201001);
+  CHECK(lstatOf(diff / "usr" / "bin" / "pong").st_uid == 200000);
+  CHECK(lstatOf(diff / "etc" / "hostname").st_uid == 200000 + 65534);
+  auto cap = xattr(diff / "usr" / "bin" / "ping", "security.capability");
+  REQUIRE(cap.size() == 24);
+  uint32_t rootId;
+  std::memcpy(&rootId, cap.data() + 20, 4);
+  CHECK(rootId == 200000);
+  arena.checkNothingOutside();
+}
+
+TEST_CASE("bundle reader refuses a rootfs-diff owner outside the container's ids", "[bundle]") {
+  REQUIRE_ROOT();
+  Declared declared;
+  declared.idMapping = IdMapping{200000, kIdMappingSize};
+  auto tar = [&](la_int64_t owner) {
+    Tar t;
+    t.minimal(declared).add("rootfs-diff", AE_IFDIR).add("rootfs-diff/f", AE_IFREG, "x").ownedBy(owner);
+    return t.finish();
+  };
+  CHECK(readHostile(tar(65535)) == "");
+  CHECK_THAT(readHostile(tar(65536)), Catch::Contains("owner 65536:65536 is outside the container's 65536 ids"));
+  CHECK_THAT(readHostile(tar(200000)), Catch::Contains("is outside the container's"));
+  // Without a mapping the ids are the host's, as they were.
+  declared.idMapping.reset();
+  CHECK(readHostile(tar(200000)) == "");
 }
 
 }  // namespace

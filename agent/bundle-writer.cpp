@@ -147,7 +147,10 @@ class BundleWriter {
 
   // Returns what it wrote, as figuresOf() counts; fills `deleted` with the
   // upper dir's whiteouts.
-  TreeFigures addTree(std::string_view prefix, const fs::path& root, TreeKind kind, std::vector<std::string>* deleted) {
+  // `containerIds`: the upper dir of a container in a user namespace holds
+  // host ids; the bundle carries the container's (agent/id-mapping.h).
+  TreeFigures addTree(std::string_view prefix, const fs::path& root, TreeKind kind, std::vector<std::string>* deleted,
+                      const std::optional<IdMapping>& containerIds = std::nullopt) {
     TreeFigures figures;
     std::map<std::pair<dev_t, ino_t>, std::string> firstLink;
     walkTree(root, "", [&](const std::string& relative, const struct stat& st) {
@@ -170,6 +173,10 @@ class BundleWriter {
              "bundle: `" + path.string() + "` is a " + fileTypeName(st.st_mode) + ", which a bundle cannot carry");
       }
       EntryPtr entry = entryFromStat(name, st);
+      if (containerIds) {
+        archive_entry_set_uid(entry.get(), containerIds->toContainer(st.st_uid));
+        archive_entry_set_gid(entry.get(), containerIds->toContainer(st.st_gid));
+      }
       if (S_ISLNK(st.st_mode)) {
         std::vector<char> target(static_cast<size_t>(st.st_size) + 1);
         auto n = SYSCALL(::readlink(path.c_str(), target.data(), target.size()), "readlink", path.string());
@@ -186,7 +193,7 @@ class BundleWriter {
           return;
         }
       }
-      addXattrs(entry.get(), path);
+      addXattrs(entry.get(), path, containerIds);
       writeHeader(entry.get());
       if (S_ISREG(st.st_mode)) {
         Fd fd = openOrFail(path, O_RDONLY | O_NOFOLLOW);
@@ -257,7 +264,7 @@ class BundleWriter {
     return entry;
   }
 
-  void addXattrs(archive_entry* entry, const fs::path& path) {
+  void addXattrs(archive_entry* entry, const fs::path& path, const std::optional<IdMapping>& containerIds) {
     auto size = SYSCALL(::llistxattr(path.c_str(), nullptr, 0), "llistxattr", path.string());
     if (size == 0) return;
     std::vector<char> names(static_cast<size_t>(size));
@@ -274,7 +281,11 @@ class BundleWriter {
       std::vector<char> value(static_cast<size_t>(valueSize));
       valueSize = SYSCALL(::lgetxattr(path.c_str(), name.c_str(), value.data(), value.size()), "lgetxattr",
                           path.string(), name);
-      archive_entry_xattr_add_entry(entry, name.c_str(), value.data(), static_cast<size_t>(valueSize));
+      value.resize(static_cast<size_t>(valueSize));
+      if (name == kFileCapabilityXattr && containerIds) {
+        shiftFileCapabilityRoot(value, [&](uint32_t id) -> std::optional<uint32_t> { return containerIds->toContainer(id); });
+      }
+      archive_entry_xattr_add_entry(entry, name.c_str(), value.data(), value.size());
     }
   }
 
@@ -337,7 +348,8 @@ void writeBundle(const BundleSources& sources, OutputStream& out, std::function<
   TreeFigures rootfsDiffWritten;
   if (sources.upperDir) {
     std::vector<std::string> deleted;
-    rootfsDiffWritten = writer.addTree(bundle::kRootfsDiffDir, *sources.upperDir, TreeKind::Upper, &deleted);
+    rootfsDiffWritten = writer.addTree(bundle::kRootfsDiffDir, *sources.upperDir, TreeKind::Upper, &deleted,
+                                       manifest.idMapping);
     writer.addBytes(bundle::kDeletedFiles, serializeDeletedFiles(deleted));
   }
   if (!(checkpointWritten == checkpoint) || !(rootfsDiffWritten == rootfsDiff)) {

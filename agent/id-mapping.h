@@ -36,7 +36,19 @@ struct IdMapping {
   // Throws Error(InvalidInput) "`<what>`: …" for a malformed or empty mapping,
   // or one reaching past the last host id (2^32 - 2; 2^32 - 1 is "no id").
   static IdMapping fromJson(const nlohmann::json& json, const std::string& what);
+  // The id a host id is in the container; one outside the mapping is what
+  // the kernel shows for it there, the overflow id 65534.
+  uint32_t toContainer(uint32_t host) const {
+    return host >= hostId && host < end() ? host - hostId : kOverflowId;
+  }
+  // The host id of a container id; none past `size`.
+  std::optional<uint32_t> toHost(uint32_t container) const {
+    if (container >= size) return std::nullopt;
+    return hostId + container;
+  }
   bool operator==(const IdMapping&) const = default;
+
+  static constexpr uint32_t kOverflowId = 65534;
 };
 
 // The host ids this agent gives containers: `first`..`first+count-1`.

@@ -33,6 +33,22 @@ int openat2Beneath(int dirFd, const std::string& path, uint64_t flags) {
 
 bool isWhiteout(const struct stat& st) { return S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0); }
 
+void shiftFileCapabilityRoot(std::vector<char>& value, const std::function<std::optional<uint32_t>(uint32_t)>& shift) {
+  // struct vfs_ns_cap_data: magic_etc, two {permitted, inheritable} words, rootid; little endian.
+  constexpr uint32_t kRevisionMask = 0xff000000, kRevision3 = 0x03000000;
+  constexpr size_t kV3Bytes = 24, kRootIdAt = 20;
+  if (value.size() != kV3Bytes) return;
+  auto word = [&](size_t at) {
+    uint32_t w = 0;
+    for (int i = 3; i >= 0; --i) w = (w << 8) | static_cast<unsigned char>(value[at + i]);
+    return w;
+  };
+  if ((word(0) & kRevisionMask) != kRevision3) return;
+  auto shifted = shift(word(kRootIdAt));
+  if (!shifted) fail(ErrorKind::InvalidInput, "file capability root id " + std::to_string(word(kRootIdAt)) + " is outside the container's ids");
+  for (int i = 0; i < 4; ++i) value[kRootIdAt + i] = static_cast<char>((*shifted >> (8 * i)) & 0xff);
+}
+
 bool isCarriedXattr(std::string_view name) {
   return name == kOverlayOpaqueXattr || name == "security.capability" || name.starts_with("user.");
 }

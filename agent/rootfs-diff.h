@@ -5,6 +5,8 @@
 
 #include <sys/stat.h>
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,6 +17,15 @@ namespace migrate {
 
 // Marks a directory of the upper dir as hiding everything below it in the lower layers.
 constexpr std::string_view kOverlayOpaqueXattr = "trusted.overlay.opaque";
+
+// File capabilities; a version 3 value names the user namespace root it
+// applies under by host id (capabilities(7), "Namespaced file capabilities").
+constexpr std::string_view kFileCapabilityXattr = "security.capability";
+
+// Rewrites the root id of a version 3 file capability value with `shift`
+// (container <-> host ids); other versions name none and stay. Throws
+// Error(InvalidInput) when `shift` returns nothing (an id past the mapping).
+void shiftFileCapabilityRoot(std::vector<char>& value, const std::function<std::optional<uint32_t>(uint32_t)>& shift);
 
 // A whiteout: a character device with device number 0/0 in the upper dir.
 bool isWhiteout(const struct stat& st);
