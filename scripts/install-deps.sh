@@ -33,15 +33,74 @@ PACKAGES=(
   libgnutls28-dev libnftables-dev libbsd-dev uuid-dev libdrm-dev xz-utils curl
 )
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+
+updated=
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  updated=1
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# PostgreSQL 15, whose files tests/support/make-postgres-image.sh packs into
+# the postgres test image. Installed as packages, so that apt brings every
+# library the image copies, but kept inert on this host: postgresql-15's
+# postinst would create a cluster `main` (pg_createcluster) and start it
+# (invoke-rc.d), a server on the host's port 5432. So postgresql-common goes
+# first (it adds the `postgres` user and an init script, no cluster), then its
+# /etc/postgresql-common/createcluster.conf says create_main_cluster = false,
+# the setting that postinst reads (writing the file before postgresql-common
+# is installed would clash with the copy its postinst installs with ucf), and
+# for the whole install a policy-rc.d (unless the machine has its own) refuses
+# every service start, as invoke-rc.d and deb-systemd-invoke honour it.
+# Extracting the .debs instead would leave resolving libpq5, ICU, OpenSSL,
+# LDAP and the rest of the dependencies to this script.
+PG_VERSION=15
+PG_PACKAGES=(postgresql-common "postgresql-$PG_VERSION" "postgresql-client-$PG_VERSION")
+pg_missing=()
+for p in "${PG_PACKAGES[@]}"; do
+  installed "$p" || pg_missing+=("$p")
+done
+if [ ${#pg_missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# install-deps: no service starts while PostgreSQL is installed\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    own_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  clusters_before=$(ls /etc/postgresql/$PG_VERSION 2>/dev/null || true)
+  [ -n "$updated" ] || apt-get update -qq
+  if ! installed postgresql-common; then
+    log "installing postgresql-common"
+    apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null
+  fi
+  conf=/etc/postgresql-common/createcluster.conf
+  if grep -Eq '^[#[:space:]]*create_main_cluster[[:space:]]*=' "$conf"; then
+    sed -Ei 's/^[#[:space:]]*create_main_cluster[[:space:]]*=.*/create_main_cluster = false/' "$conf"
+  else
+    echo 'create_main_cluster = false' >>"$conf"
+  fi
+  log "installing postgresql-$PG_VERSION postgresql-client-$PG_VERSION (no cluster is created, no server started)"
+  apt-get install -y -qq --no-install-recommends "postgresql-$PG_VERSION" "postgresql-client-$PG_VERSION" >/dev/null
+  if [ -n "$own_policy" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+  clusters_after=$(ls /etc/postgresql/$PG_VERSION 2>/dev/null || true)
+  if [ "$clusters_before" != "$clusters_after" ]; then
+    log "installing PostgreSQL created a cluster in /etc/postgresql/$PG_VERSION: $clusters_after"
+    log "remove it with: pg_dropcluster --stop $PG_VERSION main"
+    exit 1
+  fi
 fi
 
 # CRIU: Debian 12's 3.17 fails on this kernel ([vvar_vclock]) and 4.1 fails on
