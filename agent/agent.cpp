@@ -907,10 +907,22 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
     if (c.config.idMapping) {
-      // CRIU reads the last images as the container's root, inside its user
-      // namespace: the directory (0700) becomes that uid's, still no one else's.
-      SYSCALL(::lchown(c.paths.checkpoint().c_str(), c.config.idMapping->hostId, c.config.idMapping->hostId), "chown",
-              c.paths.checkpoint().string());
+      // CRIU reads some images as host root without capabilities (the
+      // restored task, in its new user namespace before the maps are
+      // written: the time namespace's) and the rest as the container's root
+      // (host id hostId): both may read them, no one else. Root owns the
+      // directory and files, the container root's group reads them.
+      gid_t group = c.config.idMapping->hostId;
+      auto share = [&](const fs::path& path, mode_t mode) {
+        SYSCALL(::lchown(path.c_str(), 0, group), "chown", path.string());
+        SYSCALL(::chmod(path.c_str(), mode), "chmod", path.string());
+      };
+      share(c.paths.checkpoint(), 0750);
+      for (auto& image : fs::directory_iterator(c.paths.checkpoint())) {
+        struct stat st;
+        SYSCALL(::lstat(image.path().c_str(), &st), "stat", image.path().string());
+        if (S_ISREG(st.st_mode)) share(image.path(), (st.st_mode & 0600) | 0040);
+      }
     }
     c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages, cgroupsPath(c.config.id)});
     adoptNetworkAttachment(c);

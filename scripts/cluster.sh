@@ -19,7 +19,9 @@
 #
 # Binaries come from $BUILD_DIR (default: build/ at the top of the checkout).
 # $AGENT_DAEMON_ARGS is added to every agent daemon's command line (e.g.
-# "--zstd-level 1 --zstd-threads 0" for benchmarks).
+# "--zstd-level 1 --zstd-threads 0" for benchmarks); $AGENT_ARGS to every
+# agent command, daemon or not, before the verb (e.g. "--userns-range
+# 1073741824:65536", so that every host allocates the same one mapping).
 # Logs: /run/migrate-lab/coordinator.log, /run/migrate-lab/hostK/agent.log;
 # `down` keeps a copy of the last run's in /var/tmp/migrate-lab-logs.
 # Agent state: /var/lib/migrate-lab/hostK; journal: /var/lib/migrate-lab/coordinator.db.
@@ -48,7 +50,7 @@ hosts() { ls -d "$RUN"/host* 2>/dev/null | xargs -rn1 basename | sort -V; }
 agent_cmd() {  # agent_cmd hostK ARGS...: the local agent CLI on that host's state
   local h=$1; shift
   nsenter --net="/run/netns/$h" -- "$AGENT" --state "$VAR/$h" --host "$h" \
-    --cni-config "$RUN/$h/cni.conflist" "$@"
+    --cni-config "$RUN/$h/cni.conflist" ${AGENT_ARGS:-} "$@"
 }
 
 start_agent() {
@@ -56,7 +58,7 @@ start_agent() {
   if [ -f "$RUN/$h/agent.pid" ] && alive "$(cat "$RUN/$h/agent.pid")"; then return; fi
   # setsid: the daemon is nobody's child; it stops by its pid file (lab.sh down).
   setsid nsenter --net="/run/netns/$h" -- "$AGENT" --state "$VAR/$h" --host "$h" \
-    --cni-config "$RUN/$h/cni.conflist" daemon \
+    --cni-config "$RUN/$h/cni.conflist" ${AGENT_ARGS:-} daemon \
     --coordinator "tcp://$CTL_NET.1:7700" --coordinator-key "$KEYS/coordinator.pub" \
     --key-dir "$KEYS" --data-address "$CTL_NET.$((10 + k))" ${AGENT_DAEMON_ARGS:-} \
     </dev/null >>"$RUN/$h/agent.log" 2>&1 &

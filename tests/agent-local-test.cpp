@@ -128,13 +128,32 @@ TEST_CASE("containers outlive the agent process: a new agent lists and controls 
   CHECK(home.agentJson({"ps"}).empty());
 }
 
+TEST_CASE("a copy of a user-namespaced container is refused beside the original, whose mapping it would share") {
+  REQUIRE_PRIVILEGES();
+  AgentHome home("solo");
+  home.importTestImage();
+  TempDir scratch("/var/tmp", "migrate-bundle");
+  auto bundle = (scratch.path() / "c.tar.zst").string();
+  auto orig = home.agentJson({"run", "--name", "orig", "test", "/usr/local/bin/counter"});
+  REQUIRE(orig["idMapping"].is_object());
+  REQUIRE(waitUntil([&] { return lastCount(home, "orig") >= 3; }, std::chrono::seconds(10)));
+  home.agent({"checkpoint", "--leave-running", "orig", "--export", bundle});
+  auto r = home.tryAgent({"restore", "--import", bundle, "--name", "copy"});
+  CHECK(r.status != 0);
+  std::string mapping = "0:" + std::to_string(orig["idMapping"]["hostId"].get<uint64_t>()) + ":65536";
+  CHECK_THAT(r.err, Catch::Contains("user namespace mapping " + mapping + " of `copy` overlaps `orig`'s"));
+  CHECK(home.agentJson({"ps"}).size() == 1);
+  CHECK(mountsUnder(home.dir() / "containers").size() == 2);  // orig's idmapped lower and overlay, nothing of the copy
+}
+
 TEST_CASE("checkpoint with --leave-running keeps the container going, and a copy restores under a new name") {
   REQUIRE_PRIVILEGES();
   AgentHome home("solo");
   home.importTestImage();
   TempDir scratch("/var/tmp", "migrate-bundle");
   auto bundle = (scratch.path() / "c.tar.zst").string();
-  home.agent({"run", "--name", "orig", "test", "/usr/local/bin/counter"});
+  // In the host's user namespace: a copy beside the original needs no mapping of its own.
+  home.agent({"run", "--name", "orig", "--userns", "host", "test", "/usr/local/bin/counter"});
   REQUIRE(waitUntil([&] { return lastCount(home, "orig") >= 3; }, std::chrono::seconds(10)));
   home.agent({"checkpoint", "--leave-running", "orig", "--export", bundle});
   CHECK(home.agentJson({"inspect", "orig"})["state"]["status"] == "running");
@@ -219,6 +238,7 @@ TEST_CASE("a bundle whose core-1.img was edited to CapEff 0xfeffffff is refused,
   // what the attack tests see refused is the attack, not the repacking.
   auto plain = scratch.path() / "plain.tar.zst";
   HostileBundle(bundle).repack(plain, source);
+  target.agent({"rm", "--force", "c"});  // its user namespace mapping is the bundle's
   auto copy = target.agentJson({"restore", "--import", plain.string(), "--name", "plain"});
   CHECK(copy["state"]["status"] == "running");
 }
