@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "agent/criu-stats.h"
+#include "agent/id-mapping-proto.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -62,6 +63,7 @@ void fillContainer(proto::ContainerInfo::Builder out, const Container& c) {
   out.setIp(c.state.ip);
   out.setMac(c.state.mac);
   out.setExitCode(c.state.exitCode.value_or(0));
+  if (c.config.idMapping) fillIdMapping(out.initIdMapping(), *c.config.idMapping);
 }
 
 void fillContainers(capnp::List<proto::ContainerInfo>::Builder out, const std::vector<Container>& list) {
@@ -79,6 +81,18 @@ void fillImages(capnp::List<proto::ImageInfo>::Builder out, const std::vector<Im
 }
 
 std::vector<uint8_t> bytesOf(capnp::Data::Reader data) { return {data.begin(), data.end()}; }
+
+// A bundle manifest's user namespace, as Agent::importCheckpoint hands it
+// over (BundleManifest::toJson, already validated): null = the host's.
+std::optional<IdMapping> manifestIdMapping(const nlohmann::json& manifest) {
+  auto it = manifest.find("idMapping");
+  if (it == manifest.end() || it->is_null()) return std::nullopt;
+  return IdMapping::fromJson(*it, "bundle manifest: idMapping");
+}
+
+std::string idMappingText(const std::optional<IdMapping>& mapping) {
+  return mapping ? mapping->text() : std::string("none (the host's user namespace)");
+}
 
 uint64_t meminfoField(const std::string& field) {
   std::ifstream in("/proc/meminfo");
@@ -114,6 +128,9 @@ struct AgentDaemon::Receiver {
   std::string containerName;  // reserved: no other receiver takes this name
   std::vector<uint8_t> psk;
   std::string expectedImage;
+  // The source's user namespace mapping; the bundle must carry the same.
+  // Checked free here at prepare, and kept from other receivers meanwhile.
+  std::optional<IdMapping> idMapping;
   BundleTrust trust;  // exactly the source's key, as the coordinator has it
   bool postCopy = false;
   // Abort, a failed restore, shutdown: every thread of this receiver polls
@@ -403,6 +420,8 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
       for (auto a : r.getArgs()) run.args.push_back(a);
       for (auto e : r.getEnv()) run.env.push_back(e);
       run.workingDir = r.getWorkingDir();
+      run.user = r.getUser();
+      run.hostUserns = r.getHostUserns();
       spawn(id, [this, run](proto::Reply::Builder reply) { fillContainer(reply.initContainer(), agent_.run(run)); },
             "run `" + run.name + "`");
       return;
@@ -536,6 +555,7 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
   r->containerName = request.getContainerName();
   r->psk = bytesOf(request.getPsk());
   r->expectedImage = request.getExpectedManifest().getImageDigest();
+  r->idMapping = idMappingFromProto(request.getExpectedManifest().getIdMapping());
   r->postCopy = request.getPostCopy();
   ErrorContext context("receive `" + r->containerName + "`");
   auto sourceKey = request.getSourceSigningKey();
@@ -550,6 +570,9 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
   if (!r->expectedImage.empty() && !agent_.images().findIfExists(r->expectedImage)) {
     fail(ErrorKind::NotFound, "image " + r->expectedImage + " is not on " + agent_.options().hostName);
   }
+  // Refused now, while the source still runs it: a mapping taken here would
+  // otherwise only be found at import, after the source froze.
+  if (r->idMapping) agent_.checkIdMappingAvailable(*r->idMapping, r->containerName);
   milliseconds acceptTimeout = request.getAcceptTimeoutMs() ? milliseconds(request.getAcceptTimeoutMs())
                                                             : kDefaultAcceptTimeout;
   auto listener = std::make_shared<DataListener>(options_.dataAddress);
@@ -562,6 +585,12 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
     for (auto& [id, other] : receivers_) {
       if (other->containerName == r->containerName) {
         fail(ErrorKind::Conflict, "`" + r->containerName + "` is being received already, by migration " + id);
+      }
+      // Not a container here yet, so checkIdMappingAvailable cannot see it.
+      if (r->idMapping && other->idMapping && r->idMapping->overlaps(*other->idMapping)) {
+        fail(ErrorKind::Conflict, "user namespace mapping " + r->idMapping->text() + " of `" + r->containerName +
+                                      "` overlaps `" + other->containerName + "`'s " + other->idMapping->text() +
+                                      ", being received by migration " + id);
       }
     }
     receivers_[r->migrationId] = r;
@@ -601,6 +630,10 @@ void AgentDaemon::receiveBundle(const std::shared_ptr<Receiver>& r, std::shared_
       if (!r->expectedImage.empty() && manifest.value("imageDigest", "") != r->expectedImage) {
         fail(ErrorKind::InvalidInput, "bundle's image " + manifest.value("imageDigest", "") + " is not " +
                                           r->expectedImage);
+      }
+      if (auto bundleMapping = manifestIdMapping(manifest); bundleMapping != r->idMapping) {
+        fail(ErrorKind::InvalidInput, "bundle's user namespace mapping " + idMappingText(bundleMapping) + " is not " +
+                                          idMappingText(r->idMapping) + ", the one the source reported");
       }
       postProgress(r->migrationId, requestId, "receive", counted.count(), 0);
     }, &sha);

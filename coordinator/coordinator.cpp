@@ -296,6 +296,8 @@ json Coordinator::runContainer(const RunContainerRequest& request) {
     auto env = run.initEnv(static_cast<unsigned>(request.env.size()));
     for (size_t i = 0; i < request.env.size(); ++i) env.set(static_cast<unsigned>(i), request.env[i]);
     run.setTcpEstablished(request.tcpEstablished);
+    run.setHostUserns(request.hostUserns);
+    run.setUser(request.user);
   });
   journal_.setOwner(request.name, host);
   json out = json::object();

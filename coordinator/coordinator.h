@@ -40,6 +40,10 @@ struct RunContainerRequest {
   std::vector<std::string> args;
   std::vector<std::string> env;
   bool tcpEstablished = true;
+  // false: a user namespace of its own, mapped by the host's agent; true:
+  // the host's (root in the container is root on the host).
+  bool hostUserns = false;
+  std::string user;  // "uid[:gid]" inside the container, checked by the agent; empty: the image's
 };
 
 struct MigrationRequest {

@@ -81,7 +81,7 @@ TEST_CASE("registry: heartbeats from an allowed host that never registered are r
   auto listed = cluster.coordinator->containers();
   CHECK(std::count_if(listed.begin(), listed.end(), [](auto& c) { return c["host"] == "rogue"; }) == 0);
   // Names it claimed stay free for a real host.
-  auto run = cluster.coordinator->runContainer(RunContainerRequest{"host1", "c7", "test-image", {}, {}, true});
+  auto run = cluster.coordinator->runContainer(RunContainerRequest{"host1", "c7", "test-image", {}, {}, true, false, ""});
   CHECK(run["host"] == "host1");
 
   // The same heartbeats count once the host registered: the refusal above is

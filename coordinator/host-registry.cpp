@@ -3,6 +3,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "agent/id-mapping-proto.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -50,6 +51,7 @@ ContainerSummary containerFromProto(proto::ContainerInfo::Reader info) {
   c.createdAtNs = info.getCreatedAt();
   c.imageDigest = text(info.getImageDigest());
   c.exitCode = info.getExitCode();
+  c.idMapping = idMappingFromProto(info.getIdMapping());
   return c;
 }
 
@@ -67,7 +69,8 @@ std::vector<ContainerSummary> containersFromProto(capnp::List<proto::ContainerIn
 json ContainerSummary::toJson() const {
   return {{"id", id},   {"name", name}, {"image", image},        {"state", state},
           {"pid", pid}, {"ip", ip},     {"mac", mac},            {"createdAtNs", createdAtNs},
-          {"imageDigest", imageDigest}, {"exitCode", exitCode}};
+          {"imageDigest", imageDigest}, {"exitCode", exitCode},
+          {"idMapping", idMapping ? idMapping->toJson() : json()}};
 }
 
 const ContainerSummary* HostState::findContainer(const std::string& containerName) const {

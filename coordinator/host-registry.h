@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/id-mapping.h"
 #include "schema/control.capnp.h"
 
 namespace migrate {
@@ -29,6 +30,9 @@ struct ContainerSummary {
   int64_t createdAtNs = 0;
   std::string imageDigest;
   int32_t exitCode = 0;
+  // Its user namespace; none: the host's. It moves with the container, so
+  // a target must not have a container whose mapping overlaps it.
+  std::optional<IdMapping> idMapping;
 
   nlohmann::json toJson() const;
 };

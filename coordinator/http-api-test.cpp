@@ -239,6 +239,58 @@ TEST_CASE("http: the unix socket serves the CLI's client, and alertmanager alert
   CHECK(m["state"] == "succeeded");
 }
 
+TEST_CASE("http: run passes --userns and --user to the agent, and containers show their user namespace mapping") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running", IdMapping{1u << 30, kIdMappingSize});
+  cluster.agent("host1").addContainer("root-one", "running");
+  std::mutex mutex;
+  std::map<std::string, std::pair<bool, std::string>> runs;  // name -> hostUserns, user
+  cluster.agent("host2").setHandler("runContainer", [&](proto::Request::Reader request, proto::Reply::Builder) {
+    auto run = request.getRunContainer();
+    std::lock_guard lock(mutex);
+    runs[run.getName().cStr()] = {run.getHostUserns(), run.getUser().cStr()};
+    return false;
+  });
+  cluster.start();
+  Api api(cluster);
+  auto tokenFile = cluster.dir.path() / "token";
+  writeFileAtomic(tokenFile, std::string(kToken) + "\n", 0600);
+  Client client({"unix:" + (cluster.dir.path() / "api.sock").string(), tokenFile.string(), ""});
+
+  RunOptions own;
+  own.host = "host2";
+  own.name = "own";
+  own.image = "test";
+  runContainer(client, own);
+  RunOptions hosts = own;
+  hosts.name = "hosts";
+  hosts.userns = "host";
+  hosts.user = "1000:100";
+  runContainer(client, hosts);
+  {
+    std::lock_guard lock(mutex);
+    CHECK(runs.at("own") == std::pair<bool, std::string>(false, ""));
+    CHECK(runs.at("hosts") == std::pair<bool, std::string>(true, "1000:100"));
+  }
+  checkError(api.client->Post("/v1/containers", api.auth(),
+                              R"({"host": "host2", "name": "x", "image": "test", "userns": "private"})",
+                              "application/json"),
+             400, "invalid-input");
+
+  // `migrate ps --output json` prints this list as it is.
+  std::map<std::string, json> mappings;
+  for (auto& c : listContainers(client)) mappings[c["name"]] = c.value("idMapping", json("missing"));
+  REQUIRE(mappings.count("web"));
+  REQUIRE(mappings.count("root-one"));
+  CHECK(mappings["web"] == json{{"hostId", 1u << 30}, {"size", kIdMappingSize}});
+  CHECK(mappings["root-one"].is_null());
+  auto hostsJson = listHosts(client);
+  for (auto& h : hostsJson) {
+    if (h["name"] != "host1") continue;
+    for (auto& c : h["containers"]) CHECK(c.contains("idMapping"));
+  }
+}
+
 TEST_CASE("hooks: events are POSTed with an HMAC-SHA256 signature of the body") {
   // RFC 4231 test case 2.
   CHECK(hookSignature("what do ya want for nothing?", "Jefe") ==

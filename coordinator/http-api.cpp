@@ -48,6 +48,16 @@ T field(const json& body, const char* name, T fallback) {
   }
 }
 
+// POST /v1/containers `userns`: "auto" (a user namespace of its own, the
+// default) or "host"; named as the CLI's --userns so that other modes
+// (a given mapping) can be added without a second field.
+bool usernsIsHost(const std::string& userns) {
+  if (userns != "auto" && userns != "host") {
+    fail(ErrorKind::InvalidInput, "field `userns` is `" + userns + "`, not `auto` or `host`");
+  }
+  return userns == "host";
+}
+
 // Token comparison in constant time: both sides are hashed first so their
 // lengths do not leak through CRYPTO_memcmp's length requirement either.
 bool tokenMatches(const std::string& presented, const std::string& expected) {
@@ -260,6 +270,8 @@ void HttpApi::routes(HttpServer& server) {
                 r.args = field<std::vector<std::string>>(body, "args", {});
                 r.env = field<std::vector<std::string>>(body, "env", {});
                 r.tcpEstablished = field<bool>(body, "tcpEstablished", true);
+                r.hostUserns = usernsIsHost(field<std::string>(body, "userns", "auto"));
+                r.user = field<std::string>(body, "user", "");
                 sendJson(res, 201, c.runContainer(r));
               }));
 

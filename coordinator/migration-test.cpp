@@ -4,11 +4,13 @@
 #include <catch2/catch.hpp>
 #include <thread>
 
+#include "agent/id-mapping-proto.h"
 #include "coordinator/test-cluster.h"
 
 using namespace migrate;
 using namespace migrate::testing;
 using namespace std::chrono_literals;
+using nlohmann::json;
 
 namespace {
 
@@ -365,4 +367,59 @@ TEST_CASE("migration: the target gets the source's registered signing key; a bun
   cluster.coordinator->waitIdle();
   INFO(cluster.journal->get(accepted).error);
   CHECK(cluster.journal->get(accepted).state == MigrationState::Succeeded);
+}
+
+TEST_CASE("migration: the target is asked for the source's user namespace mapping, and one taken there is refused in precheck") {
+  const IdMapping web{1u << 30, kIdMappingSize};
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running", web);
+  cluster.agent("host1").addContainer("root-one", "running");  // the host's user namespace
+  // Half of `db`'s ids are `web`'s.
+  cluster.agent("host2").addContainer("db", "running", IdMapping{web.hostId + kIdMappingSize / 2, kIdMappingSize});
+  cluster.agent("host3").addContainer("cache", "running", IdMapping{web.hostId + kIdMappingSize, kIdMappingSize});
+  std::mutex mutex;
+  std::map<std::string, std::optional<IdMapping>> asked;  // container -> expectedManifest.idMapping
+  cluster.agent("host3").setHandler("prepareReceive", [&](proto::Request::Reader request, proto::Reply::Builder) {
+    auto prepare = request.getPrepareReceive();
+    std::lock_guard lock(mutex);
+    asked[prepare.getContainerName().cStr()] = idMappingFromProto(prepare.getExpectedManifest().getIdMapping());
+    return false;  // then the scripted agent's own: it restores the container with that mapping
+  });
+  cluster.start();
+
+  std::string clash = cluster.coordinator->startMigration({"web", "host2", {}});
+  cluster.coordinator->waitIdle();
+  auto refused = cluster.journal->get(clash);
+  CHECK(refused.state == MigrationState::Failed);
+  CHECK(refused.errorKind == "conflict");
+  CHECK_THAT(refused.error, Catch::Contains("user namespace mapping 0:1073741824:65536 of `web` overlaps `db`'s "
+                                            "0:1073774592:65536 on host2"));
+  CHECK_FALSE(contains(cluster.seenNames("host2"), "prepareReceive"));
+  CHECK_FALSE(contains(cluster.seenNames("host1"), "checkpointAndSend"));
+
+  // Adjacent to `cache`'s, not overlapping: host3 is asked for exactly `web`'s.
+  std::string moved = cluster.coordinator->startMigration({"web", "host3", {}});
+  cluster.coordinator->waitIdle();
+  std::string rootMoved = cluster.coordinator->startMigration({"root-one", "host3", {}});
+  cluster.coordinator->waitIdle();
+  INFO(cluster.journal->get(moved).error);
+  CHECK(cluster.journal->get(moved).state == MigrationState::Succeeded);
+  CHECK(cluster.journal->get(rootMoved).state == MigrationState::Succeeded);
+  {
+    std::lock_guard lock(mutex);
+    CHECK(asked.at("web") == std::optional<IdMapping>(web));
+    CHECK(asked.at("root-one") == std::nullopt);
+  }
+  auto status = cluster.coordinator->migration(moved);
+  CHECK(status["stats"]["idMapping"] == json{{"hostId", web.hostId}, {"size", kIdMappingSize}});
+  CHECK(cluster.coordinator->migration(rootMoved)["stats"]["idMapping"].is_null());
+  // As host3 now reports them.
+  std::map<std::string, json> onHost3;
+  for (auto& c : cluster.coordinator->containers()) {
+    if (c["host"] == "host3") onHost3[c["name"]] = c.value("idMapping", json("missing"));
+  }
+  REQUIRE(onHost3.count("web"));
+  REQUIRE(onHost3.count("root-one"));
+  CHECK(onHost3["web"] == json{{"hostId", web.hostId}, {"size", kIdMappingSize}});
+  CHECK(onHost3["root-one"].is_null());
 }

@@ -6,6 +6,7 @@
 #include <thread>
 #include <ctime>
 
+#include "agent/id-mapping-proto.h"
 #include "common/log.h"
 
 namespace migrate {
@@ -212,7 +213,9 @@ void Migration::precheck() {
     fail(ErrorKind::Failed, "source host `" + record_.source + "` registered no bundle signing key");
   }
   checkContainerOnSource();
-  checkNameFreeOnTarget();
+  auto targetContainers = listContainersOn(record_.target);
+  checkNameFreeOnTarget(targetContainers);
+  checkIdMappingFreeOnTarget(targetContainers);
   ensureImageOnTarget();
   checkCpuCompatible();
   checkCapacity();
@@ -222,6 +225,8 @@ void Migration::precheck() {
       {"source", {{"criu", source_.criuVersion}, {"runc", source_.runcVersion}, {"kernel", source_.kernelVersion}}},
       {"target", {{"criu", target_.criuVersion}, {"runc", target_.runcVersion}, {"kernel", target_.kernelVersion}}},
   };
+  // The mapping the target was asked to give the container (null: the host's).
+  record_.stats["idMapping"] = containerInfo_.idMapping ? containerInfo_.idMapping->toJson() : json();
   if (source_.criuVersion != target_.criuVersion || source_.runcVersion != target_.runcVersion) {
     logWarn("migration " + record_.id + ": CRIU/runc versions differ: source " + source_.criuVersion + "/" +
             source_.runcVersion + ", target " + target_.criuVersion + "/" + target_.runcVersion);
@@ -262,9 +267,8 @@ void Migration::checkContainerOnSource() {
   fail(ErrorKind::NotFound, "container `" + record_.container + "` not found on " + record_.source);
 }
 
-void Migration::checkNameFreeOnTarget() {
-  auto containers = listContainersOn(record_.target);
-  for (auto& c : containers) {
+void Migration::checkNameFreeOnTarget(const std::vector<ContainerSummary>& targetContainers) {
+  for (auto& c : targetContainers) {
     if (c.name == record_.container) {
       fail(ErrorKind::Conflict, "a container named `" + c.name + "` already exists on " + record_.target + " (" +
                                     c.state + ")");
@@ -273,6 +277,18 @@ void Migration::checkNameFreeOnTarget() {
       fail(ErrorKind::Conflict, "address " + c.ip + " of `" + record_.container + "` is taken on " + record_.target +
                                     " by `" + c.name + "`");
     }
+  }
+}
+
+// The target checks this too (prepareReceive), against its range as well,
+// which only it knows; refused here, before the target prepares anything.
+void Migration::checkIdMappingFreeOnTarget(const std::vector<ContainerSummary>& targetContainers) {
+  if (!containerInfo_.idMapping) return;
+  const IdMapping& mapping = *containerInfo_.idMapping;
+  for (auto& c : targetContainers) {
+    if (!c.idMapping || !c.idMapping->overlaps(mapping)) continue;
+    fail(ErrorKind::Conflict, "user namespace mapping " + mapping.text() + " of `" + record_.container + "` overlaps `" +
+                                  c.name + "`'s " + c.idMapping->text() + " on " + record_.target);
   }
 }
 
@@ -363,6 +379,7 @@ void Migration::prepareTarget() {
     expected.setRuncVersion(source_.runcVersion);
     expected.setIp(containerInfo_.ip);
     expected.setMac(containerInfo_.mac);
+    if (containerInfo_.idMapping) fillIdMapping(expected.initIdMapping(), *containerInfo_.idMapping);
   });
   if (!reply.get().isPort() || reply.get().getPort() == 0) {
     fail("target " + record_.target + " answered prepareReceive without a port");

@@ -125,7 +125,8 @@ class Migration {
   void refreshHosts();
   std::string peerError_;  // a failure an agent reported through progress (guarded by mutex_)
   ErrorKind peerErrorKind_ = ErrorKind::Failed;
-  void checkNameFreeOnTarget();
+  void checkNameFreeOnTarget(const std::vector<ContainerSummary>& targetContainers);
+  void checkIdMappingFreeOnTarget(const std::vector<ContainerSummary>& targetContainers);
   void ensureImageOnTarget();
   void checkCpuCompatible();
   void checkCapacity();

@@ -2,6 +2,7 @@
 
 #include <capnp/message.h>
 
+#include "agent/id-mapping-proto.h"
 #include "common/log.h"
 
 namespace migrate::testing {
@@ -55,27 +56,28 @@ void FakeAgent::setHandler(std::string request, Handler handler) {
   handlers_[std::move(request)] = std::move(handler);
 }
 
-void FakeAgent::addContainer(std::string name, std::string state, std::string) {
+void FakeAgent::addContainer(std::string name, std::string state, std::optional<IdMapping> idMapping) {
   std::lock_guard lock(mutex_);
-  std::erase_if(containers_, [&](auto& c) { return c.first == name; });
-  containers_.emplace_back(std::move(name), std::move(state));
+  std::erase_if(containers_, [&](auto& c) { return c.name == name; });
+  containers_.push_back({std::move(name), std::move(state), idMapping});
 }
 
 void FakeAgent::removeContainer(const std::string& name) {
   std::lock_guard lock(mutex_);
-  std::erase_if(containers_, [&](auto& c) { return c.first == name; });
+  std::erase_if(containers_, [&](auto& c) { return c.name == name; });
 }
 
 void FakeAgent::fillContainers(capnp::List<proto::ContainerInfo>::Builder list) {
   for (unsigned i = 0; i < containers_.size(); ++i) {
-    list[i].setName(containers_[i].first);
+    list[i].setName(containers_[i].name);
     list[i].setImage("test-image");
     list[i].setImageDigest("sha256:abc");
     // Distinct per name, the same on every host (it moves with the container).
-    list[i].setIp("198.18.0." + std::to_string(10 + std::hash<std::string>()(containers_[i].first) % 200));
-    list[i].setState(containers_[i].second == "running" ? proto::ContainerState::RUNNING
-                     : containers_[i].second == "checkpointed" ? proto::ContainerState::CHECKPOINTED
+    list[i].setIp("198.18.0." + std::to_string(10 + std::hash<std::string>()(containers_[i].name) % 200));
+    list[i].setState(containers_[i].state == "running" ? proto::ContainerState::RUNNING
+                     : containers_[i].state == "checkpointed" ? proto::ContainerState::CHECKPOINTED
                                                                : proto::ContainerState::STOPPED);
+    if (containers_[i].idMapping) fillIdMapping(list[i].initIdMapping(), *containers_[i].idMapping);
   }
 }
 
@@ -152,13 +154,19 @@ void FakeAgent::loop() {
           images[0].setDigest("sha256:abc");
           break;
         }
-        case proto::Request::PREPARE_RECEIVE:
+        case proto::Request::PREPARE_RECEIVE: {
+          auto prepare = request.getPrepareReceive();
+          receiving_[prepare.getContainerName().cStr()] =
+              idMappingFromProto(prepare.getExpectedManifest().getIdMapping());
+          reply.setPort(40000);
+          break;
+        }
         case proto::Request::RECEIVE_IMAGE:
           reply.setPort(40000);
           break;
         case proto::Request::CHECKPOINT_AND_SEND: {
           for (auto& c : containers_) {
-            if (c.first == request.getCheckpointAndSend().getContainerName().cStr()) c.second = "checkpointed";
+            if (c.name == request.getCheckpointAndSend().getContainerName().cStr()) c.state = "checkpointed";
           }
           auto stats = reply.initStats();
           stats.setBytesRaw(1000);
@@ -168,7 +176,9 @@ void FakeAgent::loop() {
           break;
         }
         case proto::Request::RESTORE: {
-          containers_.emplace_back(request.getRestore().getContainerName().cStr(), "running");
+          std::string name = request.getRestore().getContainerName().cStr();
+          containers_.push_back({name, "running", receiving_[name]});
+          receiving_.erase(name);
           auto restored = reply.initRestored();
           restored.getContainer().setName(request.getRestore().getContainerName());
           restored.getStats().setSha256("aa");
@@ -176,15 +186,15 @@ void FakeAgent::loop() {
         }
         case proto::Request::COMMIT_SOURCE:
           std::erase_if(containers_,
-                        [&](auto& c) { return c.first == request.getCommitSource().getContainerName().cStr(); });
+                        [&](auto& c) { return c.name == request.getCommitSource().getContainerName().cStr(); });
           break;
         case proto::Request::ROLLBACK_SOURCE:
           for (auto& c : containers_) {
-            if (c.first == request.getRollbackSource().getContainerName().cStr()) c.second = "running";
+            if (c.name == request.getRollbackSource().getContainerName().cStr()) c.state = "running";
           }
           break;
         case proto::Request::RUN_CONTAINER:
-          containers_.emplace_back(request.getRunContainer().getName().cStr(), "running");
+          containers_.push_back({request.getRunContainer().getName().cStr(), "running", std::nullopt});
           reply.initContainer().setName(request.getRunContainer().getName());
           reply.getContainer().setState(proto::ContainerState::RUNNING);
           break;

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/id-mapping.h"
 #include "common/files.h"
 #include "common/signing.h"
 #include "coordinator/coordinator.h"
@@ -36,7 +37,8 @@ class FakeAgent {
   ~FakeAgent();
 
   void setHandler(std::string request, Handler handler);
-  void addContainer(std::string name, std::string state, std::string ip = "198.18.0.5");
+  // `idMapping`: its user namespace as it reports it (none: the host's).
+  void addContainer(std::string name, std::string state, std::optional<IdMapping> idMapping = std::nullopt);
   void removeContainer(const std::string& name);
   void setSilent(bool silent) { silent_ = silent; }
   bool registered() const { return registered_; }
@@ -45,6 +47,11 @@ class FakeAgent {
   void setSigningKey(SigningKey key) { signingKey_ = std::move(key); }
 
  private:
+  struct Container {
+    std::string name, state;
+    std::optional<IdMapping> idMapping;
+  };
+
   void loop();
   void fillContainers(capnp::List<proto::ContainerInfo>::Builder list);
 
@@ -56,7 +63,10 @@ class FakeAgent {
   std::mutex& logMutex_;
   std::mutex mutex_;
   std::map<std::string, Handler> handlers_;
-  std::vector<std::pair<std::string, std::string>> containers_;  // name, state
+  std::vector<Container> containers_;
+  // What prepareReceive said each container being received maps to; a
+  // restore makes it with that mapping, as the real agent does.
+  std::map<std::string, std::optional<IdMapping>> receiving_;
   std::atomic<bool> stop_{false}, silent_{false}, registered_{false};
   std::thread thread_;
 };

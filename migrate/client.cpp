@@ -152,8 +152,11 @@ json listHosts(Client& client) { return client.get("/v1/hosts"); }
 json listContainers(Client& client) { return client.get("/v1/containers"); }
 
 json runContainer(Client& client, const RunOptions& o) {
-  json body = {{"name", o.name}, {"image", o.image}, {"args", o.args}, {"env", o.env}, {"tcpEstablished", o.tcpEstablished}};
+  json body = {{"name", o.name},     {"image", o.image},
+               {"args", o.args},     {"env", o.env},
+               {"userns", o.userns}, {"tcpEstablished", o.tcpEstablished}};
   if (!o.host.empty()) body["host"] = o.host;
+  if (!o.user.empty()) body["user"] = o.user;
   return client.post("/v1/containers", body);
 }
 

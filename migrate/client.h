@@ -41,6 +41,8 @@ struct RunOptions {
   std::vector<std::string> args;
   std::vector<std::string> env;
   bool tcpEstablished = true;
+  std::string userns = "auto";  // auto | host
+  std::string user;             // "UID[:GID]"; empty: the image's
 };
 
 struct MoveOptions {

@@ -1,4 +1,4 @@
-// migrate run --on HOST --name N IMAGE [CMD...]
+// migrate run --on HOST --name N [--userns auto|host] [--user UID[:GID]] IMAGE [CMD...]
 #include <iostream>
 #include <memory>
 
@@ -14,6 +14,14 @@ void addRunVerb(CLI::App& app, CommonOptions& common) {
   cmd->add_option("--env,-e", o->env, "KEY=value (repeatable)");
   cmd->add_flag("--tcp-established,!--no-tcp-established", o->tcpEstablished,
                 "Default for its migrations: keep established TCP connections");
+  cmd->add_option("--userns", o->userns,
+                  "auto: a user namespace of its own, 65536 ids the host's agent maps it to (container root is an "
+                  "unprivileged host uid; the mapping moves with it, and a target that has it taken refuses the "
+                  "migration); host: the host's (container root is host root)")
+      ->check(CLI::IsMember({"auto", "host"}))
+      ->capture_default_str();
+  cmd->add_option("--user,-u", o->user, "UID[:GID] its command runs as, numeric, inside the container "
+                                        "(default: the image's user)");
   cmd->add_option("image", o->image, "Image reference or digest")->required();
   cmd->add_option("command", o->args, "Command and arguments");
   // Everything after the image belongs to the container's command.

@@ -124,6 +124,24 @@ struct ContainerInfo {
 
   exitCode @9 :Int32;
   # Exit status when `stopped`; meaningless otherwise.
+
+  idMapping @10 :IdMapping;
+  # Its user namespace; unset (size 0) = the host's. A migration keeps it:
+  # the target must have it free (expectedManifest.idMapping).
+}
+
+struct IdMapping {
+  # A container's user namespace (agent/id-mapping.h): container ids
+  # 0..size-1 are host ids hostId..hostId+size-1, for uids and gids alike.
+  # CRIU restores the namespace with the maps its images hold and the upper
+  # dir's files are stored in host ids, so a container keeps its mapping
+  # across hosts.
+
+  hostId @0 :UInt32;
+  # The host id container id 0 (its root) is.
+
+  size @1 :UInt32;
+  # How many ids are mapped; 0 = none: the host's user namespace.
 }
 
 struct KeyValue {
@@ -338,6 +356,14 @@ struct RunContainer {
   tcpEstablished @9 :Bool;
   # Default for later migrations of this container: checkpoint established
   # TCP connections (CRIU --tcp-established).
+
+  hostUserns @10 :Bool;
+  # False (the default): a user namespace of its own, with a mapping the
+  # agent allocates from its --userns-range. True: the host's (root in the
+  # container is root on the host).
+
+  user @11 :Text;
+  # "uid[:gid]" inside the container; empty = the image's.
 }
 
 struct RemoveContainer {
@@ -379,6 +405,12 @@ struct ExpectedManifest {
 
   maxBundleBytes @7 :UInt64;
   # Uncompressed size bound; the receiver aborts past it. 0 = agent default.
+
+  idMapping @8 :IdMapping;
+  # The container's user namespace as the source reports it; unset (size 0)
+  # = the host's. prepareReceive refuses with `conflict` when the target
+  # cannot give it (outside its range, or overlapping a container's), before
+  # the source freezes; the bundle's manifest must carry the same.
 }
 
 struct PrepareReceive {
