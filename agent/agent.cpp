@@ -400,6 +400,7 @@ Container Agent::run(const RunRequest& request) {
   c.config.network = request.network && options_.cniConfig.has_value();
   c.config.createdAt = nowIso8601();
   if (!request.hostUserns) c.config.idMapping = allocateIdMapping(options_.idRange, c.config.id, mappingsInUse(""));
+  checkContainerUser(c.config.user, c.config.idMapping, "user");
   c.paths = pathsFor(c.config.id);
   fs::create_directories(c.paths.dir);
   c.state.status = ContainerStatus::Created;
@@ -906,6 +907,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (times) times->add("image-check", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
+    if (request.lazyPages) checkLazyRestoreSupported(c.config.idMapping.has_value());
     if (c.config.idMapping) {
       // CRIU reads some images as host root without capabilities (the
       // restored task, in its new user namespace before the maps are

@@ -85,7 +85,25 @@ bool isNumericUser(const std::string& user) {
   return isId(std::string_view(user).substr(0, colon)) && isId(std::string_view(user).substr(colon + 1));
 }
 
+// Each of uid and gid below the mapping's size (the process must exist in
+// the container's user namespace). `user` is numeric (isNumericUser).
+bool userFitsMapping(const std::string& user, const IdMapping& mapping) {
+  auto colon = user.find(':');
+  auto fits = [&](const std::string& id) { return std::stoull(id) < mapping.size; };
+  return fits(user.substr(0, colon)) && (colon == std::string::npos || fits(user.substr(colon + 1)));
+}
+
 }  // namespace
+
+void checkContainerUser(const std::string& user, const std::optional<IdMapping>& mapping, const std::string& what) {
+  if (user.empty()) return;
+  if (!isNumericUser(user)) fail(ErrorKind::InvalidInput, what + " " + quotedForMessage(user) + " must be numeric uid[:gid]");
+  if (mapping && !userFitsMapping(user, *mapping)) {
+    fail(ErrorKind::InvalidInput, what + " " + quotedForMessage(user) + " is not one of the container's " +
+                                      std::to_string(mapping->size) + " ids (its user namespace maps 0-" +
+                                      std::to_string(mapping->size - 1) + ")");
+  }
+}
 
 void checkUntrustedConfig(const ContainerConfig& c) {
   checkContainerId(c.id, "config.dump: `id`");
@@ -104,9 +122,7 @@ void checkUntrustedConfig(const ContainerConfig& c) {
                                     std::to_string(kMaxPathBytes) + " bytes");
     }
   }
-  if (!c.user.empty() && !isNumericUser(c.user)) {
-    refuseField("user", quotedForMessage(c.user) + " must be numeric uid[:gid]");
-  }
+  checkContainerUser(c.user, c.idMapping, "config.dump: `user`");
   if (!c.hostname.empty()) checkHostName(c.hostname, "config.dump: `hostname`");
   if (c.imageName.size() > 255 || hasNul(c.imageName)) refuseField("imageName", "is not an image name");
   if (c.createdAt.size() > 64 || hasNul(c.createdAt)) refuseField("createdAt", "is not a time");

@@ -42,6 +42,10 @@ struct ContainerConfig {
 // Throws Error(InvalidInput) "config.dump: `<field>` …: <the rule>".
 void checkUntrustedConfig(const ContainerConfig& config);
 
+// A container's user: empty (the image's) or numeric "uid[:gid]", each an id
+// of its user namespace when it has one. Throws Error(InvalidInput) "<what> …".
+void checkContainerUser(const std::string& user, const std::optional<IdMapping>& mapping, const std::string& what);
+
 enum class ContainerStatus { Created, Running, Stopped, Checkpointed };
 std::string statusName(ContainerStatus status);
 ContainerStatus statusFromName(const std::string& name);

@@ -38,6 +38,17 @@ void checkLazyPagesSupported() {
                                    "sysctl -w fs.pipe-max-size=" + std::to_string(kCriuPagePipeBytes));
 }
 
+void checkLazyRestoreSupported(bool userNamespace) {
+  if (!userNamespace) return;
+  auto text = readFileIfExists("/proc/sys/vm/unprivileged_userfaultfd");
+  if (text && std::stoi(*text) == 1) return;
+  fail(ErrorKind::Unimplemented,
+       "post-copy of a container in a user namespace needs vm.unprivileged_userfaultfd=1 on this host (it is " +
+           (text ? std::to_string(std::stoi(*text)) : std::string("unknown")) +
+           "; CRIU's restored tasks open their userfaultfd from inside the namespace, without CAP_SYS_PTRACE): "
+           "sysctl -w vm.unprivileged_userfaultfd=1, or migrate it without --postcopy");
+}
+
 std::string logTail(const fs::path& file, size_t lines) {
   auto content = readFileTailIfExists(file, kLogTailBytes);
   if (!content || content->empty()) return "";

@@ -116,6 +116,11 @@ class Runtime {
 // Post-copy needs CRIU's page-server pipe of 4 MiB: without CAP_SYS_RESOURCE
 // that is only allowed when fs.pipe-max-size >= 4 MiB. Throws naming the fix.
 void checkLazyPagesSupported();
+// The target's side: the restored tasks of a container in a user namespace
+// open their userfaultfd from inside it, which Linux allows only with
+// vm.unprivileged_userfaultfd=1 (CRIU 4.2 does not ask for
+// UFFD_USER_MODE_ONLY, nor use /dev/userfaultfd). Throws naming the fix.
+void checkLazyRestoreSupported(bool userNamespace);
 
 // The last `lines` lines of a log file, for error messages, read from at
 // most its last kLogTailBytes: CRIU and runc logs can be huge.

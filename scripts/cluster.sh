@@ -130,6 +130,10 @@ cmd_up() {
   # CAP_SYS_RESOURCE only fs.pipe-max-size allows; put back by `down`.
   [ -f "$RUN/pipe-max-size.orig" ] || cat /proc/sys/fs/pipe-max-size >"$RUN/pipe-max-size.orig"
   [ "$(cat /proc/sys/fs/pipe-max-size)" -ge 4194304 ] || echo 4194304 >/proc/sys/fs/pipe-max-size
+  # Post-copy of a container in a user namespace: its restored tasks open
+  # their userfaultfd from inside it (docs/userns.md); put back by `down`.
+  [ -f "$RUN/unprivileged-userfaultfd.orig" ] || cat /proc/sys/vm/unprivileged_userfaultfd >"$RUN/unprivileged-userfaultfd.orig"
+  echo 1 >/proc/sys/vm/unprivileged_userfaultfd
   mkdir -p "$KEYS"
   chmod 700 "$KEYS"
   if [ ! -f "$KEYS/coordinator.key" ]; then
@@ -184,6 +188,9 @@ cmd_down() {
   cp "$RUN"/*.log /var/tmp/migrate-lab-logs/ 2>/dev/null || true
   for d in "$RUN"/host*; do [ -f "$d/agent.log" ] && cp "$d/agent.log" "/var/tmp/migrate-lab-logs/$(basename "$d").log"; done
   if [ -f "$RUN/pipe-max-size.orig" ]; then cat "$RUN/pipe-max-size.orig" >/proc/sys/fs/pipe-max-size; fi
+  if [ -f "$RUN/unprivileged-userfaultfd.orig" ]; then
+    cat "$RUN/unprivileged-userfaultfd.orig" >/proc/sys/vm/unprivileged_userfaultfd
+  fi
   "$LAB" down
   rm -rf "$VAR"
 }
