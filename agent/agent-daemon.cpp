@@ -573,7 +573,7 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
   // Refused now, while the source still runs it: a mapping taken here would
   // otherwise only be found at import, after the source froze.
   if (r->idMapping) agent_.checkIdMappingAvailable(*r->idMapping, r->containerName);
-  if (r->postCopy) checkLazyRestoreSupported(r->idMapping.has_value());
+  if (r->postCopy && r->idMapping) checkLazyRestoreSupported();
   milliseconds acceptTimeout = request.getAcceptTimeoutMs() ? milliseconds(request.getAcceptTimeoutMs())
                                                             : kDefaultAcceptTimeout;
   auto listener = std::make_shared<DataListener>(options_.dataAddress);

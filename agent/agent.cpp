@@ -254,6 +254,10 @@ std::vector<IdMapping> Agent::mappingsInUse(const std::string& exceptName) {
 
 void Agent::checkIdMappingAvailable(const IdMapping& mapping, const std::string& name) {
   std::lock_guard lock(mutex_);
+  if (mapping.size != kIdMappingSize) {
+    fail(ErrorKind::InvalidInput, "user namespace mapping " + mapping.text() + " of `" + name + "` is not " +
+                                      std::to_string(kIdMappingSize) + " ids, one container's");
+  }
   if (!options_.idRange.contains(mapping)) {
     fail(ErrorKind::Conflict, "user namespace mapping " + mapping.text() + " of `" + name + "` is outside " +
                                   options_.hostName + "'s range " + options_.idRange.text() + " (--userns-range)");
@@ -279,6 +283,13 @@ void Agent::adoptNetworkAttachment(Container& c) {
   c.state.ip = requestedIp(status).value_or("");
   c.state.mac = requestedMac(status).value_or("");
   fs::remove(c.paths.networkAttachment());
+}
+
+void Agent::requireNetworkAttachment(Container& c) {
+  adoptNetworkAttachment(c);
+  if (attachesFromHook(c) && c.state.netns.empty()) {
+    fail("network hook of `" + c.config.name + "` left no attachment (runc ran no prestart hook?)");
+  }
 }
 
 // A persistent netns for the container, attached to the host's CNI network
@@ -411,7 +422,7 @@ Container Agent::run(const RunRequest& request) {
     if (!attachesFromHook(c)) setupNetwork(c, std::nullopt, std::nullopt, false);
     writeSpec(c, std::nullopt, NetworkHookRequest{c.config.id, std::nullopt, std::nullopt, false});
     c.state.pid = runtime_.create(c.config.id, c.paths);
-    adoptNetworkAttachment(c);
+    requireNetworkAttachment(c);
     runtime_.start(c.config.id);
     c.state.status = ContainerStatus::Running;
     c.state.startedAt = nowIso8601();
@@ -420,8 +431,8 @@ Container Agent::run(const RunRequest& request) {
     // Nothing half-made stays: runc state, mounts, network, the directory.
     try {
       runtime_.remove(c.config.id);
-      adoptNetworkAttachment(c);
       cleanupAfterStop(c);
+      unmountAllUnder(c.paths.dir);  // the idmapped lower is the shared image: never removed through it
       removeTree(c.paths.dir);
     } catch (const std::exception& e) {
       logWarn("cleanup after failed run of `" + request.name + "`: " + e.what());
@@ -471,6 +482,7 @@ std::string Agent::logs(const std::string& ref, size_t tailLines) {
 }
 
 void Agent::cleanupAfterStop(Container& c) {
+  adoptNetworkAttachment(c);  // a hook's attachment not taken yet (a failed create or restore) is torn down too
   unmountOverlay(overlayPaths(c, {}));
   teardownNetwork(c);
   pruneCgroupParents();
@@ -524,6 +536,7 @@ void Agent::remove(const std::string& ref, bool force) {
   runtime_.remove(c.config.id);
   cleanupAfterStop(c);
   releaseDirectory(c.paths.checkpoint());
+  unmountAllUnder(c.paths.dir);  // the idmapped lower is the shared image: never removed through it
   removeTree(c.paths.dir);
   logInfo("removed `" + c.config.name + "`");
 }
@@ -870,6 +883,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   if (c.state.status != ContainerStatus::Checkpointed) {
     fail(ErrorKind::Conflict, "container is " + statusName(c.state.status) + ", not checkpointed");
   }
+  if (request.lazyPages && c.config.idMapping) checkLazyRestoreSupported();
   if (!fs::exists(c.paths.checkpoint() / "inventory.img")) {
     fail(ErrorKind::NotFound, "a complete checkpoint cannot be found (" +
                                   (c.paths.checkpoint() / "inventory.img").string() + " is missing)");
@@ -907,7 +921,6 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
     if (times) times->add("image-check", secondsSince(start));
     start = Clock::now();
     bool tcp = request.tcpEstablished || c.state.checkpointTcpEstablished;
-    if (request.lazyPages) checkLazyRestoreSupported(c.config.idMapping.has_value());
     if (c.config.idMapping) {
       // CRIU reads some images as host root without capabilities (the
       // restored task, in its new user namespace before the maps are
@@ -915,19 +928,23 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
       // (host id hostId): both may read them, no one else. Root owns the
       // directory and files, the container root's group reads them.
       gid_t group = c.config.idMapping->hostId;
-      auto share = [&](const fs::path& path, mode_t mode) {
-        SYSCALL(::lchown(path.c_str(), 0, group), "chown", path.string());
-        SYSCALL(::chmod(path.c_str(), mode), "chmod", path.string());
-      };
-      share(c.paths.checkpoint(), 0750);
+      Fd dir = openOrFail(c.paths.checkpoint(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+      SYSCALL(::fchown(dir.get(), 0, group), "fchown", c.paths.checkpoint().string());
+      SYSCALL(::fchmod(dir.get(), 0750), "fchmod", c.paths.checkpoint().string());
       for (auto& image : fs::directory_iterator(c.paths.checkpoint())) {
+        // By fd, never through a symlink: only the images themselves.
+        int raw = ::openat(dir.get(), image.path().filename().c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (raw < 0) continue;  // a symlink (ELOOP) or gone: CRIU reads nothing through it either
+        Fd file(raw);
         struct stat st;
-        SYSCALL(::lstat(image.path().c_str(), &st), "stat", image.path().string());
-        if (S_ISREG(st.st_mode)) share(image.path(), (st.st_mode & 0600) | 0040);
+        SYSCALL(::fstat(file.get(), &st), "fstat", image.path().string());
+        if (!S_ISREG(st.st_mode)) continue;
+        SYSCALL(::fchown(file.get(), 0, group), "fchown", image.path().string());
+        SYSCALL(::fchmod(file.get(), (st.st_mode & 0600) | 0040), "fchmod", image.path().string());
       }
     }
     c.state.pid = runtime_.restore(c.config.id, c.paths, RestoreOptions{tcp, request.lazyPages, cgroupsPath(c.config.id)});
-    adoptNetworkAttachment(c);
+    requireNetworkAttachment(c);
     if (!c.state.netns.empty()) {
       unlockNetns(c.state.netns);
       if (!c.state.ip.empty()) announceAddress(c.state.netns, "eth0", c.state.ip);
@@ -936,7 +953,6 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   } catch (...) {
     try {
       runtime_.remove(c.config.id);
-      adoptNetworkAttachment(c);
       cleanupAfterStop(c);
       save(c);
     } catch (const std::exception& e) {

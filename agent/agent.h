@@ -184,6 +184,8 @@ class Agent {
   // Takes what the network hook attached (network-attachment.json) into the
   // container's state; no-op when the hook did not run or failed.
   void adoptNetworkAttachment(Container& container);
+  // The same after a create or restore whose hook must have run: throws if it did not.
+  void requireNetworkAttachment(Container& container);
   std::vector<IdMapping> mappingsInUse(const std::string& exceptName);
   void cleanupAfterStop(Container& container);
   void prepareCheckpointDirectory(const fs::path& dir);

@@ -865,5 +865,21 @@ TEST_CASE("bundle reader refuses a rootfs-diff owner outside the container's ids
   CHECK(readHostile(tar(200000)) == "");
 }
 
+
+TEST_CASE("a file capability without a namespace root is refused for a user-namespaced container", "[bundle]") {
+  std::vector<char> v2(kCapability.begin(), kCapability.end());
+  auto shift = [](uint32_t id) -> std::optional<uint32_t> { return id + 200000; };
+  CHECK_THROWS_WITH(shiftFileCapabilityRoot(v2, shift), Catch::Contains("not version 3"));
+  std::vector<char> v3(24, '\0');
+  uint32_t words[6] = {0x03000001, 1u << 10, 0, 0, 0, 7};
+  std::memcpy(v3.data(), words, sizeof words);
+  shiftFileCapabilityRoot(v3, shift);
+  uint32_t rootId;
+  std::memcpy(&rootId, v3.data() + 20, 4);
+  CHECK(rootId == 200007);
+  CHECK_THROWS_WITH(shiftFileCapabilityRoot(v3, [](uint32_t) { return std::optional<uint32_t>(); }),
+                    Catch::Contains("outside the container's ids"));
+}
+
 }  // namespace
 }  // namespace migrate

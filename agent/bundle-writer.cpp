@@ -283,7 +283,10 @@ class BundleWriter {
                           path.string(), name);
       value.resize(static_cast<size_t>(valueSize));
       if (name == kFileCapabilityXattr && containerIds) {
-        shiftFileCapabilityRoot(value, [&](uint32_t id) -> std::optional<uint32_t> { return containerIds->toContainer(id); });
+        shiftFileCapabilityRoot(value, [&](uint32_t id) -> std::optional<uint32_t> {
+          if (id < containerIds->hostId || id >= containerIds->end()) return std::nullopt;
+          return id - containerIds->hostId;
+        });
       }
       archive_entry_xattr_add_entry(entry, name.c_str(), value.data(), value.size());
     }

@@ -41,7 +41,9 @@
 
 namespace migrate {
 
-constexpr int kBundleFormatVersion = 2;
+// 3: rootfs-diff/ of a container in a user namespace carries its own ids,
+// and the manifest its idMapping; a reader of 2 would land them as host ids.
+constexpr int kBundleFormatVersion = 3;
 
 namespace bundle {
 constexpr std::string_view kManifest = "manifest.json";

@@ -25,10 +25,12 @@ Fd makeUserNamespace(const IdMapping& mapping) {
   Fd doneRead(done[0]), doneWrite(done[1]);
   pid_t child = SYSCALL(::fork(), "fork");
   if (child == 0) {
+    ::close(readyRead.get());
+    ::close(doneWrite.get());
     char status = ::unshare(CLONE_NEWUSER) == 0 ? 'y' : 'n';
     if (::write(readyWrite.get(), &status, 1) != 1) ::_exit(1);
     char byte;
-    (void)!::read(doneRead.get(), &byte, 1);  // until we close our end
+    (void)!::read(doneRead.get(), &byte, 1);  // until the parent closes its end (or kills it)
     ::_exit(0);
   }
   readyWrite.reset();
@@ -59,7 +61,9 @@ void mountIdmapped(const fs::path& source, const fs::path& target, const IdMappi
   Fd userns = makeUserNamespace(mapping);
   Fd tree(SYSCALL(sys::openTree(AT_FDCWD, source.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC), "open_tree"));
   struct mount_attr attr = {};
-  attr.attr_set = MOUNT_ATTR_IDMAP;
+  // Read-only: overlayfs never writes its lower layer, and this one is the
+  // image every container of it shares.
+  attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY;
   attr.userns_fd = static_cast<uint64_t>(userns.get());
   SYSCALL(sys::mountSetattr(tree.get(), "", AT_EMPTY_PATH, &attr), "mount_setattr MOUNT_ATTR_IDMAP");
   SYSCALL(sys::moveMount(tree.get(), "", AT_FDCWD, target.c_str(), MOVE_MOUNT_F_EMPTY_PATH), "move_mount");

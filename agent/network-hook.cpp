@@ -48,8 +48,15 @@ void runNetworkHook(const fs::path& stateDir, const fs::path& cniConfig, const N
   try {
     if (request.lock) lockNetns(netns);
     auto network = CniNetwork::load(cniConfig);
-    auto result = agentCniClient(stateDir).add(network, CniAttachment{request.containerId, netns, "eth0", request.ip, request.mac});
-    writeFileAtomic(attachmentFile, serializeNetworkStatus({result}));
+    CniAttachment attachment{request.containerId, netns, "eth0", request.ip, request.mac};
+    auto cni = agentCniClient(stateDir);
+    auto result = cni.add(network, attachment);
+    try {
+      writeFileAtomic(attachmentFile, serializeNetworkStatus({result}));
+    } catch (...) {
+      cni.del(network, attachment, result);  // the address goes back to IPAM
+      throw;
+    }
   } catch (...) {
     removeNetns(netns);  // the lock and the half-made interface go with it
     throw;

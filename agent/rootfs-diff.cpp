@@ -37,13 +37,15 @@ void shiftFileCapabilityRoot(std::vector<char>& value, const std::function<std::
   // struct vfs_ns_cap_data: magic_etc, two {permitted, inheritable} words, rootid; little endian.
   constexpr uint32_t kRevisionMask = 0xff000000, kRevision3 = 0x03000000;
   constexpr size_t kV3Bytes = 24, kRootIdAt = 20;
-  if (value.size() != kV3Bytes) return;
   auto word = [&](size_t at) {
     uint32_t w = 0;
     for (int i = 3; i >= 0; --i) w = (w << 8) | static_cast<unsigned char>(value[at + i]);
     return w;
   };
-  if ((word(0) & kRevisionMask) != kRevision3) return;
+  if (value.size() != kV3Bytes || (word(0) & kRevisionMask) != kRevision3) {
+    fail(ErrorKind::InvalidInput, "file capability of a container in a user namespace is not version 3 (names no "
+                                  "namespace root: it would hold in the host's)");
+  }
   auto shifted = shift(word(kRootIdAt));
   if (!shifted) fail(ErrorKind::InvalidInput, "file capability root id " + std::to_string(word(kRootIdAt)) + " is outside the container's ids");
   for (int i = 0; i < 4; ++i) value[kRootIdAt + i] = static_cast<char>((*shifted >> (8 * i)) & 0xff);

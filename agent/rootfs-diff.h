@@ -23,8 +23,11 @@ constexpr std::string_view kOverlayOpaqueXattr = "trusted.overlay.opaque";
 constexpr std::string_view kFileCapabilityXattr = "security.capability";
 
 // Rewrites the root id of a version 3 file capability value with `shift`
-// (container <-> host ids); other versions name none and stay. Throws
-// Error(InvalidInput) when `shift` returns nothing (an id past the mapping).
+// (container <-> host ids). Throws Error(InvalidInput) for any other value:
+// a version 1 or 2 capability names no namespace root and would grant its
+// capabilities in the host's user namespace (a file in a user-namespaced
+// container's upper dir always has version 3: the kernel writes it so), and
+// when `shift` returns nothing (an id past the mapping).
 void shiftFileCapabilityRoot(std::vector<char>& value, const std::function<std::optional<uint32_t>(uint32_t)>& shift);
 
 // A whiteout: a character device with device number 0/0 in the upper dir.

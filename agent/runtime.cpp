@@ -38,8 +38,7 @@ void checkLazyPagesSupported() {
                                    "sysctl -w fs.pipe-max-size=" + std::to_string(kCriuPagePipeBytes));
 }
 
-void checkLazyRestoreSupported(bool userNamespace) {
-  if (!userNamespace) return;
+void checkLazyRestoreSupported() {
   auto text = readFileIfExists("/proc/sys/vm/unprivileged_userfaultfd");
   if (text && std::stoi(*text) == 1) return;
   fail(ErrorKind::Unimplemented,

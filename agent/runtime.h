@@ -120,7 +120,7 @@ void checkLazyPagesSupported();
 // open their userfaultfd from inside it, which Linux allows only with
 // vm.unprivileged_userfaultfd=1 (CRIU 4.2 does not ask for
 // UFFD_USER_MODE_ONLY, nor use /dev/userfaultfd). Throws naming the fix.
-void checkLazyRestoreSupported(bool userNamespace);
+void checkLazyRestoreSupported();
 
 // The last `lines` lines of a log file, for error messages, read from at
 // most its last kLogTailBytes: CRIU and runc logs can be huge.

@@ -16,9 +16,12 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("migrate::proto");
 
-const protocolVersion :UInt32 = 1;
+const protocolVersion :UInt32 = 2;
 # Bumped when a change is not backward compatible; `register` carries it and
 # the coordinator refuses agents speaking another major version.
+# 2: user namespaces (IdMapping in ContainerInfo, RunContainer and
+# ExpectedManifest): a coordinator of 1 sends no mapping, whose migrations a
+# target of 2 would refuse at the bundle's manifest, after the source froze.
 
 struct Message {
   union {
