@@ -244,10 +244,7 @@ AgentDaemon::~AgentDaemon() {
     receiverThreads.swap(receiverThreads_);
   }
   for (auto& [key, thread] : receiverThreads) thread.join();
-  std::lock_guard lock(workersMutex_);
-  for (auto& t : workers_) {
-    if (t.joinable()) t.join();
-  }
+  workers_.joinAll();
 }
 
 void AgentDaemon::post(Outgoing message) {
@@ -356,8 +353,7 @@ AgentDaemon::Outgoing AgentDaemon::makeReply(uint64_t requestId, const std::func
 }
 
 void AgentDaemon::spawn(uint64_t requestId, std::function<void(proto::Reply::Builder)> work, std::string what) {
-  std::lock_guard lock(workersMutex_);
-  workers_.emplace_back([this, requestId, work = std::move(work), what = std::move(what)] {
+  workers_.start([this, requestId, work = std::move(work), what = std::move(what)] {
     post(makeReply(requestId, work, what));
   });
 }
@@ -398,12 +394,8 @@ void AgentDaemon::run(const std::atomic<bool>& stop) {
         logWarn(std::string("control channel: dropping a message: ") + e.what());
       }
     }
-    // Reap finished workers now and then so threads do not pile up.
-    std::lock_guard lock(workersMutex_);
-    if (workers_.size() > 64) {
-      for (auto& t : workers_) t.join();
-      workers_.clear();
-    }
+    // Finished workers only: a long transfer never holds up the loop.
+    workers_.reapFinished();
   }
   logInfo("stopping; containers keep running");
 }
@@ -1118,8 +1110,7 @@ void AgentDaemon::receiveImage(proto::ReceiveImage::Reader request, proto::Reply
   std::string identity = request.getPskIdentity();
   auto psk = bytesOf(request.getPsk());
   milliseconds timeout = request.getAcceptTimeoutMs() ? milliseconds(request.getAcceptTimeoutMs()) : kDefaultAcceptTimeout;
-  std::lock_guard lock(workersMutex_);
-  workers_.emplace_back([this, listener, digest, identity, psk, timeout] {
+  workers_.start([this, listener, digest, identity, psk, timeout] {
     try {
       // Strangers are dropped as for a migration's receiver; shutdown stops
       // the wait (and the stream) at once.

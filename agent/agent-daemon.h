@@ -17,6 +17,7 @@
 #include <capnp/message.h>
 
 #include "agent/agent.h"
+#include "common/worker-threads.h"
 #include "net/tls-stream.h"
 #include "net/control-channel.h"
 #include "net/curve-keys.h"
@@ -98,8 +99,7 @@ class AgentDaemon {
   std::deque<Outgoing> outbox_;
   Wakeup wakeup_;  // post() wakes run()'s receive
 
-  std::mutex workersMutex_;
-  std::vector<std::thread> workers_;
+  WorkerThreads workers_;
 
   // The destructor began: receivers and image receives stop (their accepts
   // and streams poll it), and no receiver thread starts.

@@ -66,45 +66,13 @@ void Coordinator::shutdown() {
   // they return without journalling anything.
   link_.stop();
   if (retryThread_.joinable()) retryThread_.join();
-  std::map<uint64_t, std::thread> threads;
-  {
-    std::lock_guard lock(threadsMutex_);
-    threads.swap(threads_);
-  }
-  for (auto& [key, thread] : threads) thread.join();
+  workers_.joinAll();
 }
 
 // ---------------------------------------------------------------------------
 // Threads
 
-void Coordinator::launch(std::function<void()> body) {
-  std::lock_guard lock(threadsMutex_);
-  uint64_t key = nextThreadKey_++;
-  threads_.emplace(key, std::thread([this, key, body = std::move(body)] {
-    try {
-      body();
-    } catch (const std::exception& e) {
-      logError(std::string("coordinator: worker: ") + e.what());
-    }
-    std::lock_guard lock(threadsMutex_);
-    finishedThreads_.push_back(key);
-  }));
-}
-
-void Coordinator::reapThreads() {
-  std::vector<std::thread> done;
-  {
-    std::lock_guard lock(threadsMutex_);
-    for (uint64_t key : finishedThreads_) {
-      auto it = threads_.find(key);
-      if (it == threads_.end()) continue;
-      done.push_back(std::move(it->second));
-      threads_.erase(it);
-    }
-    finishedThreads_.clear();
-  }
-  for (auto& t : done) t.join();
-}
+void Coordinator::launch(std::function<void()> body) { workers_.start(std::move(body), "coordinator: worker"); }
 
 void Coordinator::finished(const std::string& id) {
   std::lock_guard lock(mutex_);
@@ -137,7 +105,7 @@ void Coordinator::retryLoop() {
     } catch (const std::exception& e) {
       logError(std::string("coordinator: retry: ") + e.what());
     }
-    reapThreads();
+    workers_.reapFinished();
   }
 }
 

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/worker-threads.h"
 #include "coordinator/agent-link.h"
 #include "coordinator/evacuation-planner.h"
 #include "coordinator/host-registry.h"
@@ -112,7 +113,6 @@ class Coordinator {
   void retryLoop();
   void retryUnfinished();
   void adoptOwners(const std::string& host);
-  void reapThreads();
   void onEvent(const std::string& event, const MigrationRecord& record);
   ReplyMessage hostRequest(const std::string& host, const std::string& what,
                            const AgentLink::RequestFiller& fill);
@@ -131,10 +131,7 @@ class Coordinator {
   bool stopping_ = false;
   bool retryNow_ = false;
 
-  std::mutex threadsMutex_;
-  uint64_t nextThreadKey_ = 0;
-  std::map<uint64_t, std::thread> threads_;
-  std::vector<uint64_t> finishedThreads_;
+  WorkerThreads workers_;  // one per migration and evacuation
   std::thread retryThread_;
 };
 
