@@ -90,10 +90,6 @@ std::optional<IdMapping> manifestIdMapping(const nlohmann::json& manifest) {
   return IdMapping::fromJson(*it, "bundle manifest: idMapping");
 }
 
-std::string idMappingText(const std::optional<IdMapping>& mapping) {
-  return mapping ? mapping->text() : std::string("none (the host's user namespace)");
-}
-
 uint64_t meminfoField(const std::string& field) {
   std::ifstream in("/proc/meminfo");
   std::string key;
@@ -581,9 +577,8 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
       }
       // Not a container here yet, so checkIdMappingAvailable cannot see it.
       if (r->idMapping && other->idMapping && r->idMapping->overlaps(*other->idMapping)) {
-        fail(ErrorKind::Conflict, "user namespace mapping " + r->idMapping->text() + " of `" + r->containerName +
-                                      "` overlaps `" + other->containerName + "`'s " + other->idMapping->text() +
-                                      ", being received by migration " + id);
+        refuseOverlap(*r->idMapping, r->containerName, *other->idMapping, other->containerName,
+                      ", being received by migration " + id);
       }
     }
     receivers_[r->migrationId] = r;

@@ -244,10 +244,10 @@ void Agent::prepareStorage(const Container& c) {
   mountOverlay(overlayPaths(c, images_.rootfsPath(image)));
 }
 
-std::vector<IdMapping> Agent::mappingsInUse(const std::string& exceptName) {
+std::vector<IdMapping> Agent::mappingsInUse() {
   std::vector<IdMapping> taken;
   for (auto& other : list()) {
-    if (other.config.idMapping && other.config.name != exceptName) taken.push_back(*other.config.idMapping);
+    if (other.config.idMapping) taken.push_back(*other.config.idMapping);
   }
   return taken;
 }
@@ -264,9 +264,7 @@ void Agent::checkIdMappingAvailable(const IdMapping& mapping, const std::string&
   }
   for (auto& other : list()) {
     if (!other.config.idMapping || other.config.name == name || !other.config.idMapping->overlaps(mapping)) continue;
-    fail(ErrorKind::Conflict, "user namespace mapping " + mapping.text() + " of `" + name + "` overlaps `" +
-                                  other.config.name + "`'s " + other.config.idMapping->text() + " on " +
-                                  options_.hostName);
+    refuseOverlap(mapping, name, *other.config.idMapping, other.config.name, " on " + options_.hostName);
   }
 }
 
@@ -278,7 +276,7 @@ void Agent::adoptNetworkAttachment(Container& c) {
   auto text = readFileIfExists(c.paths.networkAttachment());
   if (!text) return;
   auto status = parseNetworkStatus(*text);
-  c.state.netns = pinnedNetnsPath(options_.stateDir, c.config.id).string();
+  c.state.netns = containerNetnsPath(options_.stateDir, c.config.id).string();
   c.state.networkStatus = json::parse(serializeNetworkStatus(status));
   c.state.ip = requestedIp(status).value_or("");
   c.state.mac = requestedMac(status).value_or("");
@@ -306,7 +304,7 @@ void Agent::setupNetwork(Container& c, std::optional<std::string> ip, std::optio
   }
   ErrorContext context("network");
   auto network = CniNetwork::load(*options_.cniConfig);
-  fs::path netns = options_.stateDir / "netns" / c.config.id;
+  fs::path netns = containerNetnsPath(options_.stateDir, c.config.id);
   fs::create_directories(netns.parent_path());
   if (netnsExists(netns)) removeNetns(netns);
   NetnsGuard guard(netns);
@@ -410,7 +408,7 @@ Container Agent::run(const RunRequest& request) {
   c.config.hostname = request.hostname.empty() ? request.name : request.hostname;
   c.config.network = request.network && options_.cniConfig.has_value();
   c.config.createdAt = nowIso8601();
-  if (!request.hostUserns) c.config.idMapping = allocateIdMapping(options_.idRange, c.config.id, mappingsInUse(""));
+  if (!request.hostUserns) c.config.idMapping = allocateIdMapping(options_.idRange, c.config.id, mappingsInUse());
   checkContainerUser(c.config.user, c.config.idMapping, "user");
   c.paths = pathsFor(c.config.id);
   fs::create_directories(c.paths.dir);
@@ -824,9 +822,8 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
                                       " (" + quotedForMessage(manifest.containerId) + ")");
   }
   if (config.idMapping != manifest.idMapping) {
-    auto text = [](const std::optional<IdMapping>& m) { return m ? m->text() : std::string("the host's"); };
-    fail(ErrorKind::InvalidInput, "bundle: config.dump's user namespace mapping (" + text(config.idMapping) +
-                                      ") is not the manifest's (" + text(manifest.idMapping) + ")");
+    fail(ErrorKind::InvalidInput, "bundle: config.dump's user namespace mapping (" + idMappingText(config.idMapping) +
+                                      ") is not the manifest's (" + idMappingText(manifest.idMapping) + ")");
   }
   if (config.imageDigest != manifest.imageDigest) {
     fail(ErrorKind::InvalidInput, "bundle: config.dump's image " + config.imageDigest + " is not the manifest's " +

@@ -186,7 +186,7 @@ class Agent {
   void adoptNetworkAttachment(Container& container);
   // The same after a create or restore whose hook must have run: throws if it did not.
   void requireNetworkAttachment(Container& container);
-  std::vector<IdMapping> mappingsInUse(const std::string& exceptName);
+  std::vector<IdMapping> mappingsInUse();
   void cleanupAfterStop(Container& container);
   void prepareCheckpointDirectory(const fs::path& dir);
   void releaseCheckpointFiles(const Container& container);

@@ -43,6 +43,16 @@ IdMapping IdMapping::fromJson(const json& j, const std::string& what) {
   return IdMapping{static_cast<uint32_t>(hostId), static_cast<uint32_t>(size)};
 }
 
+std::string idMappingText(const std::optional<IdMapping>& mapping) {
+  return mapping ? mapping->text() : std::string("none (the host's user namespace)");
+}
+
+void refuseOverlap(const IdMapping& mapping, const std::string& name, const IdMapping& other,
+                   const std::string& otherName, const std::string& where) {
+  fail(ErrorKind::Conflict, "user namespace mapping " + mapping.text() + " of `" + name + "` overlaps `" + otherName +
+                                "`'s " + other.text() + where);
+}
+
 std::string IdRange::text() const { return std::to_string(first) + ":" + std::to_string(count); }
 
 IdRange IdRange::parse(const std::string& text) {

@@ -51,6 +51,15 @@ struct IdMapping {
   static constexpr uint32_t kOverflowId = 65534;
 };
 
+// "0:H:S", or "none (the host's user namespace)", for messages.
+std::string idMappingText(const std::optional<IdMapping>& mapping);
+
+// Throws Error(Conflict) "user namespace mapping M of `name` overlaps
+// `otherName`'s O<where>": the one refusal of a clash, wherever it is found
+// (an agent's containers, its receivers, the coordinator's precheck).
+[[noreturn]] void refuseOverlap(const IdMapping& mapping, const std::string& name, const IdMapping& other,
+                                const std::string& otherName, const std::string& where);
+
 // The host ids this agent gives containers: `first`..`first+count-1`.
 struct IdRange {
   uint32_t first = 1u << 30;

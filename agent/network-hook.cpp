@@ -16,7 +16,7 @@ namespace migrate {
 
 CniClient agentCniClient(const fs::path& stateDir) { return CniClient({"/usr/lib/cni"}, stateDir / "cni-cache"); }
 
-fs::path pinnedNetnsPath(const fs::path& stateDir, const std::string& containerId) {
+fs::path containerNetnsPath(const fs::path& stateDir, const std::string& containerId) {
   return stateDir / "netns" / containerId;
 }
 
@@ -40,7 +40,7 @@ void runNetworkHook(const fs::path& stateDir, const fs::path& cniConfig, const N
     fail(ErrorKind::InvalidInput, "the OCI state on stdin has no pid");
   }
   std::string source = "/proc/" + std::to_string(state["pid"].get<long>()) + "/ns/net";
-  fs::path netns = pinnedNetnsPath(stateDir, request.containerId);
+  fs::path netns = containerNetnsPath(stateDir, request.containerId);
   fs::create_directories(netns.parent_path());
   if (netnsExists(netns) || fs::exists(netns)) removeNetns(netns);  // a previous life's
   fs::remove(attachmentFile);

@@ -36,8 +36,9 @@ struct NetworkHookRequest {
 // results cached in <state>/cni-cache.
 CniClient agentCniClient(const fs::path& stateDir);
 
-// Where the container's netns is pinned.
-fs::path pinnedNetnsPath(const fs::path& stateDir, const std::string& containerId);
+// Where a container's netns is bound: the one the agent makes (--userns
+// host), or the one the hook pins.
+fs::path containerNetnsPath(const fs::path& stateDir, const std::string& containerId);
 
 // The hook's command line for the spec: this very binary with the agent's
 // state dir and CNI config, then the request.

@@ -287,8 +287,7 @@ void Migration::checkIdMappingFreeOnTarget(const std::vector<ContainerSummary>& 
   const IdMapping& mapping = *containerInfo_.idMapping;
   for (auto& c : targetContainers) {
     if (!c.idMapping || !c.idMapping->overlaps(mapping)) continue;
-    fail(ErrorKind::Conflict, "user namespace mapping " + mapping.text() + " of `" + record_.container + "` overlaps `" +
-                                  c.name + "`'s " + c.idMapping->text() + " on " + record_.target);
+    refuseOverlap(mapping, record_.container, *c.idMapping, c.name, " on " + record_.target);
   }
 }
 
