@@ -22,6 +22,7 @@ constexpr KindName kKindNames[] = {
     {ErrorKind::InvalidInput, "invalid-input"},
     {ErrorKind::NotFound, "not-found"},
     {ErrorKind::Conflict, "conflict"},
+    {ErrorKind::Cancelled, "cancelled"},
 };
 
 }  // namespace

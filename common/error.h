@@ -21,6 +21,7 @@ enum class ErrorKind {
   InvalidInput,   // The request or data is malformed or hostile; fix the input.
   NotFound,       // The named object does not exist.
   Conflict,       // The name, address or object is already taken or busy.
+  Cancelled,      // Stopped on request (migrate cancel); nothing to retry.
 };
 
 std::string_view kindName(ErrorKind kind);

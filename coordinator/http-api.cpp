@@ -147,6 +147,7 @@ int httpStatusFor(ErrorKind kind) {
     case ErrorKind::InvalidInput: return 400;
     case ErrorKind::NotFound: return 404;
     case ErrorKind::Conflict: return 409;
+    case ErrorKind::Cancelled: return 409;
     case ErrorKind::Overloaded: return 503;
     case ErrorKind::Disconnected: return 502;
     case ErrorKind::Unimplemented: return 501;

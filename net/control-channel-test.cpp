@@ -286,7 +286,7 @@ TEST_CASE("control: a malformed frame from an authenticated host throws InvalidI
 
 TEST_CASE("control: error kinds survive the wire") {
   for (auto kind : {ErrorKind::Failed, ErrorKind::Overloaded, ErrorKind::Disconnected, ErrorKind::Unimplemented,
-                    ErrorKind::InvalidInput, ErrorKind::NotFound, ErrorKind::Conflict}) {
+                    ErrorKind::InvalidInput, ErrorKind::NotFound, ErrorKind::Conflict, ErrorKind::Cancelled}) {
     CHECK(errorKindFromSchema(errorKindToSchema(kind)) == kind);
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<proto::Message>().initReply();

@@ -177,6 +177,7 @@ proto::ErrorKind errorKindToSchema(ErrorKind kind) {
     case ErrorKind::InvalidInput: return proto::ErrorKind::INVALID_INPUT;
     case ErrorKind::NotFound: return proto::ErrorKind::NOT_FOUND;
     case ErrorKind::Conflict: return proto::ErrorKind::CONFLICT;
+    case ErrorKind::Cancelled: return proto::ErrorKind::CANCELLED;
   }
   return proto::ErrorKind::FAILED;
 }
@@ -190,6 +191,7 @@ ErrorKind errorKindFromSchema(proto::ErrorKind kind) {
     case proto::ErrorKind::INVALID_INPUT: return ErrorKind::InvalidInput;
     case proto::ErrorKind::NOT_FOUND: return ErrorKind::NotFound;
     case proto::ErrorKind::CONFLICT: return ErrorKind::Conflict;
+    case proto::ErrorKind::CANCELLED: return ErrorKind::Cancelled;
   }
   // A kind added by a newer peer: the safe reading is "do not retry blindly".
   return ErrorKind::Failed;

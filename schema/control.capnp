@@ -562,6 +562,7 @@ enum ErrorKind {
   invalidInput @4;
   notFound @5;
   conflict @6;
+  cancelled @7;
 }
 
 struct PhaseTiming {
