@@ -1,8 +1,9 @@
 // The agent as a daemon: connects to the coordinator over the CURVE control
 // channel, registers this host, sends heartbeats, and serves the coordinator's
-// requests. Long requests (checkpoint-and-send, receive, restore) run on
-// worker threads; only the main loop touches the ZeroMQ socket, so workers
-// hand their replies and progress to it through an outbox.
+// requests. Every request runs on a worker thread, so the loop (and with it
+// the heartbeats) never waits for one; only the loop touches the ZeroMQ
+// socket, so workers hand their replies and progress to it through an
+// outbox.
 #pragma once
 
 #include <atomic>
@@ -17,14 +18,15 @@
 #include <capnp/message.h>
 
 #include "agent/agent.h"
+#include "agent/post-copy-source.h"
+#include "agent/progress-report.h"
+#include "agent/receiver-set.h"
 #include "common/worker-threads.h"
 #include "net/tls-stream.h"
 #include "net/control-channel.h"
 #include "net/curve-keys.h"
 
 namespace migrate {
-
-class DataListener;
 
 struct DaemonOptions {
   std::string coordinatorEndpoint;     // tcp://198.19.0.1:7700
@@ -36,6 +38,12 @@ struct DaemonOptions {
   int zstdThreads = 2;   // zstd workers (0: compress on the streaming thread)
 };
 
+// The loop and the dispatch. Each transfer is its own class, owning its
+// threads and sockets: Receiver (receiver.h, kept in a ReceiverSet),
+// CheckpointSender (checkpoint-sender.h), PostCopySource
+// (post-copy-source.h), and the image transfer (image-transfer.h). The
+// daemon only starts them on workers, finds them again by migration or
+// container, and reports what they say.
 class AgentDaemon {
  public:
   AgentDaemon(Agent& agent, DaemonOptions options);
@@ -45,20 +53,14 @@ class AgentDaemon {
   void run(const std::atomic<bool>& stop);
 
  private:
-  struct Receiver;  // one incoming migration stream (prepareReceive .. restore/abort)
-  struct EndedReceiver {  // why a receiver went, for a restore that comes after
-    std::string migrationId;
-    std::string reason;
-  };
-  struct PostCopySource;  // a frozen container serving its pages (checkpointAndSend .. finishPostCopy)
-
   using Outgoing = std::unique_ptr<capnp::MallocMessageBuilder>;
 
+  // The control loop's side: only run() touches the ZeroMQ socket.
   void sendRegister();
   void sendHeartbeat();
   void post(Outgoing message);  // any thread
-  void postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase, uint64_t done,
-                    uint64_t total, const std::exception* failure = nullptr);
+  void postProgress(const ProgressReport& report);
+  ReportProgress progressReporter();
   void dispatch(proto::Request::Reader request);
   Outgoing makeReply(uint64_t requestId, const std::function<void(proto::Reply::Builder)>& work,
                      const std::string& what);
@@ -66,30 +68,22 @@ class AgentDaemon {
   void spawn(uint64_t requestId, std::function<void(proto::Reply::Builder)> work, std::string what);
   void fillRegister(proto::Register::Builder reg);
 
+  // Requests, each on a worker.
   void prepareReceive(uint64_t requestId, proto::PrepareReceive::Reader request, proto::Reply::Builder reply);
-  void receiveBundle(const std::shared_ptr<Receiver>& r, std::shared_ptr<DataListener> listener,
-                     std::chrono::milliseconds acceptTimeout, uint64_t requestId);
   void checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request, proto::Reply::Builder reply);
-  void sendCheckpoint(uint64_t requestId, proto::CheckpointAndSend::Reader request, TlsStream& tls,
-                      uint64_t checkpointNs, uint64_t connectNs, const std::shared_ptr<PostCopySource>& postCopy,
-                      proto::Reply::Builder reply);
   void restore(proto::Restore::Reader request, proto::Reply::Builder reply);
   void abortReceive(const std::string& migrationId);
   void rollbackSource(const std::string& name, proto::Reply::Builder reply);
   void finishPostCopy(uint64_t requestId, const std::string& name, std::chrono::milliseconds timeout,
                       proto::Reply::Builder reply);
-  void startPostCopyTarget(const std::shared_ptr<Receiver>& r);
-  void servePages(const std::shared_ptr<PostCopySource>& p);
-  std::shared_ptr<PostCopySource> postCopyFor(const std::string& name);
-  void checkCpuInfo(capnp::Data::Reader cpuInfo);
   void receiveImage(proto::ReceiveImage::Reader request, proto::Reply::Builder reply);
   void sendImage(proto::SendImage::Reader request);
-  std::shared_ptr<Receiver> receiverFor(const std::string& migrationId);
-  // Takes `r` out of the map (its name is free again), noting why if it failed.
-  void endReceiver(const std::shared_ptr<Receiver>& r, const std::string& failure);
-  // A thread of receiver `r` (receive, post-copy pages); throws once stopping.
-  void launchReceiverThread(const std::shared_ptr<Receiver>& r, std::function<void()> body);
-  void reapReceiverThreads();  // joins those that finished
+  // Cancel: sets the flag of the request `requestId` if it is one that
+  // stops on it (checkpointAndSend). Never blocks the loop.
+  void cancel(uint64_t requestId);
+
+  std::shared_ptr<PostCopySource> postCopyFor(const std::string& name);
+  void forgetPostCopy(const std::shared_ptr<PostCopySource>& p);
 
   Agent& agent_;
   DaemonOptions options_;
@@ -99,28 +93,21 @@ class AgentDaemon {
   std::deque<Outgoing> outbox_;
   Wakeup wakeup_;  // post() wakes run()'s receive
 
+  // Destroyed in reverse: workers are joined first (a restore waiting on a
+  // receiver returns once the receivers were stopped), then the receivers
+  // (each joins its own threads).
+  ReceiverSet receivers_;
   WorkerThreads workers_;
 
-  // The destructor began: receivers and image receives stop (their accepts
-  // and streams poll it), and no receiver thread starts.
+  // The destructor began: image receives stop (their accepts and streams
+  // poll it).
   std::atomic<bool> stopping_{false};
-
-  // A receiver that fails or times out ends itself, so nobody waits to join
-  // its threads: a finished one is joined by the next prepareReceive, the
-  // rest by the destructor, each exactly once (as the coordinator's threads).
-  std::mutex receiversMutex_;  // guards the five below
-  std::map<std::string, std::shared_ptr<Receiver>> receivers_;  // live ones, by migration id
-  std::deque<EndedReceiver> endedReceivers_;                     // the last few that failed
-  std::map<uint64_t, std::thread> receiverThreads_;
-  std::vector<uint64_t> finishedReceiverThreads_;
-  uint64_t nextReceiverThread_ = 0;
 
   std::mutex postCopiesMutex_;
   std::map<std::string, std::shared_ptr<PostCopySource>> postCopies_;  // by container name
-};
 
-// `criu cpuinfo dump` of this host as bytes, and the check of another's.
-std::string dumpCpuInfo();
-void checkCpuInfoCompatible(const std::string& cpuInfoImage);
+  std::mutex cancelsMutex_;
+  std::map<uint64_t, std::shared_ptr<std::atomic<bool>>> cancels_;  // by request id, while it runs
+};
 
 }  // namespace migrate

@@ -1,6 +1,10 @@
 #include "agent/capacity.h"
 
 #include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
 
 #include <sstream>
 
@@ -20,15 +24,18 @@ uint64_t saturatingMul(uint64_t a, uint64_t b) { return b != 0 && a > UINT64_MAX
 
 std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
-uint64_t readMemAvailable() {
+// A /proc/meminfo field ("MemAvailable"), in bytes.
+uint64_t readMeminfo(std::string_view field) {
   std::istringstream in(readFile("/proc/meminfo"));
   std::string key;
   uint64_t kib;
   while (in >> key >> kib) {
-    if (key == "MemAvailable:") return kib << 10;
+    if (key.size() == field.size() + 1 && key.compare(0, field.size(), field) == 0 && key.back() == ':') {
+      return kib << 10;
+    }
     in.ignore(64, '\n');
   }
-  fail("/proc/meminfo has no MemAvailable");
+  fail("/proc/meminfo has no " + std::string(field));
 }
 
 }  // namespace
@@ -36,7 +43,16 @@ uint64_t readMemAvailable() {
 HostCapacity HostCapacity::measure(const fs::path& landingDir) {
   struct statvfs vfs;
   SYSCALL(::statvfs(landingDir.c_str(), &vfs), "statvfs", landingDir.string());
-  return HostCapacity{readMemAvailable(), saturatingMul(vfs.f_bavail, vfs.f_frsize), vfs.f_favail};
+  HostCapacity c;
+  c.memAvailable = readMeminfo("MemAvailable");
+  c.memTotal = readMeminfo("MemTotal");
+  c.diskAvailable = saturatingMul(vfs.f_bavail, vfs.f_frsize);
+  c.diskTotal = saturatingMul(vfs.f_blocks, vfs.f_frsize);
+  c.diskInodes = vfs.f_favail;
+  c.cpus = static_cast<uint32_t>(std::max(0L, sysconf(_SC_NPROCESSORS_ONLN)));
+  double avg[1] = {0};
+  if (getloadavg(avg, 1) == 1) c.loadAvg1 = avg[0];
+  return c;
 }
 
 TmpfsBounds checkpointTmpfsBounds(const BundleManifest& m) {

@@ -13,10 +13,16 @@ namespace migrate {
 
 namespace fs = std::filesystem;
 
+// What this host has and has free: for an import's precheck, and for the
+// capacity and load the agent reports to the coordinator.
 struct HostCapacity {
   uint64_t memAvailable = 0;   // /proc/meminfo MemAvailable, bytes: what a tmpfs may take
   uint64_t diskAvailable = 0;  // statvfs of where imports land (stateDir/containers): f_bavail * f_frsize
   uint64_t diskInodes = 0;     // statvfs f_favail
+  uint64_t memTotal = 0;       // /proc/meminfo MemTotal, bytes
+  uint64_t diskTotal = 0;      // statvfs f_blocks * f_frsize
+  uint32_t cpus = 0;           // online
+  double loadAvg1 = 0;         // getloadavg, 1 minute
 
   static HostCapacity measure(const fs::path& landingDir);
 };

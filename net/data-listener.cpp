@@ -13,9 +13,12 @@
 #include <deque>
 #include <iterator>
 #include <optional>
+#include <random>
+#include <sstream>
 #include <vector>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/syscall.h"
 
@@ -297,6 +300,30 @@ TlsStream DataListener::acceptTls(const std::string& pskIdentity, std::span<cons
       if (auto stream = advance(it)) return std::move(*stream);
     }
   }
+}
+
+uint16_t pickLoopbackPort() {
+  // Below the ephemeral range, above the well-known and registered ports
+  // most daemons use.
+  constexpr unsigned kLowest = 20000;
+  unsigned ephemeralLow = 32768;
+  if (auto range = readFileIfExists("/proc/sys/net/ipv4/ip_local_port_range")) {
+    std::istringstream(*range) >> ephemeralLow;
+  }
+  if (ephemeralLow <= kLowest + 100) fail(ErrorKind::Failed, "ip_local_port_range starts at " +
+                                              std::to_string(ephemeralLow) + ": no port below it to pick");
+  std::random_device random;
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    auto port = static_cast<uint16_t>(kLowest + random() % (ephemeralLow - kLowest));
+    Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) failErrno(errno, "socket");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return port;
+  }
+  fail(ErrorKind::Overloaded, "no free loopback port below " + std::to_string(ephemeralLow) + " after 64 tries");
 }
 
 Fd connectTcp(const std::string& host, uint16_t port, std::chrono::milliseconds timeout) {

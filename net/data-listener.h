@@ -75,6 +75,13 @@ class DataListener {
 // on refusal or timeout. The returned socket is blocking.
 Fd connectTcp(const std::string& host, uint16_t port, std::chrono::milliseconds timeout);
 
+// A loopback port for a program that binds it itself (CRIU's page server
+// takes only a number): free when tested, and below the kernel's ephemeral
+// range (ip_local_port_range), so no outgoing connection is given it
+// meanwhile. Only a process binding that very port on purpose can still take
+// it first; the program's bind then fails, and with it its start, cleanly.
+uint16_t pickLoopbackPort();
+
 // "198.19.0.12:41234" ("[::1]:41234") of the socket's peer; "unknown peer" if
 // it cannot be told. For error messages.
 std::string socketPeerName(int fd);

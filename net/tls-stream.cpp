@@ -504,6 +504,16 @@ size_t TlsStream::read(void* buffer, size_t size) {
   impl_->failIo("read", ret);
 }
 
+size_t TlsStream::readFully(void* buffer, size_t size) {
+  size_t got = 0;
+  while (got < size) {
+    size_t n = read(static_cast<char*>(buffer) + got, size - got);
+    if (n == 0) break;
+    got += n;
+  }
+  return got;
+}
+
 void TlsStream::write(const void* data, size_t size) {
   if (impl_->writeShut) fail("tls: write to " + impl_->peer + " after close_notify");
   auto* p = static_cast<const char*>(data);

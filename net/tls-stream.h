@@ -74,6 +74,9 @@ class TlsStream {
   // Error(Disconnected, "... (truncated)"): a cut stream must never look like
   // a complete one.
   size_t read(void* buffer, size_t size);
+  // Reads until `size` bytes are in or the peer sent close_notify; returns
+  // how many arrived (less than `size` only at that end).
+  size_t readFully(void* buffer, size_t size);
   // Writes all of `data` or throws (Disconnected on reset or timeout).
   void write(const void* data, size_t size);
   // Sends close_notify; the stream stays readable. Idempotent.

@@ -309,11 +309,15 @@ struct Request {
     # Open a one-time receiver for an image. Reply: `port`.
 
     cancel @17 :Cancel;
-    # Stop a running request; it then replies with error `failed`
-    # ("cancelled"). Reply to the cancel itself: `none`.
+    # Stop a running checkpointAndSend: before the freeze, as soon as the
+    # dump returns, or mid-stream; it then replies with error `cancelled`
+    # and the container is left checkpointed (stop-and-copy) or running
+    # (post-copy) for the coordinator's rollback. Other requests finish.
+    # Reply to the cancel itself: `none`, also when nothing was running.
 
     startContainer @18 :StartContainer;
-    # Reply: `container`.
+    # Reserved, never implemented: agents answer `unimplemented`. (A
+    # stopped container is run again with runContainer.)
 
     listImages @19 :Void;
     # Reply: `images`.

@@ -1,0 +1,261 @@
+#include "agent/receiver.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+
+#include "agent/criu-stats.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/stream.h"
+#include "net/data-listener.h"
+
+namespace migrate {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+// How long the lazy-pages daemon's page thread waits for restore to make the
+// daemon connect (an abort stops it sooner).
+constexpr auto kLazyPagesConnectWait = std::chrono::minutes(10);
+
+uint64_t nanosSince(Clock::time_point start) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+}
+
+std::optional<IdMapping> manifestIdMapping(const nlohmann::json& manifest) {
+  auto it = manifest.find("idMapping");
+  if (it == manifest.end() || it->is_null()) return std::nullopt;
+  return IdMapping::fromJson(*it, "bundle manifest: idMapping");
+}
+
+}  // namespace
+
+Receiver::Receiver(Agent& agent, ReceiverSpec spec, ReportProgress report, OnEnd onEnd)
+    : agent_(agent), spec_(std::move(spec)), report_(std::move(report)), onEnd_(std::move(onEnd)) {}
+
+Receiver::~Receiver() {
+  stop_ = true;
+  // Each thread is written before the count that lets the owner destroy us
+  // drops: no thread is started or assigned once we are here.
+  if (receiveThread_.joinable()) receiveThread_.join();
+  if (pageThread_.joinable()) pageThread_.join();
+}
+
+uint16_t Receiver::start(const std::string& dataAddress) {
+  auto listener = std::make_shared<DataListener>(dataAddress);
+  launch(receiveThread_, [this, listener]() mutable { receive(std::move(listener)); });
+  return listener->port();
+}
+
+void Receiver::launch(std::thread& slot, std::function<void()> body) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_) fail(ErrorKind::Failed, "the receiver for migration " + spec_.migrationId + " is stopping");
+    ++threads_;
+  }
+  try {
+    slot = std::thread([this, body = std::move(body)] {
+      try {
+        body();
+      } catch (const std::exception& e) {
+        logError("migration " + spec_.migrationId + ": receiver thread: " + e.what());
+      }
+      std::lock_guard lock(mutex_);
+      --threads_;
+      cv_.notify_all();
+    });
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    --threads_;
+    throw;
+  }
+}
+
+bool Receiver::stop(milliseconds timeout) {
+  stop_ = true;
+  std::unique_lock lock(mutex_);
+  return cv_.wait_for(lock, timeout, [&] { return threads_ == 0; });
+}
+
+bool Receiver::finished() {
+  std::lock_guard lock(mutex_);
+  return threads_ == 0;
+}
+
+void Receiver::end(const std::string& failure) {
+  std::call_once(ended_, [&] { onEnd_(*this, failure); });
+}
+
+void Receiver::report(const std::string& phase, uint64_t done, const std::exception* failure) {
+  report_(ProgressReport{spec_.migrationId, spec_.requestId, phase, done, 0, failure});
+}
+
+// Any failure, the deadline included, ends the receiver at once; the
+// coordinator hears it at once too (the sender only sees a broken pipe).
+void Receiver::receive(std::shared_ptr<DataListener> listener) {
+  try {
+    // Any host on the fabric can reach this port: the first connection that
+    // proves the key is the sender, strangers are dropped (acceptTls).
+    auto tls = listener->acceptTls(spec_.migrationId, spec_.psk, spec_.acceptTimeout, stop_);
+    if (!spec_.postCopy) listener.reset();  // one stream only: later connections are refused
+    Container imported;
+    std::string sha = importBundle(tls, &imported);
+    std::optional<TlsStream> pages;
+    if (spec_.postCopy) {
+      // Post-copy: the sender's second connection carries the pages.
+      pages.emplace(listener->acceptTls(spec_.migrationId, spec_.psk, spec_.acceptTimeout, stop_));
+      listener.reset();
+    }
+    {
+      std::lock_guard lock(mutex_);
+      sha256_ = sha;
+      containerId_ = imported.config.id;
+      pageStream_ = std::move(pages);
+    }
+    // The lazy-pages daemon starts now rather than at restore: its start-up
+    // is then not part of the downtime.
+    if (spec_.postCopy) startPageThread();
+  } catch (const std::exception& e) {
+    if (!stop_) report("receive", 0, &e);
+    logWarn("migration " + spec_.migrationId + ": receive `" + spec_.containerName + "`: " + e.what());
+    {
+      std::lock_guard lock(mutex_);
+      error_ = std::current_exception();
+      done_ = true;
+      cv_.notify_all();
+    }
+    end(e.what());
+    return;
+  }
+  std::lock_guard lock(mutex_);
+  done_ = true;
+  cv_.notify_all();
+}
+
+// Imports the bundle as it arrives and acknowledges its last byte with the
+// digest computed here; the sender compares it with its own before it
+// reports success. Returns that digest.
+std::string Receiver::importBundle(TlsStream& tls, Container* imported) {
+  TlsInputStream in(tls);
+  CountingInputStream counted(in);
+  std::string sha;
+  ImportRequest request;
+  request.migrationId = spec_.migrationId;
+  request.trust = spec_.trust;
+  *imported = agent_.importCheckpoint(counted, request, [&](const nlohmann::json& manifest) {
+    checkManifest(manifest);
+    report("receive", counted.count());
+  }, &sha);
+  tls.write(sha.data(), sha.size());
+  tls.shutdownWrite();
+  return sha;
+}
+
+// The bundle is the one the coordinator announced: same container, image
+// and user namespace mapping as the source reported.
+void Receiver::checkManifest(const nlohmann::json& manifest) {
+  if (manifest.value("containerName", "") != spec_.containerName) {
+    fail(ErrorKind::InvalidInput, "bundle is for `" + manifest.value("containerName", "") + "`, expected `" +
+                                      spec_.containerName + "`");
+  }
+  if (!spec_.expectedImage.empty() && manifest.value("imageDigest", "") != spec_.expectedImage) {
+    fail(ErrorKind::InvalidInput, "bundle's image " + manifest.value("imageDigest", "") + " is not " +
+                                      spec_.expectedImage);
+  }
+  if (auto bundleMapping = manifestIdMapping(manifest); bundleMapping != spec_.idMapping) {
+    fail(ErrorKind::InvalidInput, "bundle's user namespace mapping " + idMappingText(bundleMapping) + " is not " +
+                                      idMappingText(spec_.idMapping) + ", the one the source reported");
+  }
+}
+
+void Receiver::startPageThread() {
+  if (!pageStream_) fail(ErrorKind::Disconnected, "no page channel arrived from the source");
+  // The lazy-pages daemon speaks plain TCP; it gets a loopback port whose
+  // one connection we pump through the TLS page channel.
+  auto local = std::make_shared<DataListener>("127.0.0.1");
+  lazyPages_.emplace(agent_.startLazyPages(containerId_, local->port()));
+  try {
+    launch(pageThread_, [this, local] { pumpPages(local); });
+  } catch (...) {
+    lazyPages_->kill(SIGKILL);
+    lazyPages_->wait();
+    throw;
+  }
+}
+
+void Receiver::pumpPages(std::shared_ptr<DataListener> local) {
+  std::optional<int> daemonStatus;
+  auto daemonExit = [&] {
+    if (!daemonStatus) daemonStatus = lazyPages_->wait();
+    return *daemonStatus;
+  };
+  std::string failure;
+  try {
+    Fd conn = local->acceptOne(kLazyPagesConnectWait, stop_);
+    // The daemon's end of file is a clean end only if it exited 0 (all
+    // pages in); otherwise the source must see a cut stream, not a close.
+    pumpTls(*pageStream_, conn.get(), stop_, &pageCounters_, [&] { return daemonExit() == 0; });
+    if (stop_) fail("stopped");
+    if (daemonExit() != 0) fail("criu lazy-pages exited with status " + std::to_string(daemonExit()));
+    logInfo("post-copy of `" + spec_.containerName + "` complete: " + std::to_string(pageCounters_.fromTls >> 20) +
+            " MiB of pages received");
+  } catch (const std::exception& e) {
+    // This thread's own stream: cut, never a clean close.
+    ::shutdown(pageStream_->fd(), SHUT_RDWR);
+    if (!daemonStatus) {
+      lazyPages_->kill(SIGKILL);
+      daemonExit();
+    }
+    failure = std::string("page channel failed: ") + e.what();
+    logError("post-copy of `" + spec_.containerName + "`: " + failure);
+  }
+  try {
+    if (agent_.findIfExists(containerId_)) agent_.releaseCheckpoint(containerId_);
+  } catch (const std::exception& e) {
+    logWarn("post-copy of `" + spec_.containerName + "`: " + e.what());
+  }
+  end(failure);
+}
+
+void Receiver::waitForBundle(milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  if (!cv_.wait_for(lock, timeout, [&] { return done_; })) {
+    fail(ErrorKind::Disconnected, "bundle for `" + spec_.containerName + "` still not received after " +
+                                      std::to_string(timeout.count() / 1000) + " s");
+  }
+  if (error_) std::rethrow_exception(error_);
+}
+
+Restored Receiver::restore(const RestoreAsk& ask, milliseconds bundleWait) {
+  waitForBundle(bundleWait);
+  // Set before done_ and never changed after it.
+  if (!ask.expectedSha256.empty() && ask.expectedSha256 != sha256_) {
+    fail(ErrorKind::InvalidInput, "received bundle has SHA-256 " + sha256_ + ", the source sent " +
+                                      ask.expectedSha256);
+  }
+  if (ask.postCopy && !lazyPages_) fail(ErrorKind::InvalidInput, "this receiver was not prepared for post-copy");
+  Restored out;
+  out.sha256 = sha256_;
+  auto start = Clock::now();
+  RestoreRequest request{ask.tcpEstablished, false, false, false, ask.postCopy};
+  try {
+    out.container = agent_.restore(containerId_, request, &out.times);
+  } catch (...) {
+    // Post-copy: the page thread stops and kills its lazy-pages daemon.
+    if (ask.postCopy) stop_ = true;
+    throw;
+  }
+  if (auto criu = readCriuRestoreStats(out.container.paths.criuWork() / "stats-restore")) {
+    for (auto [key, phase] : {std::pair{"forkingTime", "criu-forking"}, std::pair{"restoreTime", "criu-restore"}}) {
+      if (criu->count(key)) out.times.add(phase, static_cast<double>(criu->at(key)) / 1e9);
+    }
+  }
+  out.restoreNs = nanosSince(start);
+  // Post-copy: the page thread lets go of the receiver after the last page.
+  if (!ask.postCopy) end("");
+  return out;
+}
+
+}  // namespace migrate
