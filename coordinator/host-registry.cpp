@@ -1,5 +1,6 @@
 #include "coordinator/host-registry.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -97,6 +98,7 @@ json HostState::toJson() const {
       {"up", up},
       {"registered", registered},
       {"lastSeen", lastSeenEpochMs},
+      {"maxHeartbeatGapMs", maxHeartbeatGapMs},
       {"dataAddress", dataAddress},
       {"versions",
        {{"agent", agentVersion}, {"criu", criuVersion}, {"runc", runcVersion}, {"kernel", kernelVersion},
@@ -183,6 +185,8 @@ void HostRegistry::recordRegister(const std::string& host, proto::Register::Read
   ++s.session;
   s.lastSeen = Clock::now();
   s.lastSeenEpochMs = epochMsNow();
+  s.lastHeartbeat = s.lastSeen;
+  s.maxHeartbeatGapMs = 0;
   s.agentVersion = text(reg.getAgentVersion());
   s.criuVersion = text(reg.getCriuVersion());
   s.runcVersion = text(reg.getRuncVersion());
@@ -230,6 +234,9 @@ void HostRegistry::recordHeartbeat(const std::string& host, proto::Heartbeat::Re
   if (heartbeat.hasContainers()) containers = containersFromProto(heartbeat.getContainers());
   s.lastSeen = Clock::now();
   s.lastSeenEpochMs = epochMsNow();
+  auto gap = std::chrono::duration_cast<std::chrono::milliseconds>(s.lastSeen - s.lastHeartbeat).count();
+  s.maxHeartbeatGapMs = std::max<int64_t>(s.maxHeartbeatGapMs, gap);
+  s.lastHeartbeat = s.lastSeen;
   auto load = heartbeat.getLoad();
   s.loadAvg1 = load.getLoadAvg1();
   s.memAvailableBytes = load.getMemAvailableBytes();

@@ -61,6 +61,10 @@ struct HostState {
   uint64_t session = 0;     // Incremented on every `register`: a new agent process or connection.
   std::chrono::steady_clock::time_point lastSeen;
   int64_t lastSeenEpochMs = 0;
+  // The longest wait between two heartbeats since it registered: how close
+  // a busy agent came to being declared down (at 3 intervals).
+  std::chrono::steady_clock::time_point lastHeartbeat;
+  int64_t maxHeartbeatGapMs = 0;
 
   std::string agentVersion, criuVersion, runcVersion, kernelVersion, dataAddress;
   uint32_t protocolVersion = 0;

@@ -587,6 +587,7 @@ void Migration::rollback(const std::exception& cause) {
 }
 
 bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKind kind) {
+  undoing_ = true;
   bool targetCleanupPending = false;
   try {
     request(record_.target, "abortReceive", ctx_.timeouts.request,
@@ -736,7 +737,8 @@ void Migration::enter(MigrationState state) {
 
 void Migration::throwIfStopped() {
   if (abandoned_) fail(ErrorKind::Disconnected, "coordinator is shutting down");
-  if (cancelled_) fail(ErrorKind::Failed, "cancelled by request");
+  // A cancel stops the way forward, never the way back.
+  if (cancelled_ && !undoing_) fail(ErrorKind::Cancelled, "cancelled by request");
 }
 
 ReplyMessage Migration::request(const std::string& host, const std::string& what, std::chrono::milliseconds timeout,

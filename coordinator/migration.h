@@ -157,6 +157,7 @@ class Migration {
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point freezeStarted_;
   std::atomic<bool> cancelled_{false};
+  std::atomic<bool> undoing_{false};  // rolling back: a cancel no longer stops requests
   std::atomic<bool> abandoned_{false};
 
   LiveProgress live_;

@@ -648,3 +648,44 @@ TEST_CASE("post-copy: the source agent restarted while pages flow: the transfer 
   CHECK(countProcesses("/usr/local/bin/memhog") == 1);
   checkMemoryVerifies(cluster, "big", 1, 60s);
 }
+
+TEST_CASE("cancel during a 1 GiB stream: the source runs again within seconds, its memory and TCP connection intact") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "big", "test", "sh", "-c",
+                   "/usr/local/bin/echo-server 7777 & exec /usr/local/bin/memhog 1024 random"});
+  std::string ip = entries(cluster, "big").at(0)["ip"];
+  REQUIRE(waitUntil([&] { return verifiedRounds(cluster, "big") >= 1; }, 120s));
+  auto tcp = connectEchoClient(cluster, "big", ip);
+  std::string id = startMigration(cluster, "big", "host2");
+  // Into the stream, before its end.
+  json live;
+  REQUIRE(waitUntil([&] {
+    live = cluster.migrateJson({"status", id});
+    return live["phase"] == "stream" && live["bytesDone"].get<uint64_t>() > 0;
+  }, 60s));
+  INFO("at the cancel: " << live.dump());
+  REQUIRE(live["bytesDone"].get<uint64_t>() < live["bytesTotal"].get<uint64_t>());
+
+  auto cancelled = std::chrono::steady_clock::now();
+  cluster.migrateJson({"cancel", id});
+  auto final = waitFinal(cluster, id, 60s);
+  INFO(final.dump(2));
+  // Rolled back (its source was frozen), because of the cancel.
+  CHECK(final["state"] == "rolled-back");
+  CHECK(final["errorKind"] == "cancelled");
+  // The agent stopped its stream (the coordinator alone would have waited for it to end).
+  CHECK(final["error"].get<std::string>().find("cancelled during the stream step") != std::string::npos);
+  REQUIRE(waitUntil([&] {
+    auto big = entries(cluster, "big");
+    return big.size() == 1 && big[0]["host"] == "host1" && big[0]["state"] == "running";
+  }, 60s));
+  auto back = std::chrono::duration<double>(std::chrono::steady_clock::now() - cancelled).count();
+  INFO("running on host1 again " << back << " s after the cancel");
+  CHECK(back < 20);
+  CHECK(cluster.agentJson("host2", {"ps"}).empty());
+  CHECK(countProcesses("/usr/local/bin/memhog") == 1);
+  // Brought back from its checkpoint with all of its memory, not started again.
+  checkMemoryVerifies(cluster, "big", 1, 60s);
+  checkConnectionKept(cluster, "big", tcp, 1s);
+}
