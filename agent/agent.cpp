@@ -523,10 +523,17 @@ void Agent::stop(const std::string& ref, int timeoutSeconds) {
   save(c);
 }
 
+void Agent::refuseIfExporting(const Container& c) {
+  if (exporting_.count(c.config.id)) {
+    fail(ErrorKind::Conflict, "`" + c.config.name + "` is being exported (a migration streams it)");
+  }
+}
+
 void Agent::remove(const std::string& ref, bool force) {
   std::lock_guard lock(mutex_);
   auto c = inspect(ref);
   ErrorContext context("remove `" + c.config.name + "`");
+  refuseIfExporting(c);
   if (c.state.status == ContainerStatus::Running) {
     if (!force) fail(ErrorKind::Conflict, "container is running (stop it first, or force)");
     runtime_.kill(c.config.id, SIGKILL);
@@ -723,12 +730,27 @@ uint64_t Agent::residentBytes(const std::string& ref) {
 }
 
 ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, const ExportOptions& options) {
-  std::lock_guard lock(mutex_);
-  auto c = inspect(ref);
-  ErrorContext context("export of `" + c.config.name + "`");
-  if (!fs::exists(c.paths.checkpoint() / "inventory.img")) {
-    fail(ErrorKind::Conflict, "no checkpoint to export (checkpoint the container first)");
+  Container c;
+  {
+    std::lock_guard lock(mutex_);
+    c = inspect(ref);
+    if (!fs::exists(c.paths.checkpoint() / "inventory.img")) {
+      fail(ErrorKind::Conflict, "export of `" + c.config.name +
+                                    "`: no checkpoint to export (checkpoint the container first)");
+    }
+    refuseIfExporting(c);
+    exporting_.insert(c.config.id);
   }
+  // Streamed without the lock (see mutex_); its files stay put meanwhile.
+  struct Exporting {
+    Agent& agent;
+    std::string id;
+    ~Exporting() {
+      std::lock_guard lock(agent.mutex_);
+      agent.exporting_.erase(id);
+    }
+  } exporting{*this, c.config.id};
+  ErrorContext context("export of `" + c.config.name + "`");
   BundleSources sources;
   auto& m = sources.manifest;
   m.formatVersion = kBundleFormatVersion;
@@ -766,7 +788,9 @@ ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, c
 
 Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
                                   std::function<void(const json& manifest)> onManifest, std::string* sha256) {
-  std::lock_guard lock(mutex_);
+  // Streamed without the lock (see mutex_) into a staging dir nobody else
+  // sees; the name is reserved across processes (NameReservation), and what
+  // is checked against other containers is checked again at the commit.
   ErrorContext context("import");
   if (request.name) checkContainerName(*request.name, "name");
   // Unpack into a directory beside the containers' that no listing sees
@@ -842,9 +866,12 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
     config.id = newContainerId();
     config.hostname = config.name;
   }
+  std::lock_guard lock(mutex_);  // the commit
   if (findIfExists(config.name)) {
     fail(ErrorKind::Conflict, "name `" + config.name + "` is in use on " + options_.hostName + ": a container has it");
   }
+  // Another import may have committed an overlapping mapping since the manifest.
+  if (config.idMapping) checkIdMappingAvailable(*config.idMapping, config.name);
 
   Container c;
   c.config = config;
@@ -877,6 +904,7 @@ Container Agent::restore(const std::string& ref, const RestoreRequest& request, 
   std::lock_guard lock(mutex_);
   auto c = inspect(ref);
   ErrorContext context("restore of `" + c.config.name + "`");
+  refuseIfExporting(c);
   if (c.state.status != ContainerStatus::Checkpointed) {
     fail(ErrorKind::Conflict, "container is " + statusName(c.state.status) + ", not checkpointed");
   }

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -199,7 +200,14 @@ class Agent {
   ImageStore images_;
   Runtime runtime_;
   CniClient cni_;
-  std::recursive_timed_mutex mutex_;  // one operation at a time on this host's containers
+  // One operation at a time on this host's containers, except the streams:
+  // an export or import holds it only to look up and to commit, so that
+  // migrations in both directions cannot wait on each other across hosts
+  // (host1 exporting A to host2 while host2's lock waits for B's import
+  // from host1 would hold both until a stream timed out).
+  std::recursive_timed_mutex mutex_;
+  std::set<std::string> exporting_;  // ids being streamed out (mutex_): not removed or restored meanwhile
+  void refuseIfExporting(const Container& container);  // with mutex_ held
 };
 
 }  // namespace migrate

@@ -689,3 +689,38 @@ TEST_CASE("cancel during a 1 GiB stream: the source runs again within seconds, i
   checkMemoryVerifies(cluster, "big", 1, 60s);
   checkConnectionKept(cluster, "big", tcp, 1s);
 }
+
+TEST_CASE("heartbeats keep flowing while four checkpoints run at once and a 1 GiB transfer goes on") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "big", "test", "/usr/local/bin/memhog", "1024", "random"});
+  for (auto name : {"a", "b", "c"}) {
+    cluster.migrate({"run", "--on", "host1", "--name", name, "test", "/usr/local/bin/memhog", "128", "random"});
+  }
+  for (auto name : {"big", "a", "b", "c"}) {
+    REQUIRE(waitUntil([&] { return verifiedRounds(cluster, name) >= 1; }, 120s));
+  }
+  auto gaps = [&] {
+    std::map<std::string, int64_t> out;
+    for (auto& h : cluster.migrateJson({"hosts"})) out[h["name"]] = h["maxHeartbeatGapMs"].get<int64_t>();
+    return out;
+  };
+  INFO("longest heartbeat gaps before: host1 " << gaps()["host1"] << " ms, host2 " << gaps()["host2"] << " ms");
+
+  auto started = cluster.migrateJson({"evacuate", "host1", "--to", "host2", "--parallel", "4"});
+  INFO(started.dump(2));
+  REQUIRE(started["migrations"].size() == 4);
+  for (auto& id : started["migrations"]) {
+    auto final = waitFinal(cluster, id.get<std::string>(), 180s);
+    INFO(final.dump(2));
+    CHECK(final["state"] == "succeeded");
+  }
+  // The coordinator calls a host down after 3 missed heartbeats (the lab
+  // sends one every 500 ms): neither came near it.
+  auto after = gaps();
+  INFO("longest heartbeat gaps: host1 " << after["host1"] << " ms, host2 " << after["host2"] << " ms");
+  CHECK(after["host1"] < 1500);
+  CHECK(after["host2"] < 1500);
+  CHECK(cluster.migrateJson({"ps"}).size() == 4);
+  CHECK(cluster.agentJson("host1", {"ps"}).empty());
+}
