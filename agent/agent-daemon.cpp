@@ -251,13 +251,13 @@ void AgentDaemon::post(Outgoing message) {
   wakeup_.notify();
 }
 
-void AgentDaemon::postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase,
+void AgentDaemon::postProgress(const std::string& migrationId, uint64_t requestId, Phase phase,
                                uint64_t done, uint64_t total, const std::exception* failure) {
   auto message = std::make_unique<capnp::MallocMessageBuilder>();
   auto p = message->initRoot<proto::Message>().initProgress();
   p.setMigrationId(migrationId);
   p.setRequestId(requestId);
-  p.setPhase(phase);
+  p.setPhase(std::string(phaseName(phase)));
   p.setBytesDone(done);
   p.setBytesTotal(total);
   if (failure) {
@@ -623,7 +623,7 @@ void AgentDaemon::receiveBundle(const std::shared_ptr<Receiver>& r, std::shared_
         fail(ErrorKind::InvalidInput, "bundle's user namespace mapping " + idMappingText(bundleMapping) + " is not " +
                                           idMappingText(r->idMapping) + ", the one the source reported");
       }
-      postProgress(r->migrationId, requestId, "receive", counted.count(), 0);
+      postProgress(r->migrationId, requestId, Phase::Receive, counted.count(), 0);
     }, &sha);
     // Acknowledge the last byte with the digest we computed; the sender
     // compares it with its own before reporting success.
@@ -646,7 +646,7 @@ void AgentDaemon::receiveBundle(const std::shared_ptr<Receiver>& r, std::shared_
     if (r->postCopy) startPostCopyTarget(r);
   } catch (const std::exception& e) {
     // Tell the coordinator at once: the sender only sees a broken pipe.
-    if (!r->stop) postProgress(r->migrationId, requestId, "receive", 0, 0, &e);
+    if (!r->stop) postProgress(r->migrationId, requestId, Phase::Receive, 0, 0, &e);
     logWarn("migration " + r->migrationId + ": receive `" + r->containerName + "`: " + e.what());
     {
       std::lock_guard lock(r->mutex);
@@ -675,7 +675,7 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
   auto tls = TlsStream::connect(std::move(sock), migrationId, psk);
   uint64_t connectNs = nanosSince(start);
 
-  postProgress(migrationId, requestId, "checkpoint", 0, 0);
+  postProgress(migrationId, requestId, Phase::Checkpoint, 0, 0);
   start = Clock::now();
   PhaseTimes times;
   std::shared_ptr<PostCopySource> postCopy;
@@ -727,7 +727,7 @@ void AgentDaemon::sendCheckpoint(uint64_t requestId, proto::CheckpointAndSend::R
   exportOptions.onProgress = [&](uint64_t bytesIn) {
     if (Clock::now() - lastProgress < milliseconds(100)) return;
     lastProgress = Clock::now();
-    postProgress(migrationId, requestId, "stream", bytesIn, total);
+    postProgress(migrationId, requestId, Phase::Stream, bytesIn, total);
   };
   auto stats = agent_.exportCheckpoint(name, out, exportOptions);
   out.finish();
@@ -743,7 +743,7 @@ void AgentDaemon::sendCheckpoint(uint64_t requestId, proto::CheckpointAndSend::R
   if (theirs != stats.sha256) {
     fail(ErrorKind::Failed, "target received a stream with SHA-256 " + theirs + ", sent " + stats.sha256);
   }
-  postProgress(migrationId, requestId, "stream", stats.bytesRaw, total);
+  postProgress(migrationId, requestId, Phase::Stream, stats.bytesRaw, total);
   uint64_t streamNs = nanosSince(start);
 
   if (postCopy) {
@@ -867,7 +867,7 @@ void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& name, mi
       if (Clock::now() > deadline) {
         fail(ErrorKind::Disconnected, "pages still flowing after " + std::to_string(timeout.count() / 1000) + " s");
       }
-      postProgress(p->migrationId, requestId, "pages", p->counters.toTls, std::max(total, p->counters.toTls.load()));
+      postProgress(p->migrationId, requestId, Phase::Pages, p->counters.toTls, std::max(total, p->counters.toTls.load()));
     }
     // A failure stays on record for rollbackSource, which resumes the
     // container. Reported as `failed`, never `disconnected`: that kind is the

@@ -17,6 +17,7 @@
 #include <capnp/message.h>
 
 #include "agent/agent.h"
+#include "common/phase.h"
 #include "common/worker-threads.h"
 #include "net/tls-stream.h"
 #include "net/control-channel.h"
@@ -57,7 +58,7 @@ class AgentDaemon {
   void sendRegister();
   void sendHeartbeat();
   void post(Outgoing message);  // any thread
-  void postProgress(const std::string& migrationId, uint64_t requestId, const std::string& phase, uint64_t done,
+  void postProgress(const std::string& migrationId, uint64_t requestId, Phase phase, uint64_t done,
                     uint64_t total, const std::exception* failure = nullptr);
   void dispatch(proto::Request::Reader request);
   Outgoing makeReply(uint64_t requestId, const std::function<void(proto::Reply::Builder)>& work,

@@ -40,16 +40,16 @@ std::string isoTime(int64_t epochMs) {
   return buffer;
 }
 
-std::string phaseOfState(MigrationState state) {
+Phase phaseOfState(MigrationState state) {
   switch (state) {
-    case MigrationState::Pending: return "pending";
-    case MigrationState::Prechecking: return "precheck";
-    case MigrationState::Preparing: return "prepare";
-    case MigrationState::Checkpointing: return "checkpoint";
-    case MigrationState::Restoring: return "restore";
-    case MigrationState::Committed: return "commit";
-    case MigrationState::RollingBack: return "rollback";
-    default: return "done";
+    case MigrationState::Pending: return Phase::Pending;
+    case MigrationState::Prechecking: return Phase::Precheck;
+    case MigrationState::Preparing: return Phase::Prepare;
+    case MigrationState::Checkpointing: return Phase::Checkpoint;
+    case MigrationState::Restoring: return Phase::Restore;
+    case MigrationState::Committed: return Phase::Commit;
+    case MigrationState::RollingBack: return Phase::Rollback;
+    default: return Phase::Done;
   }
 }
 
@@ -113,7 +113,7 @@ json migrationToJson(const MigrationRecord& r, const std::optional<LiveProgress>
       {"source", r.source},
       {"target", r.target},
       {"state", stateName(r.state)},
-      {"phase", live ? live->phase : phaseOfState(r.state)},
+      {"phase", phaseName(live ? live->phase : phaseOfState(r.state))},
       {"bytesDone", live ? live->bytesDone : 0},
       {"bytesTotal", live ? live->bytesTotal : 0},
       {"rateBytesPerSec", live ? live->rateBytesPerSec : 0.0},
@@ -148,20 +148,20 @@ void Migration::run() {
   started_ = Clock::now();
   emit("migration.started");
   try {
-    timed("precheck", [&] { precheck(); });
+    timed(Phase::Precheck, [&] { precheck(); });
     throwIfStopped();
-    timed("prepare", [&] { prepareTarget(); });
+    timed(Phase::Prepare, [&] { prepareTarget(); });
     throwIfStopped();
     checkpointAndStream();
     throwIfStopped();
-    timed("restore", [&] { restore(); });
+    timed(Phase::Restore, [&] { restore(); });
     // Post-copy: the container runs on the target, its memory still coming
     // from the source. Not committed before the last page: if the channel
     // breaks, the source (still frozen) is the intact copy to roll back to.
-    if (options_.postCopy) timed("pages", [&] { awaitPages(); });
+    if (options_.postCopy) timed(Phase::Pages, [&] { awaitPages(); });
     // No cancellation past this point: the target runs the container, and
     // committing is the quickest way back to one copy.
-    timed("commit", [&] { commit(); });
+    timed(Phase::Commit, [&] { commit(); });
   } catch (const std::exception& e) {
     if (abandoned_) {
       logInfo("migration " + record_.id + ": left at `" + std::string(stateName(record_.state)) +
@@ -182,7 +182,7 @@ void Migration::run() {
       } catch (const std::exception& journalError) {
         logError("migration " + record_.id + ": journal: " + journalError.what());
       }
-      setPhase("done");
+      setPhase(Phase::Done);
       emit("migration.failed");
     } else if (reached >= MigrationState::Committed) {
       // commit() handles its own failures; only the journal write itself can
@@ -197,7 +197,7 @@ void Migration::run() {
 
 void Migration::precheck() {
   enter(MigrationState::Prechecking);
-  setPhase("precheck");
+  setPhase(Phase::Precheck);
   if (record_.source == record_.target) {
     fail(ErrorKind::InvalidInput, "source and target are the same host `" + record_.target + "`");
   }
@@ -314,7 +314,7 @@ void Migration::ensureImageOnTarget() {
   }
   logInfo("migration " + record_.id + ": image " + digest + " missing on " + record_.target + "; sending it from " +
           record_.source);
-  setPhase("image");
+  setPhase(Phase::Image);
   std::string psk = randomBytes(32);
   std::string identity = "image-" + record_.id;
   auto port = request(record_.target, "receiveImage", ctx_.timeouts.request, [&](proto::Request::Builder r) {
@@ -362,7 +362,7 @@ void Migration::checkCapacity() {
 void Migration::prepareTarget() {
   psk_ = randomBytes(32);
   enter(MigrationState::Preparing);
-  setPhase("prepare");
+  setPhase(Phase::Prepare);
   auto reply = request(record_.target, "prepareReceive", ctx_.timeouts.request, [&](proto::Request::Builder r) {
     auto prepare = r.initPrepareReceive();
     prepare.setMigrationId(record_.id);
@@ -388,7 +388,7 @@ void Migration::prepareTarget() {
 
 void Migration::checkpointAndStream() {
   enter(MigrationState::Checkpointing);
-  setPhase("checkpoint");
+  setPhase(Phase::Checkpoint);
   auto start = Clock::now();
   // Downtime runs from here (the source freezes the container) to the
   // target's restore reply (it runs again).
@@ -414,8 +414,8 @@ void Migration::checkpointAndStream() {
 
   std::lock_guard lock(mutex_);
   json& stats = record_.stats;
-  stats["phases"]["checkpoint"] = checkpointMs;
-  stats["phases"]["stream"] = wallMs - checkpointMs;
+  stats["phases"][phaseName(Phase::Checkpoint)] = checkpointMs;
+  stats["phases"][phaseName(Phase::Stream)] = wallMs - checkpointMs;
   stats["bytesRaw"] = s.getBytesRaw();
   stats["bytesWire"] = s.getBytesWire();
   stats["compressionRatio"] = s.getBytesWire() ? double(s.getBytesRaw()) / double(s.getBytesWire()) : 0.0;
@@ -431,7 +431,7 @@ void Migration::checkpointAndStream() {
 
 void Migration::restore() {
   enter(MigrationState::Restoring);
-  setPhase("restore");
+  setPhase(Phase::Restore);
   auto reply = request(record_.target, "restore", ctx_.timeouts.restore, [&](proto::Request::Builder r) {
     auto restore = r.initRestore();
     restore.setMigrationId(record_.id);
@@ -464,7 +464,7 @@ void Migration::restore() {
 }
 
 void Migration::awaitPages() {
-  setPhase("pages");
+  setPhase(Phase::Pages);
   // The source agent being away (restarting) is no reason to give up: the
   // container runs on the target and the source's CRIU keeps serving. Ask
   // again until it answers; it reports a broken transfer as `failed`.
@@ -494,7 +494,7 @@ void Migration::awaitPages() {
 }
 
 void Migration::commit() {
-  setPhase("commit");
+  setPhase(Phase::Commit);
   // The commit point: from this write on, the container belongs to the target.
   ctx_.journal.recordCommit(record_.id, record_.container, record_.target);
   {
@@ -541,7 +541,7 @@ void Migration::finishCommit() {
     record_.error.clear();
     record_.errorKind.clear();
   }
-  setPhase("done");
+  setPhase(Phase::Done);
   logInfo("migration " + record_.id + ": `" + record_.container + "` now runs on " + record_.target);
 }
 
@@ -582,7 +582,7 @@ void Migration::rollback(const std::exception& cause) {
     record_.error = error;
     record_.errorKind = std::string(kindName(kind));
   }
-  setPhase("rollback");
+  setPhase(Phase::Rollback);
   undoOnHosts(reached >= MigrationState::Restoring, error, kind);
 }
 
@@ -649,7 +649,7 @@ bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKi
     record_.error = error;
     record_.errorKind = std::string(kindName(kind));
   }
-  setPhase("done");
+  setPhase(Phase::Done);
   logInfo("migration " + record_.id + ": rolled back; `" + record_.container + "` runs on " + record_.source);
   emit("migration.failed");
   return true;
@@ -676,7 +676,7 @@ void Migration::recover() {
           std::lock_guard lock(mutex_);
           record_.state = MigrationState::Committed;
         }
-        setPhase("commit");
+        setPhase(Phase::Commit);
         finishCommit();
         break;
       case RecoveryAction::RollBack: {
@@ -699,7 +699,7 @@ void Migration::recover() {
           std::lock_guard lock(mutex_);
           record_.state = MigrationState::RollingBack;
         }
-        setPhase("rollback");
+        setPhase(Phase::Rollback);
         undoOnHosts(from >= MigrationState::Restoring, error, kind);
         break;
       }
@@ -758,12 +758,12 @@ ReplyMessage Migration::request(const std::string& host, const std::string& what
 }
 
 template <typename Step>
-void Migration::timed(const char* phase, Step step) {
+void Migration::timed(Phase phase, Step step) {
   auto start = Clock::now();
   step();
   {
     std::lock_guard lock(mutex_);
-    record_.stats["phases"][phase] = msSince(start);
+    record_.stats["phases"][phaseName(phase)] = msSince(start);
   }
   saveStats();
 }
@@ -777,7 +777,7 @@ void Migration::saveStats() {
   ctx_.journal.setStats(record_.id, stats);
 }
 
-void Migration::setPhase(const std::string& phase) {
+void Migration::setPhase(Phase phase) {
   std::lock_guard lock(mutex_);
   live_ = LiveProgress{};
   live_.phase = phase;
@@ -792,10 +792,11 @@ void Migration::onProgress(const ProgressUpdate& update) {
     peerErrorKind_ = update.errorKind;
     return;
   }
+  if (!update.phase) return;  // a newer agent's phase: nothing this build can show
   auto now = Clock::now();
-  if (update.phase != live_.phase) {
+  if (*update.phase != live_.phase) {
     live_ = LiveProgress{};
-    live_.phase = update.phase;
+    live_.phase = *update.phase;
     rateSince_ = now;
     rateSinceBytes_ = update.bytesDone;
   }
