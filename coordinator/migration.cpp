@@ -53,6 +53,15 @@ Phase phaseOfState(MigrationState state) {
   }
 }
 
+// A cancel decides the outcome, whatever stopped the step: the kind says so.
+// A cause of another kind (the request the cancel cut short failing its own
+// way) stays in the message as the detail.
+void markCancelled(std::string& error, ErrorKind& kind) {
+  if (kind == ErrorKind::Cancelled) return;
+  error = "cancelled: " + error;
+  kind = ErrorKind::Cancelled;
+}
+
 }  // namespace
 
 std::string randomBytes(size_t count) {
@@ -172,13 +181,16 @@ void Migration::run() {
     if (reached < MigrationState::Preparing) {
       // Nothing was touched on any host: fail, whatever the kind.
       MigrationState final = cancelled_ ? MigrationState::Cancelled : MigrationState::Failed;
-      logWarn("migration " + record_.id + ": " + (cancelled_ ? "cancelled" : "failed") + " in precheck: " + e.what());
+      std::string error = e.what();
+      ErrorKind kind = kindOf(e);
+      if (cancelled_) markCancelled(error, kind);
+      logWarn("migration " + record_.id + ": " + (cancelled_ ? "cancelled" : "failed") + " in precheck: " + error);
       try {
-        ctx_.journal.setFailure(record_.id, final, e.what(), kindOf(e));
+        ctx_.journal.setFailure(record_.id, final, error, kind);
         std::lock_guard lock(mutex_);
         record_.state = final;
-        record_.error = e.what();
-        record_.errorKind = std::string(kindName(kindOf(e)));
+        record_.error = error;
+        record_.errorKind = std::string(kindName(kind));
       } catch (const std::exception& journalError) {
         logError("migration " + record_.id + ": journal: " + journalError.what());
       }
@@ -567,11 +579,14 @@ void Migration::rollback(const std::exception& cause) {
       kind = peerErrorKind_;
     }
   }
-  if (cancelled_ && error.find("cancelled") == std::string::npos) error = "cancelled: " + error;
+  if (cancelled_) markCancelled(error, kind);
   logWarn("migration " + record_.id + ": rolling back from `" + std::string(stateName(reached)) + "`: " + error);
   {
     std::lock_guard lock(mutex_);
     record_.stats["rollbackFrom"] = std::string(stateName(reached));
+    // The journalled error grows a "waits for ..." tail while a host is
+    // away; each retry (recover()) starts again from this.
+    record_.stats["rollbackCause"] = error;
     record_.stats["totalMs"] = msSince(started_);
   }
   saveStats();
@@ -688,11 +703,16 @@ void Migration::recover() {
           record_.stats["rollbackFrom"] = std::string(stateName(from));
           record_.error = "coordinator restarted during `" + std::string(stateName(from)) + "`";
           record_.errorKind = std::string(kindName(ErrorKind::Disconnected));
+          record_.stats["rollbackCause"] = record_.error;
         }
         saveStats();
+        // The cause as rollback() journalled it, without the tail an earlier
+        // attempt added ("; rollback waits for ..."): this attempt says its own.
+        // A journal from before rollbackCause existed has only the error column.
         std::string error = record_.error.empty() ? "rolled back after a coordinator restart" : record_.error;
-        // An earlier "waiting for..." suffix is replaced by this attempt's outcome.
-        if (auto cut = error.find("; rollback"); cut != std::string::npos) error.resize(cut);
+        if (auto cause = record_.stats.find("rollbackCause"); cause != record_.stats.end() && cause->is_string()) {
+          error = cause->get<std::string>();
+        }
         ErrorKind kind = record_.errorKind.empty() ? ErrorKind::Disconnected : kindFromName(record_.errorKind);
         if (record_.state != MigrationState::RollingBack) {
           ctx_.journal.setFailure(record_.id, MigrationState::RollingBack, error, kind);
@@ -736,7 +756,11 @@ void Migration::enter(MigrationState state) {
 
 void Migration::throwIfStopped() {
   if (abandoned_) fail(ErrorKind::Disconnected, "coordinator is shutting down");
-  if (cancelled_) fail(ErrorKind::Failed, "cancelled by request");
+  // A cancel stops the way forward, not the way back: rollback's own
+  // abortReceive and rollbackSource must still go out.
+  if (cancelled_ && record().state != MigrationState::RollingBack) {
+    fail(ErrorKind::Cancelled, "cancelled by request");
+  }
 }
 
 ReplyMessage Migration::request(const std::string& host, const std::string& what, std::chrono::milliseconds timeout,
