@@ -256,6 +256,31 @@ TEST_CASE("migration: a cancel during the checkpoint rolls back, and its kind sa
   CHECK_FALSE(contains(cluster.seenNames("host2"), "restore"));
 }
 
+TEST_CASE("migration: options read alike from a request body and from the journal") {
+  auto defaults = MigrationOptions::fromJson(json::object());
+  CHECK(defaults.tcpEstablished);
+  CHECK_FALSE(defaults.leaveRunning);
+  CHECK_FALSE(defaults.postCopy);
+  CHECK(MigrationOptions::fromJson(json()).tcpEstablished);  // a record journalled without options
+
+  auto body = MigrationOptions::fromJson(
+      {{"container", "web"}, {"target", "host2"}, {"postCopy", true}, {"tcpEstablished", nullptr}});
+  CHECK(body.postCopy);
+  CHECK(body.tcpEstablished);
+  auto journalled = MigrationOptions::fromJson(body.toJson());
+  CHECK(journalled.postCopy);
+  CHECK(journalled.tcpEstablished);
+  CHECK_FALSE(journalled.leaveRunning);
+
+  try {
+    MigrationOptions::fromJson({{"leaveRunning", "yes"}});
+    FAIL("a string was read as a bool");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::InvalidInput);
+    CHECK_THAT(e.what(), Catch::Contains("leaveRunning"));
+  }
+}
+
 TEST_CASE("migration: a restarted coordinator finishes committed migrations and rolls back the rest") {
   Cluster cluster(300ms);
   cluster.agent("host1").addContainer("web", "checkpointed");

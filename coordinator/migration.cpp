@@ -8,6 +8,7 @@
 
 #include "agent/id-mapping-proto.h"
 #include "common/log.h"
+#include "common/untrusted-json.h"
 
 namespace migrate {
 
@@ -88,11 +89,9 @@ json MigrationOptions::toJson() const {
 
 MigrationOptions MigrationOptions::fromJson(const json& j) {
   MigrationOptions o;
-  if (j.is_object()) {
-    o.tcpEstablished = j.value("tcpEstablished", true);
-    o.leaveRunning = j.value("leaveRunning", false);
-    o.postCopy = j.value("postCopy", false);
-  }
+  o.tcpEstablished = jsonField(j, "tcpEstablished", o.tcpEstablished);
+  o.leaveRunning = jsonField(j, "leaveRunning", o.leaveRunning);
+  o.postCopy = jsonField(j, "postCopy", o.postCopy);
   return o;
 }
 

@@ -48,6 +48,9 @@ struct MigrationOptions {
   bool postCopy = false;
 
   nlohmann::json toJson() const;
+  // The one reading of options, for a request body (POST /v1/migrations,
+  // whose other fields it ignores) and a journalled record alike: a missing
+  // or null field keeps its default; another type is Error(InvalidInput).
   static MigrationOptions fromJson(const nlohmann::json& j);
 };
 
