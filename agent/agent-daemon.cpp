@@ -127,7 +127,7 @@ void AgentDaemon::postProgress(const ProgressReport& report) {
   auto p = message->initRoot<proto::Message>().initProgress();
   p.setMigrationId(report.migrationId);
   p.setRequestId(report.requestId);
-  p.setPhase(report.phase);
+  p.setPhase(std::string(phaseName(report.phase)));
   p.setBytesDone(report.done);
   p.setBytesTotal(report.total);
   if (report.failure) {
@@ -581,7 +581,7 @@ void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& name, mi
     // Gone already (every page went): no total to show.
   }
   auto pages = p->waitForPages(timeout, [&](uint64_t sent) {
-    postProgress(ProgressReport{p->migrationId(), requestId, "pages", sent, std::max(total, sent), nullptr});
+    postProgress(ProgressReport{p->migrationId(), requestId, Phase::Pages, sent, std::max(total, sent), nullptr});
   });
   forgetPostCopy(p);
   auto s = reply.initStats();

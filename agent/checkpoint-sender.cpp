@@ -64,7 +64,7 @@ void CheckpointSender::step(const char* name) {
   if (cancelled_) fail(ErrorKind::Cancelled, std::string("cancelled before the ") + name + " step");
 }
 
-void CheckpointSender::report(const char* phase, uint64_t done, uint64_t total) {
+void CheckpointSender::report(Phase phase, uint64_t done, uint64_t total) {
   report_(ProgressReport{spec_.migrationId, spec_.requestId, phase, done, total, nullptr});
 }
 
@@ -76,7 +76,7 @@ TlsStream CheckpointSender::connect() {
 }
 
 void CheckpointSender::freeze() {
-  report("checkpoint", 0, 0);
+  report(Phase::Checkpoint, 0, 0);
   PhaseTimes times;
   if (!spec_.postCopy) {
     agent_.checkpoint(spec_.containerName, CheckpointRequest{spec_.tcpEstablished, spec_.leaveRunning}, &times);
@@ -100,11 +100,11 @@ void CheckpointSender::stream(TlsStream& tls) {
     if (cancelled_) fail(ErrorKind::Cancelled, "cancelled during the stream step");
     if (Clock::now() - last < kProgressEvery) return;
     last = Clock::now();
-    report("stream", bytesIn, total);
+    report(Phase::Stream, bytesIn, total);
   };
   stats_.bundle = agent_.exportCheckpoint(spec_.containerName, out, options);
   out.finish();
-  report("stream", stats_.bundle.bytesRaw, total);
+  report(Phase::Stream, stats_.bundle.bytesRaw, total);
   if (!spec_.postCopy) stats_.criuDump = readCriuDumpStats(container.paths.criuWork() / "stats-dump");
 }
 

@@ -72,7 +72,7 @@ class CheckpointSender {
   void awaitDigest(TlsStream& tls);
   std::shared_ptr<PostCopySource> openPageChannel();
   void step(const char* name);  // enters a step: throws Cancelled if asked to stop
-  void report(const char* phase, uint64_t done, uint64_t total);
+  void report(Phase phase, uint64_t done, uint64_t total);
 
   Agent& agent_;
   const SendSpec spec_;

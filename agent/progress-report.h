@@ -8,12 +8,14 @@
 #include <functional>
 #include <string>
 
+#include "common/phase.h"
+
 namespace migrate {
 
 struct ProgressReport {
   std::string migrationId;
   uint64_t requestId = 0;  // the coordinator's request this work answers
-  std::string phase;       // "checkpoint", "stream", "receive", "pages"
+  Phase phase = Phase::Pending;  // Checkpoint, Stream, Receive, Pages
   uint64_t done = 0;
   uint64_t total = 0;      // 0: not known
   const std::exception* failure = nullptr;  // set when this report is the end of it

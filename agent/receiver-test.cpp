@@ -126,7 +126,7 @@ TEST_CASE("a sender with the key but a garbage bundle ends its receiver, which s
   }
   REQUIRE(waitFor([&] { return f.reports.failureCount() == 1; }, 20s));
   CHECK(f.reports.seen.back().requestId == 7);
-  CHECK(f.reports.seen.back().phase == "receive");
+  CHECK(f.reports.seen.back().phase == Phase::Receive);
   // A restore that comes after hears why.
   CHECK(kindOfCall([&] { f.receivers.find("m-garbage"); }) == ErrorKind::Failed);
   CHECK(f.receivers.liveCount() == 0);

@@ -88,7 +88,7 @@ void Receiver::end(const std::string& failure) {
   std::call_once(ended_, [&] { onEnd_(*this, failure); });
 }
 
-void Receiver::report(const std::string& phase, uint64_t done, const std::exception* failure) {
+void Receiver::report(Phase phase, uint64_t done, const std::exception* failure) {
   report_(ProgressReport{spec_.migrationId, spec_.requestId, phase, done, 0, failure});
 }
 
@@ -118,7 +118,7 @@ void Receiver::receive(std::shared_ptr<DataListener> listener) {
     // is then not part of the downtime.
     if (spec_.postCopy) startPageThread();
   } catch (const std::exception& e) {
-    if (!stop_) report("receive", 0, &e);
+    if (!stop_) report(Phase::Receive, 0, &e);
     logWarn("migration " + spec_.migrationId + ": receive `" + spec_.containerName + "`: " + e.what());
     {
       std::lock_guard lock(mutex_);
@@ -146,7 +146,7 @@ std::string Receiver::importBundle(TlsStream& tls, Container* imported) {
   request.trust = spec_.trust;
   *imported = agent_.importCheckpoint(counted, request, [&](const nlohmann::json& manifest) {
     checkManifest(manifest);
-    report("receive", counted.count());
+    report(Phase::Receive, counted.count());
   }, &sha);
   tls.write(sha.data(), sha.size());
   tls.shutdownWrite();

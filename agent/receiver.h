@@ -109,7 +109,7 @@ class Receiver {
   void pumpPages(std::shared_ptr<DataListener> local);
   void launch(std::thread& slot, std::function<void()> body);
   void waitForBundle(std::chrono::milliseconds timeout);
-  void report(const std::string& phase, uint64_t done, const std::exception* failure = nullptr);
+  void report(Phase phase, uint64_t done, const std::exception* failure = nullptr);
 
   Agent& agent_;
   const ReceiverSpec spec_;

@@ -54,8 +54,7 @@ void fail(ErrorKind kind, std::string message) {
   throw Error(kind, std::move(full));
 }
 
-void failErrno(int err, std::string_view what) {
-  ErrorKind kind = ErrorKind::Failed;
+ErrorKind kindOfErrno(int err) {
   switch (err) {
     case ENOSPC:
     case EDQUOT:
@@ -63,30 +62,40 @@ void failErrno(int err, std::string_view what) {
     case EMFILE:
     case ENFILE:
     case EAGAIN:
-      kind = ErrorKind::Overloaded;
-      break;
+      return ErrorKind::Overloaded;
     case ENOENT:
     case ESRCH:
-      kind = ErrorKind::NotFound;
-      break;
+      return ErrorKind::NotFound;
     case EEXIST:
     case EBUSY:
     case EADDRINUSE:
-      kind = ErrorKind::Conflict;
-      break;
+      return ErrorKind::Conflict;
     case ECONNRESET:
     case ECONNREFUSED:
     case EPIPE:
     case ETIMEDOUT:
-      kind = ErrorKind::Disconnected;
-      break;
+      return ErrorKind::Disconnected;
     case EINVAL:
-      kind = ErrorKind::InvalidInput;
-      break;
+      return ErrorKind::InvalidInput;
     default:
-      break;
+      return ErrorKind::Failed;
   }
-  fail(kind, std::string(what) + ": " + std::strerror(err));
+}
+
+ErrorKind kindOfErrorCode(const std::error_code& code) {
+  if (!code) return ErrorKind::Failed;
+  // Both hold errno values on Linux (std::filesystem reports in either).
+  // Not via default_error_condition(): libstdc++ leaves errnos that std::errc
+  // lacks (EDQUOT) in system_category. Other categories (iostream, future)
+  // are not errno values.
+  if (code.category() != std::generic_category() && code.category() != std::system_category()) {
+    return ErrorKind::Failed;
+  }
+  return kindOfErrno(code.value());
+}
+
+void failErrno(int err, std::string_view what) {
+  fail(kindOfErrno(err), std::string(what) + ": " + std::strerror(err));
 }
 
 ErrorContext::ErrorContext(std::string what) { contextStack.push_back(std::move(what)); }
@@ -94,6 +103,7 @@ ErrorContext::~ErrorContext() { contextStack.pop_back(); }
 
 ErrorKind kindOf(const std::exception& e) {
   if (auto* err = dynamic_cast<const Error*>(&e)) return err->kind();
+  if (auto* sys = dynamic_cast<const std::system_error*>(&e)) return kindOfErrorCode(sys->code());
   return ErrorKind::Failed;
 }
 

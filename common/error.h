@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 namespace migrate {
@@ -40,8 +41,15 @@ class Error : public std::runtime_error {
 [[noreturn]] void fail(ErrorKind kind, std::string message);
 [[noreturn]] inline void fail(std::string message) { fail(ErrorKind::Failed, std::move(message)); }
 
-// Throws Error for errno `err`, naming the call: "open(/x): No such file".
-// ENOSPC/ENOMEM/EMFILE map to Overloaded, ENOENT to NotFound, EEXIST/EBUSY to Conflict.
+// What errno `err` tells the caller to do: ENOSPC/ENOMEM/EMFILE map to
+// Overloaded, ENOENT to NotFound, EEXIST/EBUSY to Conflict, ECONNRESET/EPIPE
+// to Disconnected, EINVAL to InvalidInput; the rest to Failed.
+ErrorKind kindOfErrno(int err);
+// The same for an error_code whose category maps to errno (generic, system;
+// std::filesystem uses these); Failed for any other category.
+ErrorKind kindOfErrorCode(const std::error_code& code);
+
+// Throws Error(kindOfErrno(err)) naming the call: "open(/x): No such file".
 [[noreturn]] void failErrno(int err, std::string_view what);
 
 // While alive, every Error thrown on this thread is prefixed with `what`.
@@ -53,7 +61,9 @@ class ErrorContext {
   ErrorContext& operator=(const ErrorContext&) = delete;
 };
 
-// Kind of any exception: Error's own, Failed for everything else.
+// Kind of any exception: Error's own; std::system_error's (and so
+// std::filesystem::filesystem_error's) by its code, as failErrno maps errno;
+// Failed for everything else.
 ErrorKind kindOf(const std::exception& e);
 
 }  // namespace migrate

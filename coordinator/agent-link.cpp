@@ -166,7 +166,7 @@ void AgentLink::dispatch(ControlServer::Incoming& incoming) {
       break;
     case proto::Message::PROGRESS: {
       auto p = root.getProgress();
-      ProgressUpdate update{host, p.getMigrationId().cStr(), p.getPhase().cStr(), p.getBytesDone(), p.getBytesTotal(),
+      ProgressUpdate update{host, p.getMigrationId().cStr(), phaseFromName(p.getPhase().cStr()), p.getBytesDone(), p.getBytesTotal(),
                             p.getRequestId(), p.getError().cStr(), errorKindFromSchema(p.getErrorKind())};
       if (onProgress_) onProgress_(update);
       break;

@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "common/phase.h"
 #include "coordinator/host-registry.h"
 #include "net/control-channel.h"
 
@@ -23,7 +24,7 @@ namespace migrate {
 struct ProgressUpdate {
   std::string host;
   std::string migrationId;
-  std::string phase;
+  std::optional<Phase> phase;  // empty: a name this build does not know
   uint64_t bytesDone = 0;
   uint64_t bytesTotal = 0;
   uint64_t requestId = 0;

@@ -161,6 +161,8 @@ TEST_CASE("http: error kinds map to status codes") {
   checkError(post("/v1/migrations", "not json"), 400, "invalid-input");
   checkError(post("/v1/migrations", R"({"container": 5, "target": "host2"})"), 400, "invalid-input");
   checkError(post("/v1/migrations", R"({"target": "host2"})"), 400, "invalid-input");
+  checkError(post("/v1/migrations", R"({"container": "web", "target": "host2", "postCopy": "yes"})"), 400,
+             "invalid-input");
   checkError(post("/v1/migrations", R"({"container": "ghost", "target": "host2"})"), 404, "not-found");
   checkError(post("/v1/migrations", R"({"container": "web", "target": "host1"})"), 400, "invalid-input");
   checkError(api.client->Get("/v1/containers/ghost/logs?tail=x", api.auth()), 400, "invalid-input");

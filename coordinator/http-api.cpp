@@ -36,18 +36,6 @@ void sendError(httplib::Response& res, ErrorKind kind, const std::string& messag
 }
 
 
-// Typed field access that reports the field by name instead of a library error.
-template <typename T>
-T field(const json& body, const char* name, T fallback) {
-  auto it = body.find(name);
-  if (it == body.end() || it->is_null()) return fallback;
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    fail(ErrorKind::InvalidInput, std::string("field `") + name + "` has the wrong type");
-  }
-}
-
 // POST /v1/containers `userns`: "auto" (a user namespace of its own, the
 // default) or "host"; named as the CLI's --userns so that other modes
 // (a given mapping) can be added without a second field.
@@ -265,14 +253,14 @@ void HttpApi::routes(HttpServer& server) {
   server.Post("/v1/containers", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 RunContainerRequest r;
-                r.host = field<std::string>(body, "host", "");
-                r.name = field<std::string>(body, "name", "");
-                r.image = field<std::string>(body, "image", "");
-                r.args = field<std::vector<std::string>>(body, "args", {});
-                r.env = field<std::vector<std::string>>(body, "env", {});
-                r.tcpEstablished = field<bool>(body, "tcpEstablished", true);
-                r.hostUserns = usernsIsHost(field<std::string>(body, "userns", "auto"));
-                r.user = field<std::string>(body, "user", "");
+                r.host = jsonField<std::string>(body, "host", "");
+                r.name = jsonField<std::string>(body, "name", "");
+                r.image = jsonField<std::string>(body, "image", "");
+                r.args = jsonField<std::vector<std::string>>(body, "args", {});
+                r.env = jsonField<std::vector<std::string>>(body, "env", {});
+                r.tcpEstablished = jsonField<bool>(body, "tcpEstablished", true);
+                r.hostUserns = usernsIsHost(jsonField<std::string>(body, "userns", "auto"));
+                r.user = jsonField<std::string>(body, "user", "");
                 sendJson(res, 201, c.runContainer(r));
               }));
 
@@ -302,11 +290,9 @@ void HttpApi::routes(HttpServer& server) {
   server.Post("/v1/migrations", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 MigrationRequest r;
-                r.container = field<std::string>(body, "container", "");
-                r.target = field<std::string>(body, "target", "");
-                r.options.tcpEstablished = field<bool>(body, "tcpEstablished", true);
-                r.options.leaveRunning = field<bool>(body, "leaveRunning", false);
-                r.options.postCopy = field<bool>(body, "postCopy", false);
+                r.container = jsonField<std::string>(body, "container", "");
+                r.target = jsonField<std::string>(body, "target", "");
+                r.options = MigrationOptions::fromJson(body);
                 std::string id = c.startMigration(r);
                 sendJson(res, 202, {{"id", id}});
               }));
@@ -334,10 +320,10 @@ void HttpApi::routes(HttpServer& server) {
   server.Post("/v1/evacuations", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 EvacuationRequest r;
-                r.host = field<std::string>(body, "host", "");
-                r.targets = field<std::vector<std::string>>(body, "targets", {});
-                r.parallel = field<int>(body, "parallel", 0);
-                r.postCopy = field<bool>(body, "postCopy", false);
+                r.host = jsonField<std::string>(body, "host", "");
+                r.targets = jsonField<std::vector<std::string>>(body, "targets", {});
+                r.parallel = jsonField<int>(body, "parallel", 0);
+                r.postCopy = jsonField<bool>(body, "postCopy", false);
                 if (r.parallel < 0) fail(ErrorKind::InvalidInput, "`parallel` must be positive");
                 sendJson(res, 202, c.evacuate(r).toJson());
               }));

@@ -175,6 +175,7 @@ TEST_CASE("migration: one migration per container at a time, and a cancel before
   cluster.coordinator->cancelMigration(id);
   cluster.coordinator->waitIdle();
   CHECK(cluster.journal->get(id).state == MigrationState::Cancelled);
+  CHECK(cluster.journal->get(id).errorKind == "cancelled");
   CHECK_FALSE(contains(cluster.seenNames("host2"), "prepareReceive"));
   try {
     cluster.coordinator->cancelMigration(id);
@@ -220,6 +221,64 @@ TEST_CASE("migration: a target lost during restore blocks the source's restore u
   int rollback = indexOf(seen, "host1", "rollbackSource");
   REQUIRE(abort >= 0);
   CHECK(abort < rollback);
+  // The retry reports the cause the first attempt journalled, not its "waits for" tail.
+  auto rolledBack = cluster.journal->get(id);
+  INFO(rolledBack.error);
+  CHECK_FALSE(rolledBack.error.empty());
+  CHECK(rolledBack.error.find("waits for") == std::string::npos);
+  CHECK(waiting.error.rfind(rolledBack.error + "; rollback waits for host2", 0) == 0);
+  CHECK(rolledBack.errorKind == waiting.errorKind);
+}
+
+TEST_CASE("migration: a cancel during the checkpoint rolls back, and its kind says cancelled") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  std::atomic<bool> checkpointing{false}, released{false};
+  cluster.agent("host1").setHandler("checkpointAndSend", [&](proto::Request::Reader, proto::Reply::Builder) {
+    checkpointing = true;
+    waitFor([&] { return released.load(); });
+    return false;  // the default reply: checkpointed and sent
+  });
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration({"web", "host2", {}});
+  REQUIRE(waitFor([&] { return checkpointing.load(); }));
+  cluster.coordinator->cancelMigration(id);
+  released = true;
+  cluster.coordinator->waitIdle();
+  auto record = cluster.journal->get(id);
+  INFO(record.error);
+  CHECK(record.state == MigrationState::RolledBack);
+  CHECK(record.errorKind == "cancelled");
+  CHECK(record.error == "cancelled by request");
+  CHECK(contains(cluster.seenNames("host2"), "abortReceive"));
+  CHECK(contains(cluster.seenNames("host1"), "rollbackSource"));
+  CHECK_FALSE(contains(cluster.seenNames("host2"), "restore"));
+}
+
+TEST_CASE("migration: options read alike from a request body and from the journal") {
+  auto defaults = MigrationOptions::fromJson(json::object());
+  CHECK(defaults.tcpEstablished);
+  CHECK_FALSE(defaults.leaveRunning);
+  CHECK_FALSE(defaults.postCopy);
+  CHECK(MigrationOptions::fromJson(json()).tcpEstablished);  // a record journalled without options
+
+  auto body = MigrationOptions::fromJson(
+      {{"container", "web"}, {"target", "host2"}, {"postCopy", true}, {"tcpEstablished", nullptr}});
+  CHECK(body.postCopy);
+  CHECK(body.tcpEstablished);
+  auto journalled = MigrationOptions::fromJson(body.toJson());
+  CHECK(journalled.postCopy);
+  CHECK(journalled.tcpEstablished);
+  CHECK_FALSE(journalled.leaveRunning);
+
+  try {
+    MigrationOptions::fromJson({{"leaveRunning", "yes"}});
+    FAIL("a string was read as a bool");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::InvalidInput);
+    CHECK_THAT(e.what(), Catch::Contains("leaveRunning"));
+  }
 }
 
 TEST_CASE("migration: a restarted coordinator finishes committed migrations and rolls back the rest") {

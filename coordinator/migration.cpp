@@ -8,6 +8,7 @@
 
 #include "agent/id-mapping-proto.h"
 #include "common/log.h"
+#include "common/untrusted-json.h"
 
 namespace migrate {
 
@@ -40,17 +41,26 @@ std::string isoTime(int64_t epochMs) {
   return buffer;
 }
 
-std::string phaseOfState(MigrationState state) {
+Phase phaseOfState(MigrationState state) {
   switch (state) {
-    case MigrationState::Pending: return "pending";
-    case MigrationState::Prechecking: return "precheck";
-    case MigrationState::Preparing: return "prepare";
-    case MigrationState::Checkpointing: return "checkpoint";
-    case MigrationState::Restoring: return "restore";
-    case MigrationState::Committed: return "commit";
-    case MigrationState::RollingBack: return "rollback";
-    default: return "done";
+    case MigrationState::Pending: return Phase::Pending;
+    case MigrationState::Prechecking: return Phase::Precheck;
+    case MigrationState::Preparing: return Phase::Prepare;
+    case MigrationState::Checkpointing: return Phase::Checkpoint;
+    case MigrationState::Restoring: return Phase::Restore;
+    case MigrationState::Committed: return Phase::Commit;
+    case MigrationState::RollingBack: return Phase::Rollback;
+    default: return Phase::Done;
   }
+}
+
+// A cancel decides the outcome, whatever stopped the step: the kind says so.
+// A cause of another kind (the request the cancel cut short failing its own
+// way) stays in the message as the detail.
+void markCancelled(std::string& error, ErrorKind& kind) {
+  if (kind == ErrorKind::Cancelled) return;
+  error = "cancelled: " + error;
+  kind = ErrorKind::Cancelled;
 }
 
 }  // namespace
@@ -79,11 +89,9 @@ json MigrationOptions::toJson() const {
 
 MigrationOptions MigrationOptions::fromJson(const json& j) {
   MigrationOptions o;
-  if (j.is_object()) {
-    o.tcpEstablished = j.value("tcpEstablished", true);
-    o.leaveRunning = j.value("leaveRunning", false);
-    o.postCopy = j.value("postCopy", false);
-  }
+  o.tcpEstablished = jsonField(j, "tcpEstablished", o.tcpEstablished);
+  o.leaveRunning = jsonField(j, "leaveRunning", o.leaveRunning);
+  o.postCopy = jsonField(j, "postCopy", o.postCopy);
   return o;
 }
 
@@ -113,7 +121,7 @@ json migrationToJson(const MigrationRecord& r, const std::optional<LiveProgress>
       {"source", r.source},
       {"target", r.target},
       {"state", stateName(r.state)},
-      {"phase", live ? live->phase : phaseOfState(r.state)},
+      {"phase", phaseName(live ? live->phase : phaseOfState(r.state))},
       {"bytesDone", live ? live->bytesDone : 0},
       {"bytesTotal", live ? live->bytesTotal : 0},
       {"rateBytesPerSec", live ? live->rateBytesPerSec : 0.0},
@@ -148,20 +156,20 @@ void Migration::run() {
   started_ = Clock::now();
   emit("migration.started");
   try {
-    timed("precheck", [&] { precheck(); });
+    timed(Phase::Precheck, [&] { precheck(); });
     throwIfStopped();
-    timed("prepare", [&] { prepareTarget(); });
+    timed(Phase::Prepare, [&] { prepareTarget(); });
     throwIfStopped();
     checkpointAndStream();
     throwIfStopped();
-    timed("restore", [&] { restore(); });
+    timed(Phase::Restore, [&] { restore(); });
     // Post-copy: the container runs on the target, its memory still coming
     // from the source. Not committed before the last page: if the channel
     // breaks, the source (still frozen) is the intact copy to roll back to.
-    if (options_.postCopy) timed("pages", [&] { awaitPages(); });
+    if (options_.postCopy) timed(Phase::Pages, [&] { awaitPages(); });
     // No cancellation past this point: the target runs the container, and
     // committing is the quickest way back to one copy.
-    timed("commit", [&] { commit(); });
+    timed(Phase::Commit, [&] { commit(); });
   } catch (const std::exception& e) {
     if (abandoned_) {
       logInfo("migration " + record_.id + ": left at `" + std::string(stateName(record_.state)) +
@@ -172,17 +180,20 @@ void Migration::run() {
     if (reached < MigrationState::Preparing) {
       // Nothing was touched on any host: fail, whatever the kind.
       MigrationState final = cancelled_ ? MigrationState::Cancelled : MigrationState::Failed;
-      logWarn("migration " + record_.id + ": " + (cancelled_ ? "cancelled" : "failed") + " in precheck: " + e.what());
+      std::string error = e.what();
+      ErrorKind kind = kindOf(e);
+      if (cancelled_) markCancelled(error, kind);
+      logWarn("migration " + record_.id + ": " + (cancelled_ ? "cancelled" : "failed") + " in precheck: " + error);
       try {
-        ctx_.journal.setFailure(record_.id, final, e.what(), kindOf(e));
+        ctx_.journal.setFailure(record_.id, final, error, kind);
         std::lock_guard lock(mutex_);
         record_.state = final;
-        record_.error = e.what();
-        record_.errorKind = std::string(kindName(kindOf(e)));
+        record_.error = error;
+        record_.errorKind = std::string(kindName(kind));
       } catch (const std::exception& journalError) {
         logError("migration " + record_.id + ": journal: " + journalError.what());
       }
-      setPhase("done");
+      setPhase(Phase::Done);
       emit("migration.failed");
     } else if (reached >= MigrationState::Committed) {
       // commit() handles its own failures; only the journal write itself can
@@ -197,7 +208,7 @@ void Migration::run() {
 
 void Migration::precheck() {
   enter(MigrationState::Prechecking);
-  setPhase("precheck");
+  setPhase(Phase::Precheck);
   if (record_.source == record_.target) {
     fail(ErrorKind::InvalidInput, "source and target are the same host `" + record_.target + "`");
   }
@@ -314,7 +325,7 @@ void Migration::ensureImageOnTarget() {
   }
   logInfo("migration " + record_.id + ": image " + digest + " missing on " + record_.target + "; sending it from " +
           record_.source);
-  setPhase("image");
+  setPhase(Phase::Image);
   std::string psk = randomBytes(32);
   std::string identity = "image-" + record_.id;
   auto port = request(record_.target, "receiveImage", ctx_.timeouts.request, [&](proto::Request::Builder r) {
@@ -362,7 +373,7 @@ void Migration::checkCapacity() {
 void Migration::prepareTarget() {
   psk_ = randomBytes(32);
   enter(MigrationState::Preparing);
-  setPhase("prepare");
+  setPhase(Phase::Prepare);
   auto reply = request(record_.target, "prepareReceive", ctx_.timeouts.request, [&](proto::Request::Builder r) {
     auto prepare = r.initPrepareReceive();
     prepare.setMigrationId(record_.id);
@@ -388,7 +399,7 @@ void Migration::prepareTarget() {
 
 void Migration::checkpointAndStream() {
   enter(MigrationState::Checkpointing);
-  setPhase("checkpoint");
+  setPhase(Phase::Checkpoint);
   auto start = Clock::now();
   // Downtime runs from here (the source freezes the container) to the
   // target's restore reply (it runs again).
@@ -414,8 +425,8 @@ void Migration::checkpointAndStream() {
 
   std::lock_guard lock(mutex_);
   json& stats = record_.stats;
-  stats["phases"]["checkpoint"] = checkpointMs;
-  stats["phases"]["stream"] = wallMs - checkpointMs;
+  stats["phases"][phaseName(Phase::Checkpoint)] = checkpointMs;
+  stats["phases"][phaseName(Phase::Stream)] = wallMs - checkpointMs;
   stats["bytesRaw"] = s.getBytesRaw();
   stats["bytesWire"] = s.getBytesWire();
   stats["compressionRatio"] = s.getBytesWire() ? double(s.getBytesRaw()) / double(s.getBytesWire()) : 0.0;
@@ -431,7 +442,7 @@ void Migration::checkpointAndStream() {
 
 void Migration::restore() {
   enter(MigrationState::Restoring);
-  setPhase("restore");
+  setPhase(Phase::Restore);
   auto reply = request(record_.target, "restore", ctx_.timeouts.restore, [&](proto::Request::Builder r) {
     auto restore = r.initRestore();
     restore.setMigrationId(record_.id);
@@ -464,7 +475,7 @@ void Migration::restore() {
 }
 
 void Migration::awaitPages() {
-  setPhase("pages");
+  setPhase(Phase::Pages);
   // The source agent being away (restarting) is no reason to give up: the
   // container runs on the target and the source's CRIU keeps serving. Ask
   // again until it answers; it reports a broken transfer as `failed`.
@@ -494,7 +505,7 @@ void Migration::awaitPages() {
 }
 
 void Migration::commit() {
-  setPhase("commit");
+  setPhase(Phase::Commit);
   // The commit point: from this write on, the container belongs to the target.
   ctx_.journal.recordCommit(record_.id, record_.container, record_.target);
   {
@@ -541,7 +552,7 @@ void Migration::finishCommit() {
     record_.error.clear();
     record_.errorKind.clear();
   }
-  setPhase("done");
+  setPhase(Phase::Done);
   logInfo("migration " + record_.id + ": `" + record_.container + "` now runs on " + record_.target);
 }
 
@@ -567,11 +578,14 @@ void Migration::rollback(const std::exception& cause) {
       kind = peerErrorKind_;
     }
   }
-  if (cancelled_ && error.find("cancelled") == std::string::npos) error = "cancelled: " + error;
+  if (cancelled_) markCancelled(error, kind);
   logWarn("migration " + record_.id + ": rolling back from `" + std::string(stateName(reached)) + "`: " + error);
   {
     std::lock_guard lock(mutex_);
     record_.stats["rollbackFrom"] = std::string(stateName(reached));
+    // The journalled error grows a "waits for ..." tail while a host is
+    // away; each retry (recover()) starts again from this.
+    record_.stats["rollbackCause"] = error;
     record_.stats["totalMs"] = msSince(started_);
   }
   saveStats();
@@ -582,7 +596,7 @@ void Migration::rollback(const std::exception& cause) {
     record_.error = error;
     record_.errorKind = std::string(kindName(kind));
   }
-  setPhase("rollback");
+  setPhase(Phase::Rollback);
   undoOnHosts(reached >= MigrationState::Restoring, error, kind);
 }
 
@@ -650,7 +664,7 @@ bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKi
     record_.error = error;
     record_.errorKind = std::string(kindName(kind));
   }
-  setPhase("done");
+  setPhase(Phase::Done);
   logInfo("migration " + record_.id + ": rolled back; `" + record_.container + "` runs on " + record_.source);
   emit("migration.failed");
   return true;
@@ -677,7 +691,7 @@ void Migration::recover() {
           std::lock_guard lock(mutex_);
           record_.state = MigrationState::Committed;
         }
-        setPhase("commit");
+        setPhase(Phase::Commit);
         finishCommit();
         break;
       case RecoveryAction::RollBack: {
@@ -689,18 +703,23 @@ void Migration::recover() {
           record_.stats["rollbackFrom"] = std::string(stateName(from));
           record_.error = "coordinator restarted during `" + std::string(stateName(from)) + "`";
           record_.errorKind = std::string(kindName(ErrorKind::Disconnected));
+          record_.stats["rollbackCause"] = record_.error;
         }
         saveStats();
+        // The cause as rollback() journalled it, without the tail an earlier
+        // attempt added ("; rollback waits for ..."): this attempt says its own.
+        // A journal from before rollbackCause existed has only the error column.
         std::string error = record_.error.empty() ? "rolled back after a coordinator restart" : record_.error;
-        // An earlier "waiting for..." suffix is replaced by this attempt's outcome.
-        if (auto cut = error.find("; rollback"); cut != std::string::npos) error.resize(cut);
+        if (auto cause = record_.stats.find("rollbackCause"); cause != record_.stats.end() && cause->is_string()) {
+          error = cause->get<std::string>();
+        }
         ErrorKind kind = record_.errorKind.empty() ? ErrorKind::Disconnected : kindFromName(record_.errorKind);
         if (record_.state != MigrationState::RollingBack) {
           ctx_.journal.setFailure(record_.id, MigrationState::RollingBack, error, kind);
           std::lock_guard lock(mutex_);
           record_.state = MigrationState::RollingBack;
         }
-        setPhase("rollback");
+        setPhase(Phase::Rollback);
         undoOnHosts(from >= MigrationState::Restoring, error, kind);
         break;
       }
@@ -760,12 +779,12 @@ ReplyMessage Migration::request(const std::string& host, const std::string& what
 }
 
 template <typename Step>
-void Migration::timed(const char* phase, Step step) {
+void Migration::timed(Phase phase, Step step) {
   auto start = Clock::now();
   step();
   {
     std::lock_guard lock(mutex_);
-    record_.stats["phases"][phase] = msSince(start);
+    record_.stats["phases"][phaseName(phase)] = msSince(start);
   }
   saveStats();
 }
@@ -779,7 +798,7 @@ void Migration::saveStats() {
   ctx_.journal.setStats(record_.id, stats);
 }
 
-void Migration::setPhase(const std::string& phase) {
+void Migration::setPhase(Phase phase) {
   std::lock_guard lock(mutex_);
   live_ = LiveProgress{};
   live_.phase = phase;
@@ -794,10 +813,11 @@ void Migration::onProgress(const ProgressUpdate& update) {
     peerErrorKind_ = update.errorKind;
     return;
   }
+  if (!update.phase) return;  // a newer agent's phase: nothing this build can show
   auto now = Clock::now();
-  if (update.phase != live_.phase) {
+  if (*update.phase != live_.phase) {
     live_ = LiveProgress{};
-    live_.phase = update.phase;
+    live_.phase = *update.phase;
     rateSince_ = now;
     rateSinceBytes_ = update.bytesDone;
   }

@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 
+#include "common/phase.h"
 #include "coordinator/agent-link.h"
 #include "coordinator/host-registry.h"
 #include "coordinator/journal.h"
@@ -47,6 +48,9 @@ struct MigrationOptions {
   bool postCopy = false;
 
   nlohmann::json toJson() const;
+  // The one reading of options, for a request body (POST /v1/migrations,
+  // whose other fields it ignores) and a journalled record alike: a missing
+  // or null field keeps its default; another type is Error(InvalidInput).
   static MigrationOptions fromJson(const nlohmann::json& j);
 };
 
@@ -73,7 +77,7 @@ RecoveryAction recoveryActionFor(const MigrationRecord& record, const std::optio
 
 // Live progress of a running migration.
 struct LiveProgress {
-  std::string phase;
+  Phase phase = Phase::Pending;
   uint64_t bytesDone = 0;
   uint64_t bytesTotal = 0;
   double rateBytesPerSec = 0;
@@ -140,8 +144,8 @@ class Migration {
   ReplyMessage request(const std::string& host, const std::string& what, std::chrono::milliseconds timeout,
                        const AgentLink::RequestFiller& fill);
   template <typename Step>
-  void timed(const char* phase, Step step);
-  void setPhase(const std::string& phase);
+  void timed(Phase phase, Step step);
+  void setPhase(Phase phase);
   void saveStats();
   void emit(const char* event);
 

@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "common/phase.h"
 #include "migrate/verbs.h"
 
 namespace migrate {
@@ -87,8 +88,9 @@ void printMigrationReport(const json& m) {
   }
   if (stats.contains("phases") && stats["phases"].is_object()) {
     std::cout << "  phases         ";
-    for (auto phase : {"precheck", "prepare", "checkpoint", "stream", "restore", "pages", "commit"}) {
-      if (stats["phases"].contains(phase)) std::cout << " " << phase << " " << humanMs(number(stats["phases"], phase));
+    for (Phase phase : kTimedPhases) {
+      std::string name(phaseName(phase));
+      if (stats["phases"].contains(name)) std::cout << " " << name << " " << humanMs(number(stats["phases"], name.c_str()));
     }
     std::cout << "\n";
   }

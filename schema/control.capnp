@@ -215,7 +215,11 @@ struct Progress {
   # The migration this progress belongs to.
 
   phase @1 :Text;
-  # "checkpoint", "stream", "unpack", "restore", ...
+  # A name of common/phase.h's Phase ("checkpoint", "stream", "receive",
+  # "pages", ...), written and read only through phaseName/phaseFromName.
+  # Text rather than a capnp enum so that a phase added later needs no
+  # protocol version: a coordinator ignores the counters of a phase it does
+  # not know (still taking `error`), where an enum would read as a number.
 
   bytesDone @2 :UInt64;
   # Bytes handled so far in this phase.
