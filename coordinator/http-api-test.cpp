@@ -19,9 +19,11 @@
 #include "coordinator/test-cluster.h"
 #include "coordinator/webhooks.h"
 #include "migrate/client.h"
+#include "tests/support/wait.h"
 
 using namespace migrate;
 using namespace migrate::testing;
+using migrate::test::waitUntil;
 using namespace std::chrono_literals;
 using nlohmann::json;
 using Catch::Matchers::Contains;
@@ -143,10 +145,12 @@ TEST_CASE("http: requests without the right bearer token get 401") {
 }
 
 TEST_CASE("http: error kinds map to status codes") {
+  // The migration stays in prepareReceive until the checks of a running one are done.
+  std::atomic<bool> holdReceive{true};
   Cluster cluster(200ms);
   cluster.agent("host1").addContainer("web", "running");
-  cluster.agent("host2").setHandler("prepareReceive", [](proto::Request::Reader, proto::Reply::Builder reply) {
-    std::this_thread::sleep_for(300ms);
+  cluster.agent("host2").setHandler("prepareReceive", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    waitUntil([&] { return !holdReceive.load(); }, 10s);
     reply.setPort(40000);
     return true;
   });
@@ -177,6 +181,7 @@ TEST_CASE("http: error kinds map to status codes") {
                    "rateBytesPerSec", "etaSeconds", "error", "errorKind", "stats", "createdAt", "finishedAt"}) {
     CHECK(json::parse(status->body).contains(key));
   }
+  holdReceive = false;
   cluster.coordinator->waitIdle();
   checkError(post("/v1/migrations/" + id + "/cancel", "{}"), 409, "conflict");
   auto history = api.client->Get("/v1/migrations?limit=5", api.auth());
@@ -186,7 +191,7 @@ TEST_CASE("http: error kinds map to status codes") {
 
   // A host that stopped answering: Disconnected -> 502.
   cluster.agent("host3").setSilent(true);
-  std::this_thread::sleep_for(800ms);
+  REQUIRE(waitUntil([&] { return !cluster.registry->isUp("host3"); }, 10s));
   checkError(post("/v1/containers", R"({"host": "host3", "name": "db", "image": "redis"})"), 502, "disconnected");
   checkError(post("/v1/containers", R"({"host": "host9", "name": "db", "image": "redis"})"), 404, "not-found");
   checkError(post("/v1/containers", R"({"host": "host1", "name": "web", "image": "redis"})"), 409, "conflict");
@@ -365,7 +370,8 @@ TEST_CASE("http: clients trickling header lines are cut with 408 and do not dela
     }
   });
 
-  std::this_thread::sleep_for(500ms);
+  // Every trickler holds a slot before the request that must not wait for them.
+  REQUIRE(waitUntil([&] { return api.api.tcpOccupancy().open == kTricklers; }, 5s));
   auto before = Clock::now();
   auto ok = api.client->Get("/v1/hosts", api.auth());
   double took = secondsSince(before);
@@ -394,7 +400,7 @@ TEST_CASE("http: connections over the per-client or the total cap get 429 naming
   int port = api.api.tcpPort();
   std::vector<Fd> held;
   for (int i = 0; i < 3; ++i) held.push_back(connectFrom("127.0.0.1", port));
-  std::this_thread::sleep_for(200ms);
+  REQUIRE(waitUntil([&] { return api.api.tcpOccupancy().open == 3; }, 5s));
 
   auto refused = api.client->Get("/v1/hosts", api.auth());
   checkError(refused, 429, "overloaded");
@@ -408,7 +414,7 @@ TEST_CASE("http: connections over the per-client or the total cap get 429 naming
 
   held.push_back(connectFrom("127.0.0.3", port));
   held.push_back(connectFrom("127.0.0.3", port));
-  std::this_thread::sleep_for(200ms);
+  REQUIRE(waitUntil([&] { return api.api.tcpOccupancy().open == 5; }, 5s));
   Fd fourth = connectFrom("127.0.0.4", port);
   sendAll(fourth.get(), rawRequest("GET", "/v1/hosts"));
   std::string answer = readUntilClosed(fourth.get(), 2s);
@@ -418,13 +424,13 @@ TEST_CASE("http: connections over the per-client or the total cap get 429 naming
   // A connection over the cap waits a moment for a slot before its 429.
   Fd waiting = connectFrom("127.0.0.4", port);
   sendAll(waiting.get(), rawRequest("GET", "/v1/hosts"));
-  std::this_thread::sleep_for(100ms);
+  REQUIRE(waitUntil([&] { return api.api.tcpOccupancy().waiting == 1; }, 5s));
   held.pop_back();
   CHECK(readUntilClosed(waiting.get(), 2s).rfind("HTTP/1.1 200 ", 0) == 0);
 
   // Closed connections give their slots back.
   held.clear();
-  std::this_thread::sleep_for(300ms);
+  REQUIRE(waitUntil([&] { return api.api.tcpOccupancy().open == 0; }, 5s));
   auto again = api.client->Get("/v1/hosts", api.auth());
   REQUIRE(again);
   CHECK(again->status == 200);

@@ -16,6 +16,7 @@
 #include "net/netns-lock.h"
 #include "net/netns.h"
 #include "tests/support/skip.h"
+#include "tests/support/wait.h"
 
 using namespace migrate;
 using nlohmann::json;
@@ -332,11 +333,11 @@ TEST_CASE("announceAddress updates the client's neighbour entry") {
   announceAddress(ctr.netns(), "eth0", ip);
 
   std::string lladdr;
-  for (int i = 0; i < 20 && lladdr != mac; ++i) {  // delivery is asynchronous
+  migrate::test::waitUntil([&] {  // delivery is asynchronous
     auto neigh = json::parse(runIn(clientNs, {"ip", "-j", "neigh", "show", ip, "dev", "eth0"}).out);
     lladdr = neigh.empty() ? "" : neigh[0].value("lladdr", "");
-    if (lladdr != mac) ::usleep(50 * 1000);
-  }
+    return lladdr == mac;
+  }, std::chrono::seconds(5));
   CHECK(lladdr == mac);
   CHECK_THROWS_AS(announceAddress(ctr.netns(), "nosuch0", ip), Error);
   CHECK_THROWS_AS(announceAddress(ctr.netns(), "eth0", "fd00::1"), Error);

@@ -117,7 +117,8 @@ TEST_CASE("acceptTls: a silent stranger connected first neither delays the sende
     TlsStream tls = listener.acceptTls("m-silent", psk, 30s, stop, testOptions());
     return receive(tls);
   });
-  std::this_thread::sleep_for(200ms);  // the stranger is the receiver's first connection
+  // The stranger is the receiver's first connection: it completed its connect
+  // before the receiver started, so it is first in the accept queue.
   std::string ack = send(listener.port(), "m-silent", psk, data);
   Received got = receiver.get();
   double took = secondsSince(start);

@@ -209,15 +209,6 @@ bool processAlive(int pid) {
          (*status)[status->find_first_not_of(" \t", state + 6)] != 'Z';
 }
 
-bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (std::chrono::steady_clock::now() > deadline) return condition();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-}
-
 std::vector<unsigned long> counts(const std::string& log) {
   std::vector<unsigned long> out;
   std::istringstream in(log);
