@@ -177,10 +177,28 @@ TcpClient::TcpClient(const std::string& ip, int port) {
   SYSCALL(::pipe2(out, O_CLOEXEC), "pipe2");
   output_ = Fd(out[0]);
   Fd write(out[1]);
+  int err[2];
+  SYSCALL(::pipe2(err, O_CLOEXEC | O_NONBLOCK), "pipe2");
+  progress_ = Fd(err[0]);
+  Fd progressWrite(err[1]);
   SubprocessOptions o = SubprocessOptions::of({"nsenter", "--net=/run/netns/client", "--", binary("tcp-client").string(),
                                                ip, std::to_string(port), "120", "10"});
   o.stdoutFd = write.get();
+  o.stderrFd = progressWrite.get();
   process_.emplace(o);
+}
+
+unsigned long TcpClient::verified() {
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(progress_.get(), buf, sizeof buf)) > 0) progressText_.append(buf, static_cast<size_t>(n));
+  // The last complete "verified N" line.
+  constexpr std::string_view kPrefix = "verified ";
+  auto end = progressText_.rfind('\n');
+  if (end == std::string::npos) return 0;
+  auto start = progressText_.rfind(kPrefix, end);
+  if (start == std::string::npos) return 0;
+  return std::stoul(progressText_.substr(start + kPrefix.size(), end - start - kPrefix.size()));
 }
 
 json TcpClient::stop() {
@@ -193,6 +211,12 @@ json TcpClient::stop() {
   json j = json::parse(summary);
   j["exitStatus"] = status;
   return j;
+}
+
+std::string errorKindOf(const AgentHome::Result& result) {
+  auto j = nlohmann::json::parse(result.out, nullptr, false);
+  if (!j.is_object() || !j.contains("kind") || !j["kind"].is_string()) return "";
+  return j["kind"];
 }
 
 size_t occurrences(const std::string& text, const std::string& needle) {

@@ -120,14 +120,23 @@ class TcpClient {
   // SIGTERM, then its JSON summary {sent, verified, maxStallMs, error}; the
   // exit status is in "exitStatus".
   nlohmann::json stop();
+  // Echoes verified so far, from its progress lines (up to 100 ms behind).
+  unsigned long verified();
 
  private:
   Fd output_;
+  Fd progress_;  // its stderr, non-blocking
+  std::string progressText_;
   std::optional<Subprocess> process_;
 };
 
 // Mount points at or under `dir`, from /proc/self/mountinfo.
 std::vector<std::string> mountsUnder(const fs::path& dir);
+
+// The error kind ("conflict", "invalid-input", ...) a failed command run
+// with `--output json` printed: {"error", "kind"} on stdout, from both
+// migrate-agent and migrate. "" if it printed no such object.
+std::string errorKindOf(const AgentHome::Result& result);
 
 // How many times `needle` occurs in `text`.
 size_t occurrences(const std::string& text, const std::string& needle);
