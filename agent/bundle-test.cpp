@@ -23,17 +23,17 @@
 #include "common/subprocess.h"
 #include "common/syscall.h"
 #include "common/zstd-stream.h"
+#include "tests/support/skip.h"
 
 namespace migrate {
 namespace {
 
 // Bundles carry ownership, trusted.* xattrs and whiteouts: only root can
-// make or restore those. Catch2 v2 has no SKIP, so say why and return.
-#define REQUIRE_ROOT()                                              \
-  if (::geteuid() != 0) {                                           \
-    WARN("skipped: needs root (chown, trusted.* xattrs, mknod)");   \
-    return;                                                         \
-  }
+// make or restore those.
+#define REQUIRE_ROOT()                                                                  \
+  do {                                                                                  \
+    if (::geteuid() != 0) SKIP_TEST("needs root (chown, trusted.* xattrs, mknod)");     \
+  } while (0)
 
 std::string randomBytes(size_t size, uint32_t seed) {
   std::mt19937 rng(seed);

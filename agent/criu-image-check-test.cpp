@@ -22,6 +22,7 @@
 #include "common/files.h"
 #include "common/subprocess.h"
 #include "tests/support/privileges.h"
+#include "tests/support/wait.h"
 #include "criu/images/cgroup.pb.h"
 #include "criu/images/core.pb.h"
 #include "criu/images/fdinfo.pb.h"
@@ -58,11 +59,17 @@ class RealCheckpoint {
     run.user = user;
     auto c = agent_->run(run);
     try {
-      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      // Checkpointed once it runs its payload: its first line of output
+      // (counter's "count 1", memhog's "ready" once its memory is filled).
+      auto printed = [&](size_t bytes) {
+        return migrate::test::waitUntil([&] { return agent_->logs("c").size() > bytes; }, std::chrono::seconds(60));
+      };
+      REQUIRE(printed(0));
       if (restoredOnce) {
         agent_->checkpoint("c", CheckpointRequest{false, false});
+        size_t before = agent_->logs("c").size();
         agent_->restore("c", RestoreRequest{});
-        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        REQUIRE(printed(before));
       }
       agent_->checkpoint("c", CheckpointRequest{false, true});
       c = agent_->inspect("c");
@@ -200,14 +207,6 @@ fs::path devTarball(const fs::path& dir) {
   }
   FAIL("no tmpfs tarball of /dev");
   return {};
-}
-
-bool waitFor(const std::function<bool()>& condition) {
-  for (int i = 0; i < 600; ++i) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return condition();
 }
 
 }  // namespace
@@ -521,11 +520,9 @@ TEST_CASE("criu images of a non-root task: ids stay the spec's user") {
 
 TEST_CASE("the check of a 256 MiB checkpoint does not read its pages") {
   REQUIRE_PRIVILEGES();
+  // memhog fills its memory before it says "ready", which the fixture waits for.
   RealCheckpoint real("", {"/usr/local/bin/memhog", "256", "random"});
-  // memhog fills its memory before it says "ready"; the checkpoint above may
-  // have caught it midway, so checkpoint again once the pages are there.
-  REQUIRE(waitFor([&] { return real.agent().logs("c").find("ready") != std::string::npos; }));
-  real.agent().checkpoint("c", CheckpointRequest{false, true});
+  REQUIRE(real.agent().logs("c").find("ready") != std::string::npos);
   uint64_t pages = 0;
   for (auto& e : fs::directory_iterator(real.images())) {
     if (e.path().filename().string().rfind("pages-", 0) == 0) pages += fs::file_size(e.path());

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/subprocess.h"
+#include "tests/support/skip.h"
 
 using namespace migrate;
 
@@ -210,10 +211,7 @@ std::string errorOf(const std::function<void()>& f, ErrorKind expected) {
 }  // namespace
 
 TEST_CASE("image store imports a rootfs tarball and finds it by name, digest and prefix") {
-  if (!haveBusybox()) {
-    WARN("skipped: /bin/busybox (busybox-static) is not installed");
-    return;
-  }
+  if (!haveBusybox()) SKIP_TEST("/bin/busybox (busybox-static) is not installed");
   TempDir tmp("/tmp", "image-store-test");
   auto tarball = busyboxTarball(tmp.path());
   auto again = tmp.path() / "again.tar";

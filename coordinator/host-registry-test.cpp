@@ -16,6 +16,7 @@
 #include "common/signing.h"
 #include "coordinator/test-cluster.h"
 #include "net/curve-keys.h"
+#include "tests/support/wait.h"
 
 using namespace migrate;
 using namespace migrate::testing;
@@ -38,15 +39,7 @@ void fillRegister(proto::Register::Builder reg, const std::string& host, unsigne
   fillContainers(reg.initContainers(containers), "c");
 }
 
-// Polls `condition` for up to 5 s.
-bool eventually(const std::function<bool()>& condition) {
-  auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return condition();
-}
+bool eventually(const std::function<bool()>& condition) { return migrate::test::waitUntil(condition, 5s); }
 
 size_t reportedBy(Cluster& cluster, const std::string& host) {
   auto state = cluster.registry->findIfExists(host);
@@ -72,12 +65,10 @@ TEST_CASE("registry: heartbeats from an allowed host that never registered are r
     rogue.pollEvents();
     return rogue.connected();
   }));
-  for (int i = 0; i < 10; ++i) {
-    heartbeat(50);
-    std::this_thread::sleep_for(50ms);
-  }
-  CHECK(reportedBy(cluster, "rogue") == 0);
-  CHECK_FALSE(cluster.registry->isUp("rogue"));
+  for (int i = 0; i < 10; ++i) heartbeat(50);
+  // Refused, however long it keeps at it.
+  CHECK(migrate::test::holdsFor(
+      [&] { return reportedBy(cluster, "rogue") == 0 && !cluster.registry->isUp("rogue"); }, 500ms));
   auto listed = cluster.coordinator->containers();
   CHECK(std::count_if(listed.begin(), listed.end(), [](auto& c) { return c["host"] == "rogue"; }) == 0);
   // Names it claimed stay free for a real host.
@@ -161,8 +152,9 @@ TEST_CASE("registry: a report never takes a name the journal gives to another ho
 
   // A new coordinator adopting host2's report keeps the journal's owner.
   cluster.restartCoordinator();
-  std::this_thread::sleep_for(500ms);
-  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host1"));
+  REQUIRE(eventually([&] { return cluster.registry->get("host2").findContainer("web") != nullptr; }));
+  CHECK(migrate::test::holdsFor(
+      [&] { return cluster.journal->ownerIfExists("web") == std::optional<std::string>("host1"); }, 500ms));
 }
 
 

@@ -54,6 +54,8 @@ class HttpApi {
   void stop();
   // The bound TCP port; 0 without TCP.
   int tcpPort() const { return tcpPort_; }
+  // The TCP server's connections (none without TCP).
+  HttpServer::Occupancy tcpOccupancy() { return tcp_ ? tcp_->occupancy() : HttpServer::Occupancy{}; }
 
  private:
   void routes(HttpServer& server);

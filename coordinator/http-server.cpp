@@ -523,6 +523,11 @@ void HttpServer::stopServing() {
   stop();
 }
 
+HttpServer::Occupancy HttpServer::occupancy() {
+  std::lock_guard lock(mutex_);
+  return {total_, waiting_};
+}
+
 std::optional<std::string> HttpServer::admit(const std::string& client) {
   std::unique_lock lock(mutex_);
   auto mine = [&] {

@@ -80,6 +80,14 @@ class HttpServer : public httplib::Server {
   // once the workers are joined. Idempotent.
   void stopServing();
 
+  // Connections admitted and not yet closed, and those waiting in admit()
+  // for a slot: what a test waits on instead of sleeping.
+  struct Occupancy {
+    int open = 0;
+    int waiting = 0;
+  };
+  Occupancy occupancy();
+
  private:
   class Connection;
   class RequestStream;

@@ -6,6 +6,7 @@
 
 #include "agent/id-mapping-proto.h"
 #include "coordinator/test-cluster.h"
+#include "tests/support/wait.h"
 
 using namespace migrate;
 using namespace migrate::testing;
@@ -22,14 +23,8 @@ int indexOf(const std::vector<SeenRequest>& seen, const std::string& host, const
   return -1;
 }
 
-template <typename Done>
-bool waitFor(Done done, std::chrono::milliseconds timeout = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-  return true;
+bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout = 10s) {
+  return migrate::test::waitUntil(done, timeout);
 }
 
 bool contains(const std::vector<std::string>& names, const std::string& name) {
@@ -156,10 +151,12 @@ TEST_CASE("migration: precheck refusals fail without touching either host") {
 }
 
 TEST_CASE("migration: one migration per container at a time, and a cancel before the checkpoint touches nothing more") {
+  // The precheck waits in listImages until the test has cancelled.
+  std::atomic<bool> holdPrecheck{true};
   Cluster cluster(300ms);
   cluster.agent("host1").addContainer("web", "running");
-  cluster.agent("host2").setHandler("listImages", [](proto::Request::Reader, proto::Reply::Builder reply) {
-    std::this_thread::sleep_for(400ms);
+  cluster.agent("host2").setHandler("listImages", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    waitFor([&] { return !holdPrecheck.load(); });
     reply.initImages(1)[0].setDigest("sha256:abc");
     return true;
   });
@@ -173,6 +170,7 @@ TEST_CASE("migration: one migration per container at a time, and a cancel before
     CHECK(e.kind() == ErrorKind::Conflict);
   }
   cluster.coordinator->cancelMigration(id);
+  holdPrecheck = false;
   cluster.coordinator->waitIdle();
   CHECK(cluster.journal->get(id).state == MigrationState::Cancelled);
   CHECK(cluster.journal->get(id).errorKind == "cancelled");

@@ -4,6 +4,7 @@
 
 #include "agent/id-mapping-proto.h"
 #include "common/log.h"
+#include "tests/support/wait.h"
 
 namespace migrate::testing {
 
@@ -253,14 +254,12 @@ FakeAgent& Cluster::agent(const std::string& name) { return *agents.at(name); }
 void Cluster::start() {
   coordinator->start();
   link->start();
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  for (;;) {
+  bool registered = test::waitUntil([&] {
     bool all = true;
     for (auto& [name, a] : agents) all &= registry->isUp(name);
-    if (all) return;
-    if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("agents did not register");
-    std::this_thread::sleep_for(20ms);
-  }
+    return all;
+  }, 10s);
+  if (!registered) throw std::runtime_error("agents did not register");
 }
 
 void Cluster::restartCoordinator() {

@@ -15,22 +15,19 @@
 #include "net/announce.h"
 #include "net/netns-lock.h"
 #include "net/netns.h"
+#include "tests/support/skip.h"
+#include "tests/support/wait.h"
 
 using namespace migrate;
 using nlohmann::json;
 
 namespace {
 
-bool canRunLab() {
-  if (::geteuid() != 0) {
-    WARN("skipped: the lab needs root");
-    return false;
-  }
-  if (::access("/usr/lib/cni/bridge", X_OK) != 0) {
-    WARN("skipped: no CNI plugins in /usr/lib/cni (containernetworking-plugins)");
-    return false;
-  }
-  return true;
+// Why the lab cannot run here, or nullopt.
+std::optional<std::string> whyNoLab() {
+  if (::geteuid() != 0) return "the lab needs root";
+  if (::access("/usr/lib/cni/bridge", X_OK) != 0) return "no CNI plugins in /usr/lib/cni (containernetworking-plugins)";
+  return std::nullopt;
 }
 
 fs::path labScript() {
@@ -192,10 +189,7 @@ TEST_CASE("CniNetwork loads conflists and rejects bad ones") {
 }
 
 TEST_CASE("CniClient refuses what the network can't honour and plugins it can't find") {
-  if (::geteuid() != 0) {
-    WARN("skipped: network namespaces need root");
-    return;
-  }
+  if (::geteuid() != 0) SKIP_TEST("network namespaces need root");
   TempDir dir("/tmp", "cni-test");
   NetnsGuard ns(dir.path() / "ns");
   CniClient client({dir.path()}, dir.path() / "cache");
@@ -220,7 +214,7 @@ TEST_CASE("CniClient refuses what the network can't honour and plugins it can't 
 }
 
 TEST_CASE("CNI ADD on a lab host: reachable from the client, CHECK passes, DEL cleans up") {
-  if (!canRunLab()) return;
+  if (auto why = whyNoLab()) SKIP_TEST(*why);
   LabSession session(2);
   TempDir dir("/tmp", "cni-test");
   CniClient client({"/usr/lib/cni"}, dir.path() / "cache", LabSession::netns("host1"));
@@ -252,7 +246,7 @@ TEST_CASE("CNI ADD on a lab host: reachable from the client, CHECK passes, DEL c
 }
 
 TEST_CASE("CNI ADD honours a requested IP and MAC from another host's range") {
-  if (!canRunLab()) return;
+  if (auto why = whyNoLab()) SKIP_TEST(*why);
   LabSession session(2);
   TempDir dir("/tmp", "cni-test");
   CniClient client({"/usr/lib/cni"}, dir.path() / "cache", LabSession::netns("host2"));
@@ -280,7 +274,7 @@ TEST_CASE("CNI ADD honours a requested IP and MAC from another host's range") {
 }
 
 TEST_CASE("CNI ADD of an address already taken on the host is a Conflict and leaves nothing") {
-  if (!canRunLab()) return;
+  if (auto why = whyNoLab()) SKIP_TEST(*why);
   LabSession session(2);
   TempDir dir("/tmp", "cni-test");
   CniClient client({"/usr/lib/cni"}, dir.path() / "cache", LabSession::netns("host1"));
@@ -305,7 +299,7 @@ TEST_CASE("CNI ADD of an address already taken on the host is a Conflict and lea
 }
 
 TEST_CASE("the netns lock drops a container's traffic until unlocked") {
-  if (!canRunLab()) return;
+  if (auto why = whyNoLab()) SKIP_TEST(*why);
   LabSession session(2);
   TempDir dir("/tmp", "cni-test");
   CniClient client({"/usr/lib/cni"}, dir.path() / "cache", LabSession::netns("host1"));
@@ -323,7 +317,7 @@ TEST_CASE("the netns lock drops a container's traffic until unlocked") {
 }
 
 TEST_CASE("announceAddress updates the client's neighbour entry") {
-  if (!canRunLab()) return;
+  if (auto why = whyNoLab()) SKIP_TEST(*why);
   LabSession session(2);
   TempDir dir("/tmp", "cni-test");
   CniClient client({"/usr/lib/cni"}, dir.path() / "cache", LabSession::netns("host2"));
@@ -339,11 +333,11 @@ TEST_CASE("announceAddress updates the client's neighbour entry") {
   announceAddress(ctr.netns(), "eth0", ip);
 
   std::string lladdr;
-  for (int i = 0; i < 20 && lladdr != mac; ++i) {  // delivery is asynchronous
+  migrate::test::waitUntil([&] {  // delivery is asynchronous
     auto neigh = json::parse(runIn(clientNs, {"ip", "-j", "neigh", "show", ip, "dev", "eth0"}).out);
     lladdr = neigh.empty() ? "" : neigh[0].value("lladdr", "");
-    if (lladdr != mac) ::usleep(50 * 1000);
-  }
+    return lladdr == mac;
+  }, std::chrono::seconds(5));
   CHECK(lladdr == mac);
   CHECK_THROWS_AS(announceAddress(ctr.netns(), "nosuch0", ip), Error);
   CHECK_THROWS_AS(announceAddress(ctr.netns(), "eth0", "fd00::1"), Error);

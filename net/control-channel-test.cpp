@@ -9,6 +9,7 @@
 #include <zmq_addon.hpp>
 
 #include "common/files.h"
+#include "tests/support/wait.h"
 
 using namespace migrate;
 using namespace std::chrono_literals;
@@ -19,15 +20,12 @@ constexpr const char* kAnyPort = "tcp://127.0.0.1:*";
 
 // Drives the client's event processing until `done` or the timeout; the
 // client is single-threaded, so its callbacks only run inside these calls.
-template <typename Done>
-bool pumpClientUntil(ControlClient& client, Done done, std::chrono::milliseconds timeout = 5s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
+bool pumpClientUntil(ControlClient& client, const std::function<bool()>& done, std::chrono::milliseconds timeout = 5s) {
+  return migrate::test::waitUntil([&] {
+    if (done()) return true;
     client.pollEvents();
-    std::this_thread::sleep_for(10ms);
-  }
-  return true;
+    return done();
+  }, timeout, 10ms);
 }
 
 void fillRegister(capnp::MessageBuilder& message, const std::string& hostName) {

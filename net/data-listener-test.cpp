@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/hash-stream.h"
+#include "tests/support/skip.h"
 
 using namespace migrate;
 using namespace std::chrono_literals;
@@ -102,6 +103,14 @@ TlsAcceptOptions testOptions() {
   return o;
 }
 
+bool haveIpv6Loopback() {
+  Fd fd(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 address{};
+  address.sin6_family = AF_INET6;
+  address.sin6_addr = in6addr_loopback;
+  return fd && ::bind(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+}
+
 }  // namespace
 
 TEST_CASE("acceptTls: a silent stranger connected first neither delays the sender nor survives the bound",
@@ -117,7 +126,8 @@ TEST_CASE("acceptTls: a silent stranger connected first neither delays the sende
     TlsStream tls = listener.acceptTls("m-silent", psk, 30s, stop, testOptions());
     return receive(tls);
   });
-  std::this_thread::sleep_for(200ms);  // the stranger is the receiver's first connection
+  // The stranger is the receiver's first connection: it completed its connect
+  // before the receiver started, so it is first in the accept queue.
   std::string ack = send(listener.port(), "m-silent", psk, data);
   Received got = receiver.get();
   double took = secondsSince(start);
@@ -407,4 +417,38 @@ TEST_CASE("acceptTls: a stream blocked in a read is stopped by its stop flag, no
     CHECK(std::string(e.what()).find("stopped") != std::string::npos);
   }
   CHECK(secondsSince(start) < 1.0);
+}
+
+TEST_CASE("DataListener on IPv6 loopback carries plain TCP both ways and names each peer", "[receiver]") {
+  if (!haveIpv6Loopback()) SKIP_TEST("no IPv6 loopback (::1) on this host");
+  DataListener listener("::1");
+  CHECK(listener.address() == "::1");
+  REQUIRE(listener.port() != 0);
+  DataListener other("::1");
+  CHECK(other.port() != listener.port());  // one ephemeral port per migration
+
+  Fd client = connectTcp("::1", listener.port(), 5s);
+  Fd accepted = listener.acceptOne(5s);
+  CHECK(socketPeerName(client.get()) == "[::1]:" + std::to_string(listener.port()));
+  std::string acceptedPeer = socketPeerName(accepted.get());
+  CHECK(acceptedPeer.rfind("[::1]:", 0) == 0);
+  CHECK(acceptedPeer != "[::1]:" + std::to_string(listener.port()));
+
+  const std::string ping = "page request", pong = "page data";
+  REQUIRE(::send(client.get(), ping.data(), ping.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(ping.size()));
+  std::string got(ping.size(), '\0');
+  REQUIRE(::recv(accepted.get(), got.data(), got.size(), MSG_WAITALL) == static_cast<ssize_t>(got.size()));
+  CHECK(got == ping);
+  REQUIRE(::send(accepted.get(), pong.data(), pong.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(pong.size()));
+  got.assign(pong.size(), '\0');
+  REQUIRE(::recv(client.get(), got.data(), got.size(), MSG_WAITALL) == static_cast<ssize_t>(got.size()));
+  CHECK(got == pong);
+
+  // IPv4 peers are named without brackets; a socket with no peer is "unknown peer".
+  DataListener v4("127.0.0.1");
+  Fd client4 = connectTcp("127.0.0.1", v4.port(), 5s);
+  CHECK(socketPeerName(client4.get()) == "127.0.0.1:" + std::to_string(v4.port()));
+  Fd lonely(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  CHECK(socketPeerName(lonely.get()) == "unknown peer");
+  CHECK_THROWS_WITH(DataListener("198.18.0.1.7"), Catch::Contains("not a numeric IP address"));
 }

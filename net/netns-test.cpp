@@ -10,6 +10,7 @@
 #include "common/files.h"
 #include "common/subprocess.h"
 #include "net/netns-lock.h"
+#include "tests/support/skip.h"
 
 using namespace migrate;
 
@@ -32,10 +33,7 @@ bool mountedAt(const fs::path& path) {
 }  // namespace
 
 TEST_CASE("createNetns binds a fresh netns and removeNetns leaves nothing") {
-  if (!isRoot()) {
-    WARN("skipped: network namespaces need root");
-    return;
-  }
+  if (!isRoot()) SKIP_TEST("network namespaces need root");
   TempDir dir("/tmp", "netns-test");
   auto path = dir.path() / "ns";
   CHECK_FALSE(netnsExists(path));
@@ -66,10 +64,7 @@ TEST_CASE("createNetns binds a fresh netns and removeNetns leaves nothing") {
 }
 
 TEST_CASE("runInNetns switches only its own thread, and its children") {
-  if (!isRoot()) {
-    WARN("skipped: network namespaces need root");
-    return;
-  }
+  if (!isRoot()) SKIP_TEST("network namespaces need root");
   TempDir dir("/tmp", "netns-test");
   NetnsGuard ns(dir.path() / "ns");
   ino_t outside = netnsInode("/proc/thread-self/ns/net");
@@ -103,10 +98,7 @@ TEST_CASE("runInNetns switches only its own thread, and its children") {
 }
 
 TEST_CASE("the netns lock installs and removes its nftables table") {
-  if (!isRoot()) {
-    WARN("skipped: network namespaces need root");
-    return;
-  }
+  if (!isRoot()) SKIP_TEST("network namespaces need root");
   TempDir dir("/tmp", "netns-test");
   NetnsGuard ns(dir.path() / "ns");
   CHECK_FALSE(isNetnsLocked(ns.path()));

@@ -106,13 +106,15 @@ TEST_CASE("a restore CRIU cannot finish (pages-1.img cut to 4 KiB) is killed at 
   // Twice: stopped by the deadline (with room for the log), then by the log's cap.
   auto restoreHostile = [&](const std::vector<std::string>& flags, const std::string& why) {
     INFO("stopped because it " << why);
-    std::vector<std::string> args = flags;
+    std::vector<std::string> args = {"--output", "json"};
+    args.insert(args.end(), flags.begin(), flags.end());
     args.insert(args.end(), {"restore", "--import", hostile.string()});
     auto start = Clock::now();
     auto r = target.tryAgent(args);
     double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     INFO(r.err);
     CHECK(r.status != 0);
+    CHECK(errorKindOf(r) == "failed");
     CHECK(seconds < 30);
     CHECK_THAT(r.err, Catch::Contains("restore of `m`: criu: restore of `") && Catch::Contains(why) &&
                           Catch::Contains("CRIU, runc and conmon were killed"));

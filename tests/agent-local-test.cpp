@@ -138,8 +138,9 @@ TEST_CASE("a copy of a user-namespaced container is refused beside the original,
   REQUIRE(orig["idMapping"].is_object());
   REQUIRE(waitUntil([&] { return lastCount(home, "orig") >= 3; }, std::chrono::seconds(10)));
   home.agent({"checkpoint", "--leave-running", "orig", "--export", bundle});
-  auto r = home.tryAgent({"restore", "--import", bundle, "--name", "copy"});
+  auto r = home.tryAgent({"--output", "json", "restore", "--import", bundle, "--name", "copy"});
   CHECK(r.status != 0);
+  CHECK(errorKindOf(r) == "conflict");
   std::string mapping = "0:" + std::to_string(orig["idMapping"]["hostId"].get<uint64_t>()) + ":65536";
   CHECK_THAT(r.err, Catch::Contains("user namespace mapping " + mapping + " of `copy` overlaps `orig`'s"));
   CHECK(home.agentJson({"ps"}).size() == 1);
@@ -184,9 +185,10 @@ TEST_CASE("a corrupt bundle is refused with a clear error and leaves nothing beh
     for (size_t i = bytes.size() / 3; i < bytes.size() / 3 + 4096 && i < bytes.size(); ++i) bytes[i] ^= 0x5a;
     writeFileAtomic(bundle, bytes);
   }
-  auto r = target.tryAgent({"restore", "--import", bundle.string()});
+  auto r = target.tryAgent({"--output", "json", "restore", "--import", bundle.string()});
   CHECK(r.status != 0);
   INFO(r.err);
+  CHECK(errorKindOf(r) == "invalid-input");
   CHECK((r.err.find("zstd") != std::string::npos || r.err.find("bundle") != std::string::npos));
   CHECK(target.agentJson({"ps"}).empty());
   size_t entries = 0;
@@ -215,9 +217,10 @@ TEST_CASE("a bundle whose core-1.img was edited to CapEff 0xfeffffff is refused,
     editCriuCore(b.dir() / "checkpoint" / "core-1.img", 0xfeffffff);
     b.repack(hostile, source);
   }
-  auto r = target.tryAgent({"restore", "--import", hostile.string()});
+  auto r = target.tryAgent({"--output", "json", "restore", "--import", hostile.string()});
   INFO(r.err);
   CHECK(r.status != 0);
+  CHECK(errorKindOf(r) == "invalid-input");
   CHECK(occurrences(r.err, "criu image `core-1.img`: task 1 CapEff 0xfeffffff exceeds the spec's effective set") == 1);
   CHECK(occurrences(r.err, "CAP_SYS_ADMIN") == 1);
   // Nothing left: no container, process, mount or tmpfs of the target's.

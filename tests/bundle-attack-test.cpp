@@ -141,8 +141,9 @@ TEST_CASE("identifiers in a bundle that are paths or carry newlines are refused,
       }
       b.repack(hostile, source);
     }
-    auto r = target.tryAgent({"restore", "--import", hostile.string()});
+    auto r = target.tryAgent({"--output", "json", "restore", "--import", hostile.string()});
     CHECK(r.status != 0);
+    CHECK(errorKindOf(r) == "invalid-input");
     CHECK_THAT(r.err, Catch::Contains(attack.refusal));
     // Nothing outside the state dir, nothing left inside it.
     CHECK_FALSE(fs::exists(escape));
@@ -159,8 +160,9 @@ TEST_CASE("identifiers in a bundle that are paths or carry newlines are refused,
     HostileBundle b(bundle);
     writeFileAtomic(b.dir() / "spec.dump", std::string(1 << 18, '[') + std::string(1 << 18, ']'));
     b.repack(hostile, source);
-    auto r = target.tryAgent({"restore", "--import", hostile.string()});
+    auto r = target.tryAgent({"--output", "json", "restore", "--import", hostile.string()});
     CHECK(r.status != 0);
+    CHECK(errorKindOf(r) == "invalid-input");
     CHECK_THAT(r.err, Catch::Contains("spec.dump: nests deeper than the limit of 64 levels"));
     CHECK(target.agentJson({"ps"}).empty());
     CHECK(mountsUnder(target.dir()).empty());

@@ -84,26 +84,29 @@ TEST_CASE("bundle signatures: unknown signer refused until trusted, unsigned onl
   });
 
   // B does not know A's key.
-  auto unknown = b.tryAgent({"restore", "--import", bundle.string()});
+  auto unknown = b.tryAgent({"--output", "json", "restore", "--import", bundle.string()});
   INFO(unknown.err);
   CHECK(unknown.status != 0);
+  CHECK(errorKindOf(unknown) == "invalid-input");
   CHECK(unknown.err.find("bundle signature: signed by unknown key " + aKeyText.substr(0, aKeyText.size() - 1)) !=
         std::string::npos);
   CHECK(unknown.err.find("pass --trust-unsigned to restore it anyway") != std::string::npos);
   CHECK(leftovers(b) == "");
 
   // A flipped byte in a CRIU image: refused although B says --trust-unsigned.
-  auto altered = b.tryAgent({"restore", "--import", flipped.string(), "--trust-unsigned"});
+  auto altered = b.tryAgent({"--output", "json", "restore", "--import", flipped.string(), "--trust-unsigned"});
   INFO(altered.err);
   CHECK(altered.status != 0);
+  CHECK(errorKindOf(altered) == "invalid-input");
   CHECK(altered.err.find("bundle signature: digest mismatch") != std::string::npos);
   CHECK(altered.err.find("flipped byte") != std::string::npos);
   CHECK(leftovers(b) == "");
 
   // Unsigned: refused, unless --trust-unsigned.
-  auto refusedUnsigned = b.tryAgent({"restore", "--import", unsignedBundle.string()});
+  auto refusedUnsigned = b.tryAgent({"--output", "json", "restore", "--import", unsignedBundle.string()});
   INFO(refusedUnsigned.err);
   CHECK(refusedUnsigned.status != 0);
+  CHECK(errorKindOf(refusedUnsigned) == "invalid-input");
   CHECK(refusedUnsigned.err.find("the bundle is unsigned") != std::string::npos);
   CHECK(refusedUnsigned.err.find("--trust-unsigned") != std::string::npos);
   CHECK(leftovers(b) == "");
@@ -119,8 +122,9 @@ TEST_CASE("bundle signatures: unknown signer refused until trusted, unsigned onl
 
   // Trusted for good (trusted-signers/); the altered copy is still refused.
   b.trustSigner(a);
-  auto stillAltered = b.tryAgent({"restore", "--import", flipped.string()});
+  auto stillAltered = b.tryAgent({"--output", "json", "restore", "--import", flipped.string()});
   CHECK(stillAltered.status != 0);
+  CHECK(errorKindOf(stillAltered) == "invalid-input");
   CHECK(stillAltered.err.find("digest mismatch") != std::string::npos);
   CHECK(leftovers(b) == "");
   auto restored = b.agentJson({"restore", "--import", bundle.string()});

@@ -145,10 +145,13 @@ TcpClient connectEchoClient(ClusterGuard& cluster, const std::string& name, cons
   return tcp;
 }
 
-// That connection went on: after `settle` more of it, every message sent was
-// echoed intact, over the one connection.
-void checkConnectionKept(ClusterGuard& cluster, const std::string& name, TcpClient& tcp, std::chrono::seconds settle) {
-  std::this_thread::sleep_for(settle);
+// That connection went on: it carries kEchoesAfter more echoes (past any
+// retransmission backoff of the move), every message sent was echoed intact,
+// over the one connection.
+constexpr unsigned long kEchoesAfter = 50;
+void checkConnectionKept(ClusterGuard& cluster, const std::string& name, TcpClient& tcp) {
+  auto at = tcp.verified();
+  CHECK(waitUntil([&] { return tcp.verified() >= at + kEchoesAfter; }, 30s));
   auto summary = tcp.stop();
   INFO(summary.dump());
   CHECK(summary["exitStatus"] == 0);
@@ -204,7 +207,7 @@ TEST_CASE("migrate web --to host2: counter, TCP connection, IP, MAC and files al
   CHECK(readFile(host2Web["dir"].get<std::string>() + "/rootfs/root/note") == "written-on-host1\n");
 
   // The same TCP connection went on: every message echoed, none lost.
-  checkConnectionKept(cluster, "web", tcp, 2s);
+  checkConnectionKept(cluster, "web", tcp);
 }
 
 TEST_CASE("migrating back and forth 5 times leaks nothing on either host") {
@@ -267,6 +270,7 @@ TEST_CASE("target agent killed mid-stream: the migration fails clearly and the c
   INFO(status.dump(2));
   CHECK((status["state"] == "rolling-back" || status["state"] == "rolled-back"));
   CHECK_FALSE(status["error"].get<std::string>().empty());
+  CHECK(status["errorKind"] == "disconnected");
   CHECK(countProcesses("/usr/local/bin/memhog") == 1);
   // Its memory came back intact from host1's own checkpoint.
   CHECK(cluster.migrate({"logs", "big"}).find("CORRUPT") == std::string::npos);
@@ -277,6 +281,7 @@ TEST_CASE("target agent killed mid-stream: the migration fails clearly and the c
   auto final = waitFinal(cluster, id, 60s);
   INFO(final.dump(2));
   CHECK(final["state"] == "rolled-back");
+  CHECK(final["errorKind"] == "disconnected");
   CHECK(cluster.agentJson("host2", {"ps"}).empty());
   auto containers = ClusterGuard::agentState("host2") / "containers";
   CHECK(waitUntil([&] { return fs::is_empty(containers); }, 10s));
@@ -303,6 +308,7 @@ TEST_CASE("a CRIU restore failure on the target rolls back: the container runs o
   auto result = json::parse(r.out);
   INFO(result.dump(2));
   CHECK(result["state"] == "rolled-back");
+  CHECK(result["errorKind"] == "failed");
   CHECK(result["error"].get<std::string>().find("restore") != std::string::npos);
   checkCounterRunsOnHost1Only(cluster);
 
@@ -339,6 +345,7 @@ TEST_CASE("a full disk on the target fails the migration cleanly") {
   INFO(result.dump(2));
   CHECK(result["state"] == "rolled-back");
   // Refused at the manifest: its rootfsDiffBytes do not fit host2's free disk.
+  CHECK(result["errorKind"] == "overloaded");
   CHECK_THAT(result["error"].get<std::string>(),
              Catch::Contains("bundle declares rootfsDiffBytes = ") && Catch::Contains("bytes free"));
   CHECK(result["error"].get<std::string>().find("host2") != std::string::npos);
@@ -454,6 +461,7 @@ TEST_CASE("a migration whose bundle is signed by another key than the coordinato
   auto result = json::parse(r.out);
   INFO(result.dump(2));
   CHECK(result["state"] == "rolled-back");
+  CHECK(result["errorKind"] == "invalid-input");
   std::string error = result["error"];
   CHECK(error.find("signature") != std::string::npos);
   CHECK(error.find(host1Key) != std::string::npos);  // who did sign
@@ -557,7 +565,7 @@ TEST_CASE("post-copy: the container runs on host2 before its memory arrived, and
   auto host2Hog = cluster.agentJson("host2", {"inspect", "hog"});
   CHECK(waitUntil([&] { return !fs::exists(host2Hog["dir"].get<std::string>() + "/checkpoint"); }, 10s));
 
-  checkConnectionKept(cluster, "hog", tcp, 1s);
+  checkConnectionKept(cluster, "hog", tcp);
 }
 
 TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on host1, memory and TCP connection intact") {
@@ -577,6 +585,7 @@ TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on
   auto result = json::parse(r.out);
   INFO(result.dump(2));
   CHECK(result["state"] == "rolled-back");
+  CHECK(result["errorKind"] == "failed");
   auto hog = entries(cluster, "hog");
   REQUIRE(hog.size() == 1);
   CHECK(hog[0]["host"] == "host1");
@@ -588,7 +597,7 @@ TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on
   checkMemoryVerifies(cluster, "hog", 2, 30s);
   // ...and so does its TCP connection: out of CRIU's lock and repair mode
   // before the processes ran again.
-  checkConnectionKept(cluster, "hog", tcp, 2s);
+  checkConnectionKept(cluster, "hog", tcp);
 
   writeFileAtomic(criuConf, original);
   CHECK(cluster.migrateJson({"hog", "--to", "host2", "--postcopy"})["state"] == "succeeded");
@@ -605,16 +614,25 @@ TEST_CASE("post-copy: the target agent killed while pages flow: the frozen sourc
 
   // host2 may still run a copy with part of the memory, so the source keeps
   // its copy frozen: not committed, not rolled back, until host2 confirms.
-  std::this_thread::sleep_for(3s);
-  auto waiting = cluster.migrateJson({"status", id});
+  json waiting;
+  auto rollingBack = [&] {
+    waiting = cluster.migrateJson({"status", id});
+    return waiting["state"] == "rolling-back";
+  };
+  REQUIRE(waitUntil(rollingBack, 30s));
+  CHECK(holdsFor(rollingBack, 2s));
   INFO(waiting.dump(2));
   CHECK(waiting["state"] == "rolling-back");
   CHECK_FALSE(waiting["error"].get<std::string>().empty());
+  // The source's page transfer broke: it reports `failed`, not
+  // `disconnected` (which would mean the source agent itself is away).
+  CHECK(waiting["errorKind"] == "failed");
 
   cluster.startAgent("host2");
   auto final = waitFinal(cluster, id, 120s);
   INFO(final.dump(2));
   CHECK(final["state"] == "rolled-back");
+  CHECK(final["errorKind"] == "failed");
   auto big = entries(cluster, "big");
   REQUIRE(big.size() == 1);
   CHECK(big[0]["host"] == "host1");
@@ -687,7 +705,7 @@ TEST_CASE("cancel during a 1 GiB stream: the source runs again within seconds, i
   CHECK(countProcesses("/usr/local/bin/memhog") == 1);
   // Brought back from its checkpoint with all of its memory, not started again.
   checkMemoryVerifies(cluster, "big", 1, 60s);
-  checkConnectionKept(cluster, "big", tcp, 1s);
+  checkConnectionKept(cluster, "big", tcp);
 }
 
 TEST_CASE("heartbeats keep flowing while four checkpoints run at once and a 1 GiB transfer goes on") {

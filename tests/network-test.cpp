@@ -105,9 +105,11 @@ TEST_CASE("an open TCP connection survives checkpoint on host1 and restore on ho
 
   h1.agent({"checkpoint", "--tcp-established", "echo", "--export", bundle});
   h1.agent({"rm", "echo"});
+  auto verifiedBefore = tcp.verified();
   auto r = h2.agentJson({"restore", "--import", bundle});
   CHECK(r["state"]["ip"] == ip);
-  std::this_thread::sleep_for(std::chrono::seconds(6));  // long enough for TCP's retransmission backoff
+  // The connection carries echoes again, once past TCP's retransmission backoff.
+  CHECK(waitUntil([&] { return tcp.verified() > verifiedBefore + 20; }, std::chrono::seconds(30)));
   auto summary = tcp.stop();
   INFO(summary.dump());
   CHECK(summary["exitStatus"] == 0);
@@ -133,9 +135,14 @@ TEST_CASE("a restore that fails on the target reports why and leaves no netns, l
   std::string ip = c["state"]["ip"];
   h1.agent({"checkpoint", "--leave-running", "web", "--export", bundle});
   h2.agent({"import", bundle});
-  auto res = h2.tryAgent({"restore", "web"});
+  auto res = h2.tryAgent({"--output", "json", "restore", "web"});
   CHECK(res.status != 0);
   INFO(res.err);
+  // CNI refuses the address as a Conflict inside the prestart hook, but runc
+  // reports only that its hook failed, so the restore's kind is `failed`.
+  // TODO(errors): carry the hook's kind past runc (not by its text) and
+  // expect `conflict` here.
+  CHECK(errorKindOf(res) == "failed");
   CHECK(res.err.find("cni") != std::string::npos);
   CHECK(res.err.find(ip) != std::string::npos);
 

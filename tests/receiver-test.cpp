@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <map>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <optional>
@@ -60,10 +61,12 @@ void checkCounterContinues(ClusterGuard& cluster, const std::string& name) {
   CHECK(std::count(all.begin(), all.end(), 1ul) == 1);
 }
 
-// TCP ports listening on `address` in `host`'s netns.
-std::set<uint16_t> listeningPorts(const std::string& host, const std::string& address) {
+// TCP ports listening on `address` in `host`'s netns, each with its accept
+// queue: connections the kernel completed that the listener has not taken
+// (a listening socket's Recv-Q in ss).
+std::map<uint16_t, unsigned long> listeners(const std::string& host, const std::string& address) {
   auto r = runCapture(SubprocessOptions::of({"nsenter", "--net=/run/netns/" + host, "--", "ss", "-Hltn"}));
-  std::set<uint16_t> ports;
+  std::map<uint16_t, unsigned long> ports;
   std::istringstream lines(r.out);
   std::string line;
   while (std::getline(lines, line)) {
@@ -72,9 +75,15 @@ std::set<uint16_t> listeningPorts(const std::string& host, const std::string& ad
     fields >> state >> recvQ >> sendQ >> local;
     auto colon = local.rfind(':');
     if (colon != std::string::npos && local.substr(0, colon) == address) {
-      ports.insert(static_cast<uint16_t>(std::stoi(local.substr(colon + 1))));
+      ports[static_cast<uint16_t>(std::stoi(local.substr(colon + 1)))] = std::stoul(recvQ);
     }
   }
+  return ports;
+}
+
+std::set<uint16_t> listeningPorts(const std::string& host, const std::string& address) {
+  std::set<uint16_t> ports;
+  for (auto& [port, queued] : listeners(host, address)) ports.insert(port);
   return ports;
 }
 
@@ -194,7 +203,8 @@ TEST_CASE("receiver: strangers connecting first to the target's port neither sto
   Fd garbage = connectFrom("host3", kHost2Data, *port);
   std::string junk = "GET / HTTP/1.1\r\nHost: host2\r\n\r\n" + std::string(4096, '\x16');
   REQUIRE(::send(garbage.get(), junk.data(), junk.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(junk.size()));
-  std::this_thread::sleep_for(300ms);
+  // The receiver took both (its accept queue is empty) before the sender comes.
+  REQUIRE(waitUntil([&] { return listeners("host2", kHost2Data)[*port] == 0; }, 5s));
   // Now the sender: its next SYN retransmission gets through.
   hold.lift();
 
@@ -238,6 +248,7 @@ TEST_CASE("receiver: a migration whose sender never comes leaves no receiver, an
     auto status = waitFinal(cluster, id, 60s);
     INFO(status.dump(2));
     CHECK(status["state"] == "rolled-back");
+    CHECK(status["errorKind"] == "disconnected");
   }
   CHECK(waitUntil([&] { return listeningPorts("host2", kHost2Data).count(*port) == 0; }, 5s));
   auto web = entries(cluster, "web");
@@ -287,6 +298,7 @@ TEST_CASE("receiver: with nobody to abort it, a receiver whose sender never came
   auto status = waitFinal(cluster, id, 120s);
   INFO(status.dump(2));
   CHECK(status["state"] == "rolled-back");
+  CHECK(status["errorKind"] == "disconnected");
   CHECK(entries(cluster, "web").at(0)["host"] == "host1");
   auto again = cluster.migrateJson({"web", "--to", "host2", "--tcp-established"});
   INFO(again.dump(2));

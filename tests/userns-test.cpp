@@ -134,7 +134,8 @@ TEST_CASE("a uid-1000 payload in a user namespace migrates there and back, stop-
     CHECK(log.find("CORRUPT") == std::string::npos);
     CHECK(occurrences(log, "ready ") == 1);
   }
-  std::this_thread::sleep_for(1s);
+  auto echoes = tcp.verified();
+  CHECK(waitUntil([&] { return tcp.verified() > echoes + 20; }, 30s));
   auto summary = tcp.stop();
   INFO(summary.dump());
   CHECK(summary["exitStatus"] == 0);
@@ -176,8 +177,9 @@ TEST_CASE("a user namespace mapping in use on the target refuses the migration b
   REQUIRE(cluster.agentJson("host1", {"inspect", "a"})["idMapping"] == mapping);
   REQUIRE(cluster.agentJson("host2", {"inspect", "b"})["idMapping"] == mapping);
   // A third on host1 finds the range full.
-  auto full = cluster.tryMigrate({"run", "--on", "host1", "--name", "c", "test", "/usr/local/bin/counter"});
+  auto full = cluster.tryMigrate({"--output", "json", "run", "--on", "host1", "--name", "c", "test", "/usr/local/bin/counter"});
   CHECK(full.status != 0);
+  CHECK(errorKindOf(full) == "conflict");
   CHECK_THAT(full.err, Catch::Contains("every user namespace mapping of range 1073741824:65536 is taken"));
 
   REQUIRE(waitUntil([&] { return lastCount(cluster, "a") >= 3; }, 10s));
@@ -192,6 +194,9 @@ TEST_CASE("a user namespace mapping in use on the target refuses the migration b
   CHECK(r.status != 0);
   INFO(r.out << r.err);
   CHECK_THAT(r.out + r.err, Catch::Contains("user namespace mapping 0:1073741824:65536 of `a` overlaps `b`'s"));
+  auto refused = json::parse(r.out, nullptr, false);
+  CHECK(refused.value("state", "") == "failed");
+  CHECK(refused.value("errorKind", "") == "conflict");
   // Never frozen: the same process, counting on; nothing made on host2.
   auto a = entry(cluster, "a");
   CHECK(a["host"] == "host1");
@@ -234,7 +239,13 @@ TEST_CASE("PostgreSQL under pgbench -c 4 migrates with its connections kept and 
   bench.stderrFd = writeEnd.get();
   Subprocess pgbench(bench);
   writeEnd.reset();
-  std::this_thread::sleep_for(6s);
+  // The migration starts once the load runs: transactions are committing.
+  auto committed = [&] {
+    auto r = runCapture(inClient({bin + "psql", "-h", ip, "-U", "postgres", "-Atc",
+                                  "select count(*) from pgbench_history", "postgres"}));
+    return r.status == 0 ? std::stoul(r.out) : 0ul;
+  };
+  REQUIRE(waitUntil([&] { return committed() >= 600; }, 30s, 500ms));
   // The postgres processes dropped root: uid 999 in the container's namespace.
   auto c = cluster.agentJson("host1", {"inspect", "pg"});
   uint64_t hostId = c["idMapping"]["hostId"];

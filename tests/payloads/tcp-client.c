@@ -2,7 +2,9 @@
 // connection and checks that every reply is exactly the message sent, in
 // order: no byte lost, duplicated or reordered. Runs until SIGTERM/SIGINT or
 // DURATION seconds, then prints a JSON summary and exits 0 only if the
-// connection stayed up and every reply matched.
+// connection stayed up and every reply matched. While it runs, "verified N"
+// lines on stderr (at most every 100 ms) say how far it got, for a test to
+// wait on.
 // usage: tcp-client IP PORT [DURATION_S] [INTERVAL_MS]
 #include <arpa/inet.h>
 #include <errno.h>
@@ -61,7 +63,7 @@ int main(int argc, char** argv) {
   fprintf(stderr, "tcp-client: connected to %s:%s\n", argv[1], argv[2]);
 
   unsigned long sent = 0, verified = 0;
-  double lastReply = now(), maxStall = 0;
+  double lastReply = now(), maxStall = 0, lastProgress = 0;
   const char* error = NULL;
   char msg[64], reply[64];
   start = now();
@@ -97,6 +99,10 @@ int main(int argc, char** argv) {
     double t = now();
     if (t - lastReply > maxStall) maxStall = t - lastReply;
     lastReply = t;
+    if (t - lastProgress >= 0.1) {
+      fprintf(stderr, "verified %lu\n", verified);
+      lastProgress = t;
+    }
     usleep(intervalMs * 1000);
   }
   printf("{\"sent\": %lu, \"verified\": %lu, \"maxStallMs\": %.1f, \"error\": %s%s%s}\n", sent, verified,

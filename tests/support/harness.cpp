@@ -177,10 +177,28 @@ TcpClient::TcpClient(const std::string& ip, int port) {
   SYSCALL(::pipe2(out, O_CLOEXEC), "pipe2");
   output_ = Fd(out[0]);
   Fd write(out[1]);
+  int err[2];
+  SYSCALL(::pipe2(err, O_CLOEXEC | O_NONBLOCK), "pipe2");
+  progress_ = Fd(err[0]);
+  Fd progressWrite(err[1]);
   SubprocessOptions o = SubprocessOptions::of({"nsenter", "--net=/run/netns/client", "--", binary("tcp-client").string(),
                                                ip, std::to_string(port), "120", "10"});
   o.stdoutFd = write.get();
+  o.stderrFd = progressWrite.get();
   process_.emplace(o);
+}
+
+unsigned long TcpClient::verified() {
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(progress_.get(), buf, sizeof buf)) > 0) progressText_.append(buf, static_cast<size_t>(n));
+  // The last complete "verified N" line.
+  constexpr std::string_view kPrefix = "verified ";
+  auto end = progressText_.rfind('\n');
+  if (end == std::string::npos) return 0;
+  auto start = progressText_.rfind(kPrefix, end);
+  if (start == std::string::npos) return 0;
+  return std::stoul(progressText_.substr(start + kPrefix.size(), end - start - kPrefix.size()));
 }
 
 json TcpClient::stop() {
@@ -195,6 +213,12 @@ json TcpClient::stop() {
   return j;
 }
 
+std::string errorKindOf(const AgentHome::Result& result) {
+  auto j = nlohmann::json::parse(result.out, nullptr, false);
+  if (!j.is_object() || !j.contains("kind") || !j["kind"].is_string()) return "";
+  return j["kind"];
+}
+
 size_t occurrences(const std::string& text, const std::string& needle) {
   size_t n = 0;
   for (size_t p = 0; (p = text.find(needle, p)) != std::string::npos; p += needle.size()) ++n;
@@ -207,15 +231,6 @@ bool processAlive(int pid) {
   auto state = status->find("State:");
   return state != std::string::npos && status->find_first_not_of(" \t", state + 6) != std::string::npos &&
          (*status)[status->find_first_not_of(" \t", state + 6)] != 'Z';
-}
-
-bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (std::chrono::steady_clock::now() > deadline) return condition();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
 }
 
 std::vector<unsigned long> counts(const std::string& log) {

@@ -1,6 +1,6 @@
 // What integration tests share: the built binaries, the test image, a
 // scratch agent state directory that is torn down with everything in it
-// (containers killed, mounts and cgroups gone), and polling helpers.
+// (containers killed, mounts and cgroups gone); waitUntil from wait.h.
 #pragma once
 
 #include <chrono>
@@ -15,6 +15,7 @@
 #include "common/files.h"
 #include "common/subprocess.h"
 #include "tests/support/privileges.h"
+#include "tests/support/wait.h"
 
 namespace migrate::test {
 
@@ -119,20 +120,26 @@ class TcpClient {
   // SIGTERM, then its JSON summary {sent, verified, maxStallMs, error}; the
   // exit status is in "exitStatus".
   nlohmann::json stop();
+  // Echoes verified so far, from its progress lines (up to 100 ms behind).
+  unsigned long verified();
 
  private:
   Fd output_;
+  Fd progress_;  // its stderr, non-blocking
+  std::string progressText_;
   std::optional<Subprocess> process_;
 };
 
 // Mount points at or under `dir`, from /proc/self/mountinfo.
 std::vector<std::string> mountsUnder(const fs::path& dir);
 
+// The error kind ("conflict", "invalid-input", ...) a failed command run
+// with `--output json` printed: {"error", "kind"} on stdout, from both
+// migrate-agent and migrate. "" if it printed no such object.
+std::string errorKindOf(const AgentHome::Result& result);
+
 // How many times `needle` occurs in `text`.
 size_t occurrences(const std::string& text, const std::string& needle);
-
-// Polls `condition` every 50 ms until true or `timeout`; returns its last value.
-bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
 // Numbers from "count N" lines of a counter payload's log.
 std::vector<unsigned long> counts(const std::string& log);
