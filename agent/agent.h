@@ -4,6 +4,7 @@
 // libpod's flow it generalises.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -16,11 +17,11 @@
 #include "agent/bundle-reader.h"
 #include "agent/bundle-signature.h"
 #include "agent/container.h"
+#include "agent/container-network.h"
 #include "agent/image-store.h"
 #include "agent/network-hook.h"
 #include "agent/runtime.h"
 #include "common/stream.h"
-#include "net/cni.h"
 
 namespace migrate {
 
@@ -90,6 +91,10 @@ struct PhaseTimes {
   std::vector<std::pair<std::string, double>> seconds;
   void add(std::string phase, double s) { seconds.emplace_back(std::move(phase), s); }
 };
+
+inline double secondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 class Agent {
  public:
@@ -171,35 +176,22 @@ class Agent {
   std::string cgroupsPath(const std::string& id) const;
   fs::path criuConfig() const;
   void prepareStorage(const Container& container);
-  void setupNetwork(Container& container, std::optional<std::string> ip, std::optional<std::string> mac, bool lock);
-  void teardownNetwork(Container& container);
-  // Post-copy source: CNI DEL while the frozen processes keep their netns,
-  // and CNI ADD into that same netns (same IP and MAC) if they resume here.
-  void releaseAddress(Container& container);
-  void reattachAddress(Container& container);
   // `hook`: how the network hook attaches a container in a user namespace
   // (agent/network-hook.h); ignored for one in the host's.
   void writeSpec(Container& container, const std::optional<nlohmann::json>& checkpointedSpec,
                  const NetworkHookRequest& hook);
-  bool attachesFromHook(const Container& container) const;
-  // Takes what the network hook attached (network-attachment.json) into the
-  // container's state; no-op when the hook did not run or failed.
-  void adoptNetworkAttachment(Container& container);
-  // The same after a create or restore whose hook must have run: throws if it did not.
-  void requireNetworkAttachment(Container& container);
   std::vector<IdMapping> mappingsInUse();
   void cleanupAfterStop(Container& container);
   void prepareCheckpointDirectory(const fs::path& dir);
   void releaseCheckpointFiles(const Container& container);
   void recordCheckpoint(Container& container, const CheckpointRequest& request);
   void markCheckpointed(Container& container);
-  void undoCriuNetworkLock(const Container& container);
   void pruneCgroupParents();
 
   AgentOptions options_;
   ImageStore images_;
   Runtime runtime_;
-  CniClient cni_;
+  ContainerNetwork network_;
   // One operation at a time on this host's containers, except the streams:
   // an export or import holds it only to look up and to commit, so that
   // migrations in both directions cannot wait on each other across hosts

@@ -7,15 +7,17 @@
 #include <sys/xattr.h>
 
 #include <cstring>
-#include <exception>
 #include <memory>
+#include <optional>
 #include <set>
 #include <vector>
 
 #include "agent/bundle-signature.h"
 #include "agent/rootfs-diff.h"
+#include "agent/tar-stream.h"
 #include "common/error.h"
 #include "common/fd.h"
+#include "common/relative-path.h"
 #include "common/syscall.h"
 #include "common/untrusted-json.h"
 
@@ -72,12 +74,6 @@ std::string printable(std::string_view text) {
   return out;
 }
 
-std::pair<std::string, std::string> splitParent(const std::string& path) {
-  auto slash = path.rfind('/');
-  if (slash == std::string::npos) return {"", path};
-  return {path.substr(0, slash), path.substr(slash + 1)};
-}
-
 std::string topOf(const std::string& path) { return path.substr(0, path.find('/')); }
 
 bool isAllZero(const char* p, size_t n) { return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0); }
@@ -94,10 +90,7 @@ void pwriteAll(int fd, const char* data, size_t size, uint64_t offset) {
 class BundleReader {
  public:
   BundleReader(InputStream& in, const fs::path& dir, const BundleLimits& limits)
-      : in_(in), dir_(dir), limits_(limits), buffer_(std::make_unique<char[]>(kReadBufferBytes)) {}
-  ~BundleReader() {
-    if (archive_) archive_read_free(archive_);
-  }
+      : in_(in), dir_(dir), limits_(limits) {}
   BundleReader(const BundleReader&) = delete;
   BundleReader& operator=(const BundleReader&) = delete;
 
@@ -108,7 +101,7 @@ class BundleReader {
     openArchive();
     for (;;) {
       archive_entry* entry = nullptr;
-      int status = archive_read_next_header(archive_, &entry);
+      int status = archive_read_next_header(archive_->get(), &entry);
       if (status == ARCHIVE_EOF) break;
       checkRead(status);
       if (readEntry(entry)) acceptManifest(onManifest);
@@ -129,35 +122,17 @@ class BundleReader {
   }
 
   void openArchive() {
-    archive_ = archive_read_new();
-    if (!archive_) throw std::bad_alloc();
+    archive_.emplace(in_, kReadBufferBytes, [this](const void* data, size_t size) { tap_.add(static_cast<const char*>(data), size); });
     // Tar only, no filters: the less libarchive guesses, the less hostile
     // input can steer it.
-    checkRead(archive_read_support_format_tar(archive_));
-    checkRead(archive_read_open2(archive_, this, nullptr, &BundleReader::readCallback, nullptr, nullptr));
-  }
-
-  static la_ssize_t readCallback(struct archive* a, void* client, const void** buffer) {
-    auto* self = static_cast<BundleReader*>(client);
-    try {
-      size_t n = self->in_.read(self->buffer_.get(), kReadBufferBytes);
-      self->tap_.add(self->buffer_.get(), n);
-      *buffer = self->buffer_.get();
-      return static_cast<la_ssize_t>(n);
-    } catch (...) {
-      // Exceptions must not cross libarchive's C frames; rethrown by checkRead().
-      self->streamError_ = std::current_exception();
-      archive_set_error(a, EIO, "input stream failed");
-      return -1;
-    }
+    checkRead(archive_read_support_format_tar(archive_->get()));
+    checkRead(archive_->open());
   }
 
   void checkRead(int status) {
     if (status == ARCHIVE_OK || status == ARCHIVE_WARN) return;
-    if (streamError_) std::rethrow_exception(std::exchange(streamError_, nullptr));
-    const char* message = archive_error_string(archive_);
-    fail(ErrorKind::InvalidInput,
-         std::string("bundle: tar stream truncated or corrupt: ") + (message ? message : "unknown error"));
+    archive_->rethrowStreamError();
+    fail(ErrorKind::InvalidInput, "bundle: tar stream truncated or corrupt: " + archive_->errorText());
   }
 
   // Returns true for manifest.json, which the caller accepts outside this
@@ -210,7 +185,7 @@ class BundleReader {
         case Section::Signature:
           // Kept for checkBundleSignature, not written: it vouches for the
           // bytes before its header, the digest of which is taken here.
-          signature_.tarSha256 = tap_.digestBefore(static_cast<uint64_t>(archive_read_header_position(archive_)));
+          signature_.tarSha256 = tap_.digestBefore(static_cast<uint64_t>(archive_read_header_position(archive_->get())));
           signature_.text = readSmall(static_cast<uint64_t>(size), kMaxSignatureBytes);
           return false;
         case Section::DeletedFiles: {
@@ -490,7 +465,7 @@ class BundleReader {
       const void* block;
       size_t length;
       la_int64_t offset;
-      int status = archive_read_data_block(archive_, &block, &length, &offset);
+      int status = archive_read_data_block(archive_->get(), &block, &length, &offset);
       if (status == ARCHIVE_EOF) break;
       checkRead(status);
       if (offset < 0 || static_cast<uint64_t>(offset) + length > size) {
@@ -589,8 +564,9 @@ class BundleReader {
 
   void drainInput() {
     uint64_t trailing = 0;
+    std::vector<char> buffer(kReadBufferBytes);
     for (;;) {
-      size_t n = in_.read(buffer_.get(), kReadBufferBytes);
+      size_t n = in_.read(buffer.data(), buffer.size());
       if (n == 0) return;
       trailing += n;
       if (trailing > kMaxTrailingBytes) fail(ErrorKind::InvalidInput, "bundle: unexpected data after the end of the tar stream");
@@ -639,9 +615,7 @@ class BundleReader {
   InputStream& in_;
   fs::path dir_;
   BundleLimits limits_;
-  std::unique_ptr<char[]> buffer_;
-  struct archive* archive_ = nullptr;
-  std::exception_ptr streamError_;
+  std::optional<TarInputArchive> archive_;  // from openArchive(), after the target is checked
   Fd rootFd_;
 
   size_t entries_ = 0;

@@ -15,6 +15,7 @@
 
 #include "agent/bundle-signature.h"
 #include "agent/rootfs-diff.h"
+#include "agent/tar-stream.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -95,19 +96,18 @@ using EntryPtr = std::unique_ptr<archive_entry, decltype(&archive_entry_free)>;
 class BundleWriter {
  public:
   BundleWriter(OutputStream& out, std::function<void(uint64_t)> onProgress)
-      : out_(out), onProgress_(std::move(onProgress)), archive_(archive_write_new()) {
-    if (!archive_) throw std::bad_alloc();
+      : onProgress_(std::move(onProgress)),
+        archive_(out, [this](const void* data, size_t size) { tarHash_.update(data, size); }) {
     // Restricted pax: ustar headers, plus a pax header only where needed
     // (xattrs, long names, big ids), so GNU tar lists a bundle cleanly.
-    check(archive_write_set_format_pax_restricted(archive_), "set pax format");
+    check(archive_write_set_format_pax_restricted(archive_.get()), "set pax format");
     // SCHILY.xattr is what GNU tar and libarchive both read.
-    check(archive_write_set_format_option(archive_, "pax", "xattrheader", "SCHILY"), "set xattrheader");
+    check(archive_write_set_format_option(archive_.get(), "pax", "xattrheader", "SCHILY"), "set xattrheader");
     // No blocking into 10 KiB records: every byte reaches writeCallback as
     // soon as it is formatted, so tarDigest() sees exactly what came before.
-    check(archive_write_set_bytes_per_block(archive_, 0), "set bytes per block");
-    check(archive_write_open2(archive_, this, nullptr, &BundleWriter::writeCallback, nullptr, nullptr), "open");
+    check(archive_write_set_bytes_per_block(archive_.get(), 0), "set bytes per block");
+    check(archive_.open(), "open");
   }
-  ~BundleWriter() { archive_write_free(archive_); }
   BundleWriter(const BundleWriter&) = delete;
   BundleWriter& operator=(const BundleWriter&) = delete;
 
@@ -206,34 +206,19 @@ class BundleWriter {
 
   // SHA-256 of every tar byte so far, the last entry's padding included.
   std::string tarDigest() {
-    check(archive_write_finish_entry(archive_), "finish entry");
+    check(archive_write_finish_entry(archive_.get()), "finish entry");
     return tarHash_.hexDigest();
   }
 
   void close() {
-    check(archive_write_close(archive_), "close");
+    check(archive_write_close(archive_.get()), "close");
   }
 
  private:
-  static la_ssize_t writeCallback(struct archive* a, void* client, const void* buffer, size_t length) {
-    auto* self = static_cast<BundleWriter*>(client);
-    try {
-      self->out_.write(buffer, length);
-      self->tarHash_.update(buffer, length);
-      return static_cast<la_ssize_t>(length);
-    } catch (...) {
-      // Exceptions must not cross libarchive's C frames; rethrown by check().
-      self->streamError_ = std::current_exception();
-      archive_set_error(a, EIO, "output stream failed");
-      return -1;
-    }
-  }
-
   void check(int status, std::string_view what) {
     if (status == ARCHIVE_OK) return;
-    if (streamError_) std::rethrow_exception(std::exchange(streamError_, nullptr));
-    const char* message = archive_error_string(archive_);
-    std::string text = "bundle: tar " + std::string(what) + ": " + (message ? message : "unknown error");
+    archive_.rethrowStreamError();
+    std::string text = "bundle: tar " + std::string(what) + ": " + archive_.errorText();
     if (status == ARCHIVE_WARN) {
       // E.g. a name that is not valid in the locale's charset: libarchive
       // then stores its bytes as they are (pax hdrcharset=BINARY), which is
@@ -292,10 +277,10 @@ class BundleWriter {
     }
   }
 
-  void writeHeader(archive_entry* entry) { check(archive_write_header(archive_, entry), "write header"); }
+  void writeHeader(archive_entry* entry) { check(archive_write_header(archive_.get(), entry), "write header"); }
 
   void writeData(const void* data, size_t size) {
-    auto n = archive_write_data(archive_, data, size);
+    auto n = archive_write_data(archive_.get(), data, size);
     if (n < 0 || static_cast<size_t>(n) != size) check(n < 0 ? static_cast<int>(n) : ARCHIVE_FATAL, "write data");
   }
 
@@ -314,13 +299,11 @@ class BundleWriter {
     }
   }
 
-  OutputStream& out_;
   std::function<void(uint64_t)> onProgress_;
-  struct archive* archive_;
-  std::exception_ptr streamError_;
+  Sha256 tarHash_;  // of every tar byte written, as it leaves (the signature's digest)
+  TarOutputArchive archive_;
   std::unique_ptr<char[]> buffer_;
   uint64_t bytesIn_ = 0;
-  Sha256 tarHash_;
 };
 
 }  // namespace

@@ -97,6 +97,5 @@ struct Container {
 };
 
 std::string newContainerId();
-std::string nowIso8601();
 
 }  // namespace migrate

@@ -399,7 +399,7 @@ TEST_CASE("image store refuses layers that write outside the image") {
     auto message = importLayers({layer});
     CHECK(message == "image import of `evil`: manifest " + message.substr(message.find("sha256:"), 7 + 12) +
                          "…: layer " + sha256Digest(layer).substr(0, 7 + 12) +
-                         "…: entry `../escape`: refused (path leaves the rootfs)");
+                         "…: entry `../escape`: refused (`..` component in path)");
     importLayers({makeTar({file("a/../../../escape", "x")})});
     checkNothingWritten();
   }
@@ -430,7 +430,7 @@ TEST_CASE("image store refuses layers that write outside the image") {
   SECTION("a plain rootfs tarball is held to the same rules") {
     writeFile(tmp.path() / "evil.tar", makeTar({file("../escape", "x")}));
     auto message = errorOf([&] { store.import(tmp.path() / "evil.tar", "evil"); }, ErrorKind::InvalidInput);
-    CHECK(message.find("entry `../escape`: refused (path leaves the rootfs)") != std::string::npos);
+    CHECK(message.find("entry `../escape`: refused (`..` component in path)") != std::string::npos);
     writeFile(tmp.path() / "junk.tar", "this is not a tar archive at all");
     errorOf([&] { store.import(tmp.path() / "junk.tar", "junk"); }, ErrorKind::InvalidInput);
     checkNothingWritten();
@@ -494,7 +494,7 @@ TEST_CASE("image store refuses hostile exported streams") {
     StringInputStream in(makeTar(entries));
     return errorOf([&] { store.importExported(in); }, ErrorKind::InvalidInput);
   };
-  CHECK(importTar({file("image.json", json), file("rootfs/../escape", "x")}).find("path leaves the rootfs") !=
+  CHECK(importTar({file("image.json", json), file("rootfs/../escape", "x")}).find("`..` component in path") !=
         std::string::npos);
   CHECK(importTar({file("image.json", json), file("etc/passwd", "x")}).find("not under rootfs/") != std::string::npos);
   CHECK(importTar({file("rootfs/a", "a"), file("image.json", json)}).find("does not start with image.json") !=

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <iterator>
+#include <optional>
 
 #include "agent/identifiers.h"
 #include "common/error.h"
@@ -45,8 +46,11 @@ void runNetworkHook(const fs::path& stateDir, const fs::path& cniConfig, const N
   if (netnsExists(netns) || fs::exists(netns)) removeNetns(netns);  // a previous life's
   fs::remove(attachmentFile);
   pinNetns(source, netns);
+  // Handed over to the agent, which adopts it (NetnsLockGuard::adopt) and
+  // lifts it once runc restore re-created the sockets.
+  std::optional<NetnsLockGuard> lock;
   try {
-    if (request.lock) lockNetns(netns);
+    if (request.lock) lock.emplace(netns);
     auto network = CniNetwork::load(cniConfig);
     CniAttachment attachment{request.containerId, netns, "eth0", request.ip, request.mac};
     auto cni = agentCniClient(stateDir);
@@ -57,7 +61,9 @@ void runNetworkHook(const fs::path& stateDir, const fs::path& cniConfig, const N
       cni.del(network, attachment, result);  // the address goes back to IPAM
       throw;
     }
+    if (lock) lock->release();
   } catch (...) {
+    if (lock) lock->release();
     removeNetns(netns);  // the lock and the half-made interface go with it
     throw;
   }

@@ -1,35 +1,17 @@
 #include "agent/rootfs-diff.h"
 
 #include <fcntl.h>
-#include <linux/openat2.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/files.h"
+#include "common/relative-path.h"
 #include "common/syscall.h"
-#include "common/syscalls.h"
 
 namespace migrate {
-
-namespace {
-
-// Longer paths cannot be created by the kernel anyway; refusing early keeps
-// hostile input from making us split megabyte-long names.
-constexpr size_t kMaxPathLength = 4096;
-
-int openat2Beneath(int dirFd, const std::string& path, uint64_t flags) {
-  struct open_how how = {};
-  how.flags = flags | O_CLOEXEC;
-  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-  for (;;) {
-    int fd = sys::openat2(dirFd, path.c_str(), &how);
-    if (fd >= 0 || errno != EINTR) return fd;
-  }
-}
-
-}  // namespace
 
 bool isWhiteout(const struct stat& st) { return S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0); }
 
@@ -64,51 +46,6 @@ bool isUncarriableOverlayXattr(std::string_view name) {
   return false;
 }
 
-bool tryNormaliseRelativePath(std::string_view path, std::string& out, std::string& problem) {
-  out.clear();
-  if (path.empty()) {
-    problem = "empty path";
-    return false;
-  }
-  if (path.size() > kMaxPathLength) {
-    problem = "path longer than 4096 bytes";
-    return false;
-  }
-  if (path.front() == '/') {
-    problem = "absolute path";
-    return false;
-  }
-  size_t pos = 0;
-  while (pos <= path.size()) {
-    size_t end = path.find('/', pos);
-    if (end == std::string_view::npos) end = path.size();
-    auto component = path.substr(pos, end - pos);
-    pos = end + 1;
-    if (component.empty() || component == ".") continue;
-    if (component == "..") {
-      problem = "`..` component in path";
-      return false;
-    }
-    if (component.find('\0') != std::string_view::npos) {
-      problem = "NUL byte in path";
-      return false;
-    }
-    if (!out.empty()) out += '/';
-    out += component;
-  }
-  if (out.empty()) {
-    problem = "empty path";
-    return false;
-  }
-  return true;
-}
-
-std::string normaliseRelativePath(std::string_view path) {
-  std::string out, problem;
-  if (!tryNormaliseRelativePath(path, out, problem)) fail(ErrorKind::InvalidInput, problem);
-  return out;
-}
-
 std::string serializeDeletedFiles(const std::vector<std::string>& paths) {
   return nlohmann::json(paths).dump();
 }
@@ -131,14 +68,18 @@ std::vector<std::string> parseDeletedFiles(std::string_view text) {
 }
 
 Fd openDirectoryBeneath(int rootFd, std::string_view relative, bool createMissing) {
-  const uint64_t flags = O_PATH | O_DIRECTORY;
+  const int flags = O_PATH | O_DIRECTORY;
   std::string path = relative.empty() ? std::string(".") : std::string(relative);
-  int fd = openat2Beneath(rootFd, path, flags);
-  if (fd >= 0) return Fd(fd);
-  if (errno == ELOOP || errno == EXDEV || errno == ENOTDIR) {
-    fail(ErrorKind::InvalidInput, "path `" + path + "` goes through a symlink or non-directory");
-  }
-  if (errno != ENOENT || !createMissing) failErrno(errno, "open directory " + path);
+  auto refuse = [&](int error, const std::string& what) {
+    if (error == ELOOP || error == EXDEV || error == ENOTDIR) {
+      fail(ErrorKind::InvalidInput, "path `" + path + "` goes through a symlink or non-directory");
+    }
+    failErrno(error, "open directory " + what);
+  };
+  int error = 0;
+  Fd fd = tryOpenBeneath(rootFd, path, flags, Symlinks::Refuse, error);
+  if (fd) return fd;
+  if (error != ENOENT || !createMissing) refuse(error, path);
 
   // Walk one component at a time, so each mkdirat() acts on a directory we
   // opened ourselves without following anything.
@@ -149,20 +90,15 @@ Fd openDirectoryBeneath(int rootFd, std::string_view relative, bool createMissin
     if (end == std::string::npos) end = path.size();
     std::string component = path.substr(pos, end - pos);
     pos = end + 1;
-    int next = openat2Beneath(current.get(), component, flags);
-    if (next < 0 && errno == ENOENT) {
+    Fd next = tryOpenBeneath(current.get(), component, flags, Symlinks::Refuse, error);
+    if (!next && error == ENOENT) {
       if (::mkdirat(current.get(), component.c_str(), 0755) < 0 && errno != EEXIST) {
         failErrno(errno, "mkdir " + component);
       }
-      next = openat2Beneath(current.get(), component, flags);
+      next = tryOpenBeneath(current.get(), component, flags, Symlinks::Refuse, error);
     }
-    if (next < 0) {
-      if (errno == ELOOP || errno == EXDEV || errno == ENOTDIR) {
-        fail(ErrorKind::InvalidInput, "path `" + path + "` goes through a symlink or non-directory");
-      }
-      failErrno(errno, "open directory " + component);
-    }
-    current = Fd(next);
+    if (!next) refuse(error, component);
+    current = std::move(next);
   }
   return current;
 }

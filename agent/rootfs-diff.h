@@ -43,13 +43,7 @@ bool isCarriedXattr(std::string_view name);
 // plain file tree, so the writer refuses it rather than lose data.
 bool isUncarriableOverlayXattr(std::string_view name);
 
-// Validates a path relative to the bundle, or to a directory of it, as read
-// from hostile input; returns it normalised (no empty or "." components, no
-// trailing slash). Throws Error(InvalidInput) with the reason ("absolute
-// path", "`..` component", "empty path").
-std::string normaliseRelativePath(std::string_view path);
-// The same without throwing: false with `problem` set to the reason.
-bool tryNormaliseRelativePath(std::string_view path, std::string& out, std::string& problem);
+// Paths in a bundle are checked by normaliseRelativePath (common/relative-path.h).
 
 // deleted.files: a JSON array of upper-dir-relative paths, one per whiteout.
 std::string serializeDeletedFiles(const std::vector<std::string>& paths);

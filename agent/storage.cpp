@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "agent/idmapped-mount.h"
+#include "agent/mount-guard.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/syscall.h"
@@ -60,9 +61,7 @@ void unmountAllUnder(const fs::path& dir) {
   // Longest first: children before their parents.
   std::sort(below.begin(), below.end(), [](auto& a, auto& b) { return a.size() > b.size(); });
   for (auto& point : below) {
-    if (::umount2(point.c_str(), MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT) {
-      failErrno(errno, "umount " + point);
-    }
+    unmountLazily(point, NotMounted::Ignore);
   }
 }
 
@@ -92,8 +91,11 @@ void mountOverlay(const OverlayPaths& paths) {
   if (isMountPoint(paths.merged)) return;
   if (!fs::is_directory(paths.lower)) fail(ErrorKind::NotFound, "image rootfs " + paths.lower.string() + " is missing");
   fs::path lower = paths.lower;
+  // Unmounted again if the overlay cannot be stacked on it.
+  MountGuard mappedLower;
   if (paths.idMapping) {
     mountIdmapped(paths.lower, paths.mappedLower, *paths.idMapping);
+    mappedLower = MountGuard(paths.mappedLower);
     lower = paths.mappedLower;
     // The merged root takes the upper root's owner: the container's root,
     // else it could not create a file in its own `/`.
@@ -107,6 +109,7 @@ void mountOverlay(const OverlayPaths& paths) {
   std::string options = "lowerdir=" + lower.string() + ",upperdir=" + paths.upper.string() +
                         ",workdir=" + paths.work.string();
   SYSCALL(::mount("overlay", paths.merged.c_str(), "overlay", 0, options.c_str()), "mount overlay", options);
+  mappedLower.release();  // unmountOverlay() takes both down
 }
 
 void mountScratchTmpfs(const fs::path& dir, std::optional<TmpfsBounds> bounds) {
@@ -121,7 +124,7 @@ void mountScratchTmpfs(const fs::path& dir, std::optional<TmpfsBounds> bounds) {
 }
 
 void releaseDirectory(const fs::path& dir) {
-  if (isMountPoint(dir)) SYSCALL(::umount2(dir.c_str(), MNT_DETACH), "umount", dir.string());
+  if (isMountPoint(dir)) unmountLazily(dir);
   std::error_code ec;
   fs::remove_all(dir, ec);
   if (ec) fail("remove " + dir.string() + ": " + ec.message());
@@ -130,7 +133,7 @@ void releaseDirectory(const fs::path& dir) {
 void unmountOverlay(const OverlayPaths& paths) {
   for (auto& point : {paths.merged, paths.mappedLower}) {
     if (point.empty() || !isMountPoint(point)) continue;
-    SYSCALL(::umount2(point.c_str(), MNT_DETACH), "umount", point.string());
+    unmountLazily(point);
   }
 }
 

@@ -36,6 +36,22 @@ TEST_CASE("openBeneath refuses paths that leave the directory") {
   CHECK_THROWS_AS(openBeneath(root.get(), "/etc/passwd", O_RDONLY), Error);
 }
 
+TEST_CASE("openBeneath with Symlinks Refuse refuses even a symlink that stays inside") {
+  TempDir dir(fs::temp_directory_path(), "files-test");
+  fs::create_directory(dir.path() / "sub");
+  writeFileAtomic(dir.path() / "sub" / "ok", "x");
+  fs::create_symlink("ok", dir.path() / "sub" / "inside");
+  auto root = openOrFail(dir.path(), O_RDONLY | O_DIRECTORY);
+  CHECK(openBeneath(root.get(), "sub/inside", O_RDONLY));
+  CHECK_THROWS_AS(openBeneath(root.get(), "sub/inside", O_RDONLY, 0, Symlinks::Refuse), Error);
+  int error = 0;
+  CHECK_FALSE(tryOpenBeneath(root.get(), "sub/inside", O_RDONLY, Symlinks::Refuse, error));
+  CHECK(error == ELOOP);
+  CHECK_FALSE(tryOpenBeneath(root.get(), "sub/missing", O_RDONLY, Symlinks::Refuse, error));
+  CHECK(error == ENOENT);
+  CHECK(tryOpenBeneath(root.get(), "", O_RDONLY | O_DIRECTORY, Symlinks::Refuse, error));
+}
+
 TEST_CASE("temp dir is removed with its guard unless kept") {
   fs::path kept, gone;
   {

@@ -87,12 +87,28 @@ Fd openOrFail(const fs::path& path, int flags, mode_t mode) {
   return Fd(SYSCALL(::open(path.c_str(), flags | O_CLOEXEC, mode), "open", path.string()));
 }
 
-Fd openBeneath(int dirfd, const fs::path& relative, int flags, mode_t mode) {
+Fd tryOpenBeneath(int dirfd, const fs::path& relative, int flags, Symlinks symlinks, int& error, mode_t mode) {
   struct open_how how = {};
   how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
   how.mode = (flags & O_CREAT) ? mode : 0;
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-  return Fd(SYSCALL(sys::openat2(dirfd, relative.c_str(), &how), "openat2", relative.string()));
+  if (symlinks == Symlinks::Refuse) how.resolve |= RESOLVE_NO_SYMLINKS;
+  const char* path = relative.empty() ? "." : relative.c_str();
+  for (;;) {
+    int fd = sys::openat2(dirfd, path, &how);
+    if (fd >= 0) return Fd(fd);
+    // EAGAIN: a rename or mount raced the walk (openat2(2)); the next try sees it done.
+    if (errno == EINTR || errno == EAGAIN) continue;
+    error = errno;
+    return Fd();
+  }
+}
+
+Fd openBeneath(int dirfd, const fs::path& relative, int flags, mode_t mode, Symlinks symlinks) {
+  int error = 0;
+  Fd fd = tryOpenBeneath(dirfd, relative, flags, symlinks, error, mode);
+  if (!fd) failErrno(error, "openat2 " + relative.string());
+  return fd;
 }
 
 TempDir::TempDir(const fs::path& parent, std::string_view prefix) {

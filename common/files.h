@@ -26,9 +26,23 @@ std::optional<std::string> readFileTailIfExists(const fs::path& path, size_t max
 
 Fd openOrFail(const fs::path& path, int flags, mode_t mode = 0);
 
-// Opens `relative` beneath `dirfd` without following symlinks out of it
-// (openat2 RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS), as crun's safe_openat.
-Fd openBeneath(int dirfd, const fs::path& relative, int flags, mode_t mode = 0);
+// How openBeneath treats symlinks on the way to `relative`. Either way the
+// walk stays beneath `dirfd` and never takes a magic link (/proc/<pid>/fd/N):
+// openat2(2) RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, as crun's safe_openat.
+enum class Symlinks {
+  // Followed while they resolve beneath `dirfd` (a layout's own relative links).
+  FollowBeneath,
+  // Refused, even one that points inside (RESOLVE_NO_SYMLINKS): for a tree
+  // that hostile input is still shaping, where a link could be swapped later.
+  Refuse,
+};
+
+// Opens `relative` beneath `dirfd` ("" or "." is `dirfd` itself).
+Fd openBeneath(int dirfd, const fs::path& relative, int flags, mode_t mode = 0,
+               Symlinks symlinks = Symlinks::FollowBeneath);
+// The same, but a failure is the errno in `error` and an empty Fd, for callers
+// that tell ELOOP/EXDEV (a symlink or an escape), ENOTDIR and ENOENT apart.
+Fd tryOpenBeneath(int dirfd, const fs::path& relative, int flags, Symlinks symlinks, int& error, mode_t mode = 0);
 
 // A directory removed with everything in it when the guard dies, unless kept.
 class TempDir {

@@ -39,6 +39,8 @@ void failSyscall(int err, std::string_view call, std::string_view file, int line
   // CMake compiles with absolute paths, so __FILE__ names the build machine's tree.
   if (file.starts_with(MIGRATE_SOURCE_DIR)) file.remove_prefix(std::string_view(MIGRATE_SOURCE_DIR).size());
 #endif
+  // ccache's base_dir rewrites them relative to the build dir ("../../common/x.cpp").
+  while (file.starts_with("../")) file.remove_prefix(3);
   std::string where = std::string(file) + ":" + std::to_string(line);
   std::string shown = abbreviateCall(call);
   std::string message = what.empty() ? shown + ": " + std::strerror(err) + " (at " + where + ")"

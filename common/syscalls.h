@@ -16,6 +16,11 @@ inline int pidfdOpen(pid_t pid, unsigned flags = 0) {
   return static_cast<int>(::syscall(SYS_pidfd_open, pid, flags));
 }
 
+// A duplicate of `targetFd` of the process behind `pidfd` (needs ptrace access to it).
+inline int pidfdGetfd(int pidfd, int targetFd, unsigned flags = 0) {
+  return static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, targetFd, flags));
+}
+
 inline int openTree(int dirfd, const char* path, unsigned flags) {
   return static_cast<int>(::syscall(SYS_open_tree, dirfd, path, flags));
 }

@@ -8,6 +8,7 @@
 
 #include "agent/id-mapping-proto.h"
 #include "common/log.h"
+#include "common/timestamp.h"
 #include "common/untrusted-json.h"
 
 namespace migrate {
@@ -32,13 +33,7 @@ kj::ArrayPtr<const kj::byte> bytesOf(const std::string& s) {
 
 std::string isoTime(int64_t epochMs) {
   if (epochMs <= 0) return {};
-  time_t seconds = epochMs / 1000;
-  struct tm tm;
-  gmtime_r(&seconds, &tm);
-  char buffer[96];
-  std::snprintf(buffer, sizeof buffer, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(epochMs % 1000));
-  return buffer;
+  return formatUtc(WallClock::time_point(std::chrono::milliseconds(epochMs)), TimeFormat::Rfc3339Millis);
 }
 
 Phase phaseOfState(MigrationState state) {

@@ -79,6 +79,8 @@ NetnsLockGuard::NetnsLockGuard(fs::path netns) : netns_(std::move(netns)) {
   lockNetns(netns_);
 }
 
+NetnsLockGuard NetnsLockGuard::adopt(fs::path netns) { return NetnsLockGuard(Adopt{}, std::move(netns)); }
+
 NetnsLockGuard::NetnsLockGuard(NetnsLockGuard&& other) noexcept : netns_(std::exchange(other.netns_, {})) {}
 
 NetnsLockGuard::~NetnsLockGuard() {

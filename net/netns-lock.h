@@ -28,7 +28,7 @@ void lockNetns(const fs::path& netns);
 void unlockNetns(const fs::path& netns);
 // Deletes the nftables tables CRIU's own network lock leaves (`CRIU-<pid>`),
 // for the one path where CRIU does not remove them itself (a failed lazy
-// dump, agent.cpp). No-op when there are none.
+// dump, agent/criu-network-lock.h). No-op when there are none.
 void removeCriuLockTables(const fs::path& netns);
 
 // True while the lock table exists in the netns.
@@ -39,6 +39,9 @@ bool isNetnsLocked(const fs::path& netns);
 class NetnsLockGuard {
  public:
   explicit NetnsLockGuard(fs::path netns);
+  // Takes over the lock another process installed in `netns` (the network
+  // hook, agent/network-hook.h) without locking again.
+  static NetnsLockGuard adopt(fs::path netns);
   NetnsLockGuard(NetnsLockGuard&& other) noexcept;
   NetnsLockGuard& operator=(NetnsLockGuard&&) = delete;
   ~NetnsLockGuard();
@@ -46,6 +49,9 @@ class NetnsLockGuard {
   void release();
 
  private:
+  struct Adopt {};
+  NetnsLockGuard(Adopt, fs::path netns) : netns_(std::move(netns)) {}
+
   fs::path netns_;
 };
 
