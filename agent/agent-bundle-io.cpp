@@ -90,9 +90,23 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   // Unpack into a directory beside the containers' that no listing sees
   // (no container.json yet) and that disappears if anything fails; locked
   // while we live, so removeStaleImports() knows it is not stale.
+  // Made and locked in one step under the agent's lock, which
+  // removeStaleImports() holds: it never finds this one unlocked.
+  std::unique_lock stagingLock(mutex_);
   TempDir staging(options_.stateDir / "containers", kImportPrefix);
   auto alive = ImportLock::tryAcquire(staging.path());
   if (!alive) fail(ErrorKind::Conflict, "staging directory " + staging.path().string() + " is locked");
+  stagingLock.unlock();
+  // From the manifest to the commit, its mapping is taken for everyone else.
+  struct MappingReservation {
+    Agent& agent;
+    std::optional<std::string> name;
+    ~MappingReservation() {
+      if (!name) return;
+      std::lock_guard lock(agent.mutex_);
+      agent.importingMappings_.erase(*name);
+    }
+  } mappingReservation{*this, std::nullopt};
   // The CRIU images land on a tmpfs sized from the manifest, mounted once
   // that is read; unmounted before the staging dir goes if we fail.
   MountGuard checkpointMount;
@@ -105,7 +119,13 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
     reservation.emplace(options_.stateDir, request.name.value_or(m.containerName), options_.hostName);
     // CRIU restores the user namespace with the maps its images hold, and
     // rootfs-diff/ lands in its host ids: this host must have it free.
-    if (m.idMapping) checkIdMappingAvailable(*m.idMapping, request.name.value_or(m.containerName));
+    if (m.idMapping) {
+      std::string name = request.name.value_or(m.containerName);
+      std::lock_guard lock(mutex_);
+      checkIdMappingAvailable(*m.idMapping, name);
+      importingMappings_[name] = *m.idMapping;  // the name is ours: NameReservation above
+      mappingReservation.name = name;
+    }
     // Where the staging dir, and so rootfs-diff/, lands (it may be a mount of its own).
     fs::path landing = options_.stateDir / "containers";
     precheckImport(m, HostCapacity::measure(landing), options_.checkpointsInMemory, landing);

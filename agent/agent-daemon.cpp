@@ -39,6 +39,8 @@ constexpr milliseconds kRestoreWaitForBundle = std::chrono::minutes(10);
 // How long abortReceive waits for a stopped receiver's threads (they poll
 // their stop flag every 200 ms; an import in progress cleans up first).
 constexpr milliseconds kReceiverStopWait = std::chrono::seconds(30);
+// How long rollbackSource waits for a cancelled send of its container to end.
+constexpr std::chrono::seconds kSendStopWait{120};
 
 proto::ContainerState stateOf(ContainerStatus status) {
   switch (status) {
@@ -104,11 +106,11 @@ AgentDaemon::~AgentDaemon() {
   for (auto& [name, p] : postCopies) p->finishForShutdown();
   // Receivers stop where they are: waiting for a sender, reading a bundle or
   // pumping pages (an import in progress cleans up after itself). So do
-  // image receives and sends in progress, among the workers.
-  stopping_ = true;
+  // image receives and checkpoint sends in progress, among the workers.
   {
-    std::lock_guard lock(cancelsMutex_);
-    for (auto& [id, flag] : cancels_) *flag = true;
+    std::lock_guard lock(sendsMutex_);
+    stopping_ = true;
+    for (auto& [id, send] : sends_) *send.cancelled = true;
   }
   receivers_.stopAll();
   workers_.joinAll();
@@ -353,8 +355,14 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
     }
     case proto::Request::CHECKPOINT_AND_SEND: {
       auto copy = copyOf(request.getCheckpointAndSend());
-      spawn(id, [this, id, copy](proto::Reply::Builder reply) {
-        checkpointAndSend(id, copy->getRoot<proto::CheckpointAndSend>().asReader(), reply);
+      auto cancelled = registerSend(id, request.getCheckpointAndSend().getContainerName());
+      spawn(id, [this, id, copy, cancelled](proto::Reply::Builder reply) {
+        struct Forget {
+          AgentDaemon& self;
+          uint64_t id;
+          ~Forget() { self.forgetSend(id); }
+        } forget{*this, id};
+        checkpointAndSend(id, copy->getRoot<proto::CheckpointAndSend>().asReader(), *cancelled, reply);
       }, "checkpoint-and-send");
       return;
     }
@@ -471,7 +479,7 @@ void AgentDaemon::prepareReceive(uint64_t requestId, proto::PrepareReceive::Read
 }
 
 void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request,
-                                    proto::Reply::Builder reply) {
+                                    const std::atomic<bool>& cancelled, proto::Reply::Builder reply) {
   SendSpec spec;
   spec.migrationId = request.getMigrationId();
   spec.requestId = requestId;
@@ -488,22 +496,8 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
   std::string name = spec.containerName;
   if (spec.postCopy && postCopyFor(name)) fail(ErrorKind::Conflict, "`" + name + "` is already serving its pages");
 
-  auto cancelled = std::make_shared<std::atomic<bool>>(stopping_.load());
-  {
-    std::lock_guard lock(cancelsMutex_);
-    cancels_[requestId] = cancelled;
-  }
-  struct Forget {
-    AgentDaemon& self;
-    uint64_t id;
-    ~Forget() {
-      std::lock_guard lock(self.cancelsMutex_);
-      self.cancels_.erase(id);
-    }
-  } forget{*this, requestId};
-
   std::shared_ptr<PostCopySource> postCopy;
-  CheckpointSender sender(agent_, std::move(spec), progressReporter(), *cancelled);
+  CheckpointSender sender(agent_, std::move(spec), progressReporter(), cancelled);
   SendStats stats = sender.run(&postCopy);
   if (postCopy) {
     std::lock_guard lock(postCopiesMutex_);
@@ -536,15 +530,49 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
   phases[2].setNanos(stats.streamNs);
 }
 
+std::shared_ptr<std::atomic<bool>> AgentDaemon::registerSend(uint64_t requestId, const std::string& containerName) {
+  std::lock_guard lock(sendsMutex_);
+  auto cancelled = std::make_shared<std::atomic<bool>>(stopping_.load());
+  sends_[requestId] = Send{containerName, cancelled};
+  return cancelled;
+}
+
+void AgentDaemon::forgetSend(uint64_t requestId) {
+  std::lock_guard lock(sendsMutex_);
+  sends_.erase(requestId);
+  sendsChanged_.notify_all();
+}
+
 void AgentDaemon::cancel(uint64_t requestId) {
-  std::lock_guard lock(cancelsMutex_);
-  auto it = cancels_.find(requestId);
-  if (it == cancels_.end()) {
+  std::lock_guard lock(sendsMutex_);
+  auto it = sends_.find(requestId);
+  if (it == sends_.end()) {
     logInfo("cancel of request " + std::to_string(requestId) + ": nothing of it runs here");
     return;
   }
-  *it->second = true;
-  logInfo("cancelling request " + std::to_string(requestId));
+  *it->second.cancelled = true;
+  logInfo("cancelling request " + std::to_string(requestId) + " (checkpoint and send `" +
+          it->second.containerName + "`)");
+}
+
+void AgentDaemon::cancelSendsOf(const std::string& name) {
+  std::unique_lock lock(sendsMutex_);
+  auto running = [&] {
+    for (auto& [id, send] : sends_) {
+      if (send.containerName == name) return true;
+    }
+    return false;
+  };
+  if (!running()) return;
+  logInfo("rollback of `" + name + "`: cancelling its checkpoint and send first");
+  for (auto& [id, send] : sends_) {
+    if (send.containerName == name) *send.cancelled = true;
+  }
+  // A stream stops within a fraction of a second; a dump when CRIU returns.
+  if (!sendsChanged_.wait_for(lock, kSendStopWait, [&] { return !running(); })) {
+    fail(ErrorKind::Conflict, "`" + name + "` is still being checkpointed or sent after " +
+                                  std::to_string(kSendStopWait.count()) + " s; ask again");
+  }
 }
 
 std::shared_ptr<PostCopySource> AgentDaemon::postCopyFor(const std::string& name) {
@@ -633,6 +661,9 @@ void AgentDaemon::abortReceive(const std::string& migrationId) {
 }
 
 void AgentDaemon::rollbackSource(const std::string& name, proto::Reply::Builder reply) {
+  // The coordinator gave up on a send still running here (its request timed
+  // out, or this agent was away): stop it before taking the container back.
+  cancelSendsOf(name);
   if (auto p = postCopyFor(name)) {
     // Mid post-copy: CRIU resumes the frozen container.
     p->giveBack();

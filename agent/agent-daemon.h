@@ -70,7 +70,8 @@ class AgentDaemon {
 
   // Requests, each on a worker.
   void prepareReceive(uint64_t requestId, proto::PrepareReceive::Reader request, proto::Reply::Builder reply);
-  void checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request, proto::Reply::Builder reply);
+  void checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend::Reader request,
+                         const std::atomic<bool>& cancelled, proto::Reply::Builder reply);
   void restore(proto::Restore::Reader request, proto::Reply::Builder reply);
   void abortReceive(const std::string& migrationId);
   void rollbackSource(const std::string& name, proto::Reply::Builder reply);
@@ -93,21 +94,32 @@ class AgentDaemon {
   std::deque<Outgoing> outbox_;
   Wakeup wakeup_;  // post() wakes run()'s receive
 
-  // Destroyed in reverse: workers are joined first (a restore waiting on a
-  // receiver returns once the receivers were stopped), then the receivers
-  // (each joins its own threads).
-  ReceiverSet receivers_;
-  WorkerThreads workers_;
-
   // The destructor began: image receives stop (their accepts and streams
-  // poll it).
+  // poll it), and sends are cancelled.
   std::atomic<bool> stopping_{false};
 
   std::mutex postCopiesMutex_;
   std::map<std::string, std::shared_ptr<PostCopySource>> postCopies_;  // by container name
 
-  std::mutex cancelsMutex_;
-  std::map<uint64_t, std::shared_ptr<std::atomic<bool>>> cancels_;  // by request id, while it runs
+  // The checkpointAndSend requests in flight, by request id: registered by
+  // the loop before their worker starts, so a cancel never misses one.
+  struct Send {
+    std::string containerName;
+    std::shared_ptr<std::atomic<bool>> cancelled;
+  };
+  std::mutex sendsMutex_;
+  std::condition_variable sendsChanged_;
+  std::map<uint64_t, Send> sends_;
+  std::shared_ptr<std::atomic<bool>> registerSend(uint64_t requestId, const std::string& containerName);
+  void forgetSend(uint64_t requestId);
+  // Cancels the sends of `name` and waits until none runs (rollbackSource).
+  void cancelSendsOf(const std::string& name);
+
+  // Destroyed first, in reverse: the workers are joined (a restore waiting
+  // on a receiver returns once the receivers were stopped), then the
+  // receivers (each joins its own threads); what they use is declared above.
+  ReceiverSet receivers_;
+  WorkerThreads workers_;
 };
 
 }  // namespace migrate

@@ -151,10 +151,12 @@ void Agent::prepareStorage(const Container& c) {
 }
 
 std::vector<IdMapping> Agent::mappingsInUse() {
+  std::lock_guard lock(mutex_);
   std::vector<IdMapping> taken;
   for (auto& other : list()) {
     if (other.config.idMapping) taken.push_back(*other.config.idMapping);
   }
+  for (auto& [name, mapping] : importingMappings_) taken.push_back(mapping);
   return taken;
 }
 
@@ -171,6 +173,11 @@ void Agent::checkIdMappingAvailable(const IdMapping& mapping, const std::string&
   for (auto& other : list()) {
     if (!other.config.idMapping || other.config.name == name || !other.config.idMapping->overlaps(mapping)) continue;
     refuseOverlap(mapping, name, *other.config.idMapping, other.config.name, " on " + options_.hostName);
+  }
+  for (auto& [other, theirs] : importingMappings_) {
+    if (other != name && theirs.overlaps(mapping)) {
+      refuseOverlap(mapping, name, theirs, other, ", being imported on " + options_.hostName);
+    }
   }
 }
 

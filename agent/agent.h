@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -199,6 +200,9 @@ class Agent {
   // from host1 would hold both until a stream timed out).
   std::recursive_timed_mutex mutex_;
   std::set<std::string> exporting_;  // ids being streamed out (mutex_): not removed or restored meanwhile
+  // Imports in progress by name, from their manifest to their commit: their
+  // user namespace mappings count as taken (mutex_).
+  std::map<std::string, IdMapping> importingMappings_;
   void refuseIfExporting(const Container& container);  // with mutex_ held
 };
 

@@ -104,7 +104,7 @@ void CheckpointSender::stream(TlsStream& tls) {
   };
   stats_.bundle = agent_.exportCheckpoint(spec_.containerName, out, options);
   out.finish();
-  report(Phase::Stream, stats_.bundle.bytesRaw, total);
+  total_ = total;
   if (!spec_.postCopy) stats_.criuDump = readCriuDumpStats(container.paths.criuWork() / "stats-dump");
 }
 
@@ -118,6 +118,7 @@ void CheckpointSender::awaitDigest(TlsStream& tls) {
   if (theirs != stats_.bundle.sha256) {
     fail(ErrorKind::Failed, "target received a stream with SHA-256 " + theirs + ", sent " + stats_.bundle.sha256);
   }
+  report(Phase::Stream, stats_.bundle.bytesRaw, total_);  // all of it, and acknowledged
 }
 
 // The page channel: a second connection to the same receiver, pumped to

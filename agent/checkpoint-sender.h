@@ -80,6 +80,7 @@ class CheckpointSender {
   const std::atomic<bool>& cancelled_;
   const char* step_ = "start";
   SendStats stats_;
+  uint64_t total_ = 0;  // what the stream step expected to send
   // Post-copy, from the freeze: the lazy dump's owner. Dropped unstarted on
   // a failure, it aborts the dump and the container runs here again.
   std::shared_ptr<PostCopySource> postCopy_;

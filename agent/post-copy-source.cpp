@@ -118,7 +118,9 @@ void PostCopySource::giveBack() {
     // Never started: nothing of it runs anywhere else; CRIU resumes it here.
     std::call_once(joined_, [this] {
       try {
-        agent_.abortLazyCheckpoint(containerName_, dump_, Fd());
+        // Our connection to the page server, if start() made it before
+        // failing: CRIU's one-connection server reads no second one.
+        agent_.abortLazyCheckpoint(containerName_, dump_, std::move(criuSocket_));
       } catch (const std::exception& e) {
         logError("post-copy of `" + containerName_ + "` abandoned before its pages went: " + e.what());
       }
