@@ -886,6 +886,9 @@ class Context:
         self.agent = os.path.join(args.build, "agent", "migrate-agent")
         self.image = os.path.join(args.build, "tests", "test-image.tar")
         self.tmp = tempfile.mkdtemp(prefix="migrate-bench.", dir="/var/tmp")
+        # Agents' state dirs go below it, and containers in a user namespace
+        # must be able to traverse to their rootfs (mkdtemp makes it 0700).
+        os.chmod(self.tmp, 0o711)
         self.meter = Meter()
         self.restore_pipe_max = None
 
