@@ -1,13 +1,8 @@
 #include "agent/agent-daemon.h"
 
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/statvfs.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#include <cstring>
-#include <fstream>
 #include <optional>
 
 #include "agent/capacity.h"
@@ -18,9 +13,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
-#include "common/subprocess.h"
 #include "net/data-listener.h"
-#include "net/tls-pump.h"
 #include "net/tls-stream.h"
 
 namespace migrate {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include <optional>
 #include <sstream>
 
 #include "common/error.h"
@@ -24,18 +25,25 @@ uint64_t saturatingMul(uint64_t a, uint64_t b) { return b != 0 && a > UINT64_MAX
 
 std::string mib(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
-// A /proc/meminfo field ("MemAvailable"), in bytes.
-uint64_t readMeminfo(std::string_view field) {
+struct Meminfo {
+  uint64_t total = 0, available = 0;  // bytes
+};
+
+// MemTotal and MemAvailable from one read of /proc/meminfo (the heartbeat
+// measures it every interval).
+Meminfo readMeminfo() {
   std::istringstream in(readFile("/proc/meminfo"));
   std::string key;
   uint64_t kib;
-  while (in >> key >> kib) {
-    if (key.size() == field.size() + 1 && key.compare(0, field.size(), field) == 0 && key.back() == ':') {
-      return kib << 10;
-    }
+  std::optional<uint64_t> total, available;
+  while (in >> key >> kib && !(total && available)) {
+    if (key == "MemTotal:") total = kib << 10;
+    if (key == "MemAvailable:") available = kib << 10;
     in.ignore(64, '\n');
   }
-  fail("/proc/meminfo has no " + std::string(field));
+  if (!total) fail("/proc/meminfo has no MemTotal");
+  if (!available) fail("/proc/meminfo has no MemAvailable");
+  return Meminfo{*total, *available};
 }
 
 }  // namespace
@@ -44,8 +52,9 @@ HostCapacity HostCapacity::measure(const fs::path& landingDir) {
   struct statvfs vfs;
   SYSCALL(::statvfs(landingDir.c_str(), &vfs), "statvfs", landingDir.string());
   HostCapacity c;
-  c.memAvailable = readMeminfo("MemAvailable");
-  c.memTotal = readMeminfo("MemTotal");
+  auto mem = readMeminfo();
+  c.memAvailable = mem.available;
+  c.memTotal = mem.total;
   c.diskAvailable = saturatingMul(vfs.f_bavail, vfs.f_frsize);
   c.diskTotal = saturatingMul(vfs.f_blocks, vfs.f_frsize);
   c.diskInodes = vfs.f_favail;
