@@ -332,8 +332,68 @@ struct Request {
     finishPostCopy @21 :FinishPostCopy;
     # Source side of a post-copy migration, after the target restored: wait
     # until the last page went. Reply: `stats` (pagesNs, bytesPages); error
-    # when the transfer failed (the source then runs the container again).
+    # `failed` when the page channel broke: the source stays frozen (the
+    # target ran, so resuming here would lose its writes) until the
+    # coordinator asks for recovery (resumePostCopy) or for it back
+    # (rollbackSource, only on an operator's `abandon --keep source`).
+
+    postCopyStatus @22 :PostCopyRef;
+    # Either side: what this host's page relay for the migration knows.
+    # Reply: `postCopy`. Never fails for an unknown migration: the state is
+    # then `absent`.
+
+    resumePostCopy @23 :ResumePostCopy;
+    # Either side, while the page channel is cut: take a fresh one-time key
+    # (target: for the next connection its relay accepts; source: its relay
+    # reconnects with it at once). The relays then ask again for every page
+    # request still unanswered. Reply: `postCopy`.
   }
+}
+
+struct PostCopyRef {
+  migrationId @0 :Text;
+  containerName @1 :Text;
+}
+
+struct ResumePostCopy {
+  migrationId @0 :Text;
+  containerName @1 :Text;
+  psk @2 :Data;
+}
+
+enum PostCopyRelayState {
+  absent @0;     # No relay for this migration on this host (never started, or long gone).
+  starting @1;   # Spawned; not yet connected to its peer.
+  flowing @2;    # Connected; pages move.
+  cut @3;        # The channel to the peer broke; the relay waits for it (reconnects on the source side).
+  done @4;       # Every page went (source: CRIU finished; target: lazy-pages exited 0).
+  failed @5;     # Cannot go on: CRIU's page server or lazy-pages died; `error` says which.
+}
+
+struct PostCopyStatus {
+  state @0 :PostCopyRelayState;
+  error @1 :Text;
+  # Why `cut` or `failed`, naming the part that broke.
+
+  bytesPages @2 :UInt64;
+  # Page bytes carried to the target so far (either side's count).
+
+  outstandingRequests @3 :UInt32;
+  # Target: page requests of lazy-pages not fully answered yet.
+
+  cutForMs @4 :UInt64;
+  # How long the channel has been cut (0 unless `cut`).
+
+  containerFrozen @5 :Bool;
+  # Target: the container's cgroup was frozen because its page source
+  # (lazy-pages or the relay) died; its processes never ran on a page that
+  # did not come from the source.
+
+  relayPid @6 :Int32;
+  # The relay process (it outlives the agent; a restarted agent adopts it).
+
+  adopted @7 :Bool;
+  # This agent did not start the relay: an earlier run of it did.
 }
 
 struct RunContainer {
@@ -652,5 +712,6 @@ struct Reply {
     images @10 :List(ImageInfo);
     restored @11 :RestoreResult;
     hostInfo @12 :Register;
+    postCopy @13 :PostCopyStatus;
   }
 }
