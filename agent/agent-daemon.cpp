@@ -87,16 +87,15 @@ AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options)
 }
 
 AgentDaemon::~AgentDaemon() {
-  // Shutting down mid post-copy: a transfer still flowing is let finish (the
-  // target runs the container and needs every page). One whose channel was
-  // cut can no longer help the target's copy, which the coordinator's
-  // rollback removes: that container resumes here rather than stay frozen.
+  // Shutting down mid post-copy: the page relays and CRIU go on without us
+  // (the target runs the container and needs every page); the next run of
+  // this agent answers for them (PageRelayHandle::open).
   std::map<std::string, std::shared_ptr<PostCopySource>> postCopies;
   {
     std::lock_guard lock(postCopiesMutex_);
     postCopies.swap(postCopies_);
   }
-  for (auto& [name, p] : postCopies) p->finishForShutdown();
+  for (auto& [name, p] : postCopies) p->leave();
   // Receivers stop where they are: waiting for a sender, reading a bundle or
   // pumping pages (an import in progress cleans up after itself). So do
   // image receives and checkpoint sends in progress, among the workers.
@@ -375,25 +374,55 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
     }
     case proto::Request::FINISH_POST_COPY: {
       std::string name = request.getFinishPostCopy().getContainerName();
+      std::string migrationId = request.getFinishPostCopy().getMigrationId();
       milliseconds timeout = request.getTimeoutMs() ? milliseconds(request.getTimeoutMs()) : std::chrono::hours(1);
-      spawn(id, [this, id, name, timeout](proto::Reply::Builder reply) { finishPostCopy(id, name, timeout, reply); },
-            "finish post-copy of `" + name + "`");
+      spawn(id, [this, id, migrationId, name, timeout](proto::Reply::Builder reply) {
+        finishPostCopy(id, migrationId, name, timeout, reply);
+      }, "finish post-copy of `" + name + "`");
+      return;
+    }
+    case proto::Request::POST_COPY_STATUS: {
+      std::string migrationId = request.getPostCopyStatus().getMigrationId();
+      spawn(id, [this, migrationId](proto::Reply::Builder reply) {
+        fillPostCopyStatus(reply.initPostCopy(), PageRelayHandle::open(agent_.options().stateDir, migrationId));
+      }, "post-copy status of migration " + migrationId);
+      return;
+    }
+    case proto::Request::RESUME_POST_COPY: {
+      std::string migrationId = request.getResumePostCopy().getMigrationId();
+      auto psk = bytesOf(request.getResumePostCopy().getPsk());
+      spawn(id, [this, migrationId, psk](proto::Reply::Builder reply) {
+        auto relay = PageRelayHandle::open(agent_.options().stateDir, migrationId);
+        if (!relay) fail(ErrorKind::NotFound, "no page relay for migration " + migrationId + " on " +
+                                                  agent_.options().hostName);
+        relay->rekey(psk);
+        logInfo("migration " + migrationId + ": the page relay has a fresh key");
+        fillPostCopyStatus(reply.initPostCopy(), relay);
+      }, "resume post-copy of migration " + migrationId);
       return;
     }
     case proto::Request::COMMIT_SOURCE: {
       // (The target's copy keeps its migrationId until the next migration;
       // harmless: abortReceive is never sent after commit.)
       std::string name = request.getCommitSource().getContainerName();
-      spawn(id, [this, name](proto::Reply::Builder reply) {
-        // The new owner is on record: the source copy and its checkpoint go.
+      std::string migrationId = request.getCommitSource().getMigrationId();
+      spawn(id, [this, name, migrationId](proto::Reply::Builder reply) {
+        // The new owner is on record: the source copy and its checkpoint go,
+        // and a post-copy's relay record.
         if (agent_.findIfExists(name)) agent_.remove(name, true);
+        if (auto relay = PageRelayHandle::open(agent_.options().stateDir, migrationId)) {
+          relay->stop();
+          relay->remove();
+        }
         reply.setNone();
       }, "commit `" + name + "`");
       return;
     }
     case proto::Request::ROLLBACK_SOURCE: {
       std::string name = request.getRollbackSource().getContainerName();
-      spawn(id, [this, name](proto::Reply::Builder reply) { rollbackSource(name, reply); }, "rollback `" + name + "`");
+      std::string migrationId = request.getRollbackSource().getMigrationId();
+      spawn(id, [this, name, migrationId](proto::Reply::Builder reply) { rollbackSource(name, migrationId, reply); },
+            "rollback `" + name + "`");
       return;
     }
     case proto::Request::ABORT_RECEIVE:
@@ -580,11 +609,16 @@ void AgentDaemon::forgetPostCopy(const std::shared_ptr<PostCopySource>& p) {
   if (it != postCopies_.end() && it->second == p) postCopies_.erase(it);
 }
 
-void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& name, milliseconds timeout,
-                                 proto::Reply::Builder reply) {
+void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& migrationId, const std::string& name,
+                                 milliseconds timeout, proto::Reply::Builder reply) {
   ErrorContext context("post-copy of `" + name + "`");
   auto p = postCopyFor(name);
   if (!p) {
+    // A relay an earlier run of this agent started, still carrying pages.
+    if (auto relay = PageRelayHandle::open(agent_.options().stateDir, migrationId)) {
+      finishAdoptedPostCopy(requestId, migrationId, name, *relay, timeout, reply);
+      return;
+    }
     // Asked again after this agent restarted: a post-copy that completed
     // left the container `checkpointed` here (its processes gone with the
     // last page); one that did not left it running.
@@ -608,8 +642,62 @@ void AgentDaemon::finishPostCopy(uint64_t requestId, const std::string& name, mi
   auto s = reply.initStats();
   s.setPagesNs(pages.pagesNs);
   s.setBytesPages(pages.bytesPages);
+  s.setPageChannelReconnects(pages.reconnects);
   logInfo("post-copy of `" + name + "`: " + std::to_string(pages.bytesPages >> 20) + " MiB of pages in " +
           std::to_string(pages.pagesNs / 1000000) + " ms");
+}
+
+// The source side of a post-copy whose agent restarted: the relay and CRIU
+// went on; wait for the relay's last page, then for CRIU, which kills the
+// frozen container when its dump completes.
+void AgentDaemon::finishAdoptedPostCopy(uint64_t requestId, const std::string& migrationId, const std::string& name,
+                                        const PageRelayHandle& relay, milliseconds timeout,
+                                        proto::Reply::Builder reply) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto cutLimit = std::chrono::steady_clock::now() + kPageChannelCutBudget;
+  PageRelayStatus s;
+  for (;;) {
+    s = relay.status();
+    if (s.state == RelayState::Done) break;
+    if (s.state == RelayState::Failed) fail(ErrorKind::Failed, "page transfer failed: " + s.error);
+    if (s.state != RelayState::Cut) cutLimit = std::chrono::steady_clock::now() + kPageChannelCutBudget;
+    if (std::chrono::steady_clock::now() > cutLimit) {
+      fail(ErrorKind::Failed, "page channel cut (" + s.error + "); `" + name + "` stays frozen here");
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      fail(ErrorKind::Disconnected, "pages still flowing after " + std::to_string(timeout.count() / 1000) + " s");
+    }
+    postProgress(ProgressReport{migrationId, requestId, Phase::Pages, s.bytesPages, s.bytesPages, nullptr});
+    std::this_thread::sleep_for(milliseconds(200));
+  }
+  agent_.finishAdoptedLazyCheckpoint(name, readRelaySpec(relay.dir()).runcPid);
+  auto stats = reply.initStats();
+  stats.setBytesPages(s.bytesPages);
+  stats.setPageChannelReconnects(s.reconnects);
+  logInfo("post-copy of `" + name + "` (adopted relay): " + std::to_string(s.bytesPages >> 20) + " MiB of pages");
+}
+
+void AgentDaemon::fillPostCopyStatus(proto::PostCopyStatus::Builder out, const std::optional<PageRelayHandle>& relay) {
+  if (!relay) {
+    out.setState(proto::PostCopyRelayState::ABSENT);
+    return;
+  }
+  auto s = relay->status();
+  switch (s.state) {
+    case RelayState::Starting: out.setState(proto::PostCopyRelayState::STARTING); break;
+    case RelayState::Flowing: out.setState(proto::PostCopyRelayState::FLOWING); break;
+    case RelayState::Cut: out.setState(proto::PostCopyRelayState::CUT); break;
+    case RelayState::Done: out.setState(proto::PostCopyRelayState::DONE); break;
+    case RelayState::Failed: out.setState(proto::PostCopyRelayState::FAILED); break;
+  }
+  out.setError(s.error);
+  out.setBytesPages(s.bytesPages);
+  out.setOutstandingRequests(s.outstanding);
+  int64_t now = std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  out.setCutForMs(s.cutSinceMs > 0 && now > s.cutSinceMs ? static_cast<uint64_t>(now - s.cutSinceMs) : 0);
+  out.setContainerFrozen(s.containerFrozen);
+  out.setRelayPid(s.pid);
+  out.setAdopted(relay->adopted());
 }
 
 void AgentDaemon::restore(proto::Restore::Reader request, proto::Reply::Builder reply) {
@@ -649,11 +737,17 @@ void AgentDaemon::abortReceive(const std::string& migrationId) {
   for (auto& c : agent_.list()) {
     if (c.state.migrationId == migrationId) agent_.remove(c.config.id, true);
   }
+  // Post-copy: only now that its processes are gone may the relay let go
+  // of their memory (page-relay.h).
+  if (auto relay = PageRelayHandle::open(agent_.options().stateDir, migrationId)) {
+    relay->stop();
+    relay->remove();
+  }
   agent_.removeStaleImports();
   logInfo("aborted receive of migration " + migrationId);
 }
 
-void AgentDaemon::rollbackSource(const std::string& name, proto::Reply::Builder reply) {
+void AgentDaemon::rollbackSource(const std::string& name, const std::string& migrationId, proto::Reply::Builder reply) {
   // The coordinator gave up on a send still running here (its request timed
   // out, or this agent was away): stop it before taking the container back.
   cancelSendsOf(name);
@@ -661,7 +755,12 @@ void AgentDaemon::rollbackSource(const std::string& name, proto::Reply::Builder 
     // Mid post-copy: CRIU resumes the frozen container.
     p->giveBack();
     forgetPostCopy(p);
+  } else if (auto relay = PageRelayHandle::open(agent_.options().stateDir, migrationId); relay && relay->alive()) {
+    // Mid post-copy that an earlier run of this agent started: the relay
+    // still holds CRIU's page server; stopping it makes CRIU resume.
+    agent_.giveBackAdoptedLazyCheckpoint(name, readRelaySpec(relay->dir()).runcPid, [&] { relay->stop(); });
   }
+  if (auto relay = PageRelayHandle::open(agent_.options().stateDir, migrationId)) relay->remove();
   auto c = agent_.inspect(name);
   if (c.state.status == ContainerStatus::Checkpointed) {
     // Still frozen in its checkpoint here: bring it back from there.

@@ -74,8 +74,13 @@ class AgentDaemon {
                          const std::atomic<bool>& cancelled, proto::Reply::Builder reply);
   void restore(proto::Restore::Reader request, proto::Reply::Builder reply);
   void abortReceive(const std::string& migrationId);
-  void rollbackSource(const std::string& name, proto::Reply::Builder reply);
-  void finishPostCopy(uint64_t requestId, const std::string& name, std::chrono::milliseconds timeout,
+  void rollbackSource(const std::string& name, const std::string& migrationId, proto::Reply::Builder reply);
+  void finishAdoptedPostCopy(uint64_t requestId, const std::string& migrationId, const std::string& name,
+                             const PageRelayHandle& relay, std::chrono::milliseconds timeout,
+                             proto::Reply::Builder reply);
+  void fillPostCopyStatus(proto::PostCopyStatus::Builder out, const std::optional<PageRelayHandle>& relay);
+  void finishPostCopy(uint64_t requestId, const std::string& migrationId, const std::string& name,
+                      std::chrono::milliseconds timeout,
                       proto::Reply::Builder reply);
   void receiveImage(proto::ReceiveImage::Reader request, proto::Reply::Builder reply);
   void sendImage(proto::SendImage::Reader request);

@@ -11,6 +11,7 @@
 
 #include "agent/agent-daemon.h"
 #include "agent/agent.h"
+#include "agent/page-relay.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -430,6 +431,16 @@ int main(int argc, char** argv) {
     };
   });
 
+  // page-relay: a post-copy migration's page relay (agent/page-relay.h),
+  // started by the daemon; not for people, so not in --help.
+  std::string relayDir;
+  int relayExit = 0;
+  auto* relayCmd = app.add_subcommand("page-relay", "")->group("");
+  relayCmd->add_option("dir", relayDir)->required();
+  relayCmd->callback([&] {
+    action = [&] { relayExit = runPageRelay(relayDir); };
+  });
+
   std::string keygenDir, keygenName;
   auto* keygenCmd = app.add_subcommand("keygen", "make a CURVE key pair (NAME.key, NAME.pub)");
   keygenCmd->add_option("--dir", keygenDir)->required();
@@ -450,7 +461,7 @@ int main(int argc, char** argv) {
   setLogTag("migrate-agent" + (g.hostName.empty() ? "" : "[" + g.hostName + "]"));
   try {
     if (action) action();
-    return 0;
+    return relayExit;
   } catch (const Error& e) {
     if (g.output == "json") std::cout << json{{"error", e.what()}, {"kind", kindName(e.kind())}}.dump(2) << "\n";
     std::cerr << "migrate-agent: " << e.what() << "\n";

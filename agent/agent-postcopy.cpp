@@ -6,6 +6,10 @@
 #include "agent/criu-network-lock.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/syscalls.h"
+
+#include <poll.h>
+#include <signal.h>
 
 namespace migrate {
 
@@ -63,7 +67,63 @@ Container Agent::finishLazyCheckpoint(const std::string& ref, LazyDump& dump) {
   return c;
 }
 
-Container Agent::abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd pageServer) {
+namespace {
+
+// A `runc checkpoint` an earlier run of this agent started is not our child:
+// its exit status is init's. Waits for it to end.
+void waitForAdoptedRunc(pid_t runcPid, const char* after) {
+  int pidfd = sys::pidfdOpen(runcPid);
+  if (pidfd < 0) return;  // gone already
+  Fd guard(pidfd);
+  pollfd p{pidfd, POLLIN, 0};
+  if (::poll(&p, 1, 60000) == 0) {
+    fail("runc checkpoint (pid " + std::to_string(runcPid) + ") still runs " + after);
+  }
+}
+
+}  // namespace
+
+void Agent::finishAdoptedLazyCheckpoint(const std::string& ref, pid_t runcPid) {
+  ErrorContext context("post-copy of `" + ref + "` started by an earlier run of this agent");
+  // What tells how the dump ended is whether the frozen processes are gone
+  // (CRIU kills them once the dump completed) or running again (it failed
+  // and resumed them).
+  waitForAdoptedRunc(runcPid, "after the last page");
+  std::lock_guard lock(mutex_);
+  auto c = inspect(ref);
+  if (c.state.pid > 0 && ::kill(c.state.pid, 0) == 0) {
+    fail(ErrorKind::Failed, "CRIU resumed `" + c.config.name + "` here instead of finishing its dump");
+  }
+  markCheckpointed(c);
+  save(c);
+  logInfo("post-copy of `" + c.config.name + "` complete: every page went");
+}
+
+Container Agent::giveBackAdoptedLazyCheckpoint(const std::string& ref, pid_t runcPid,
+                                              const std::function<void()>& failCriu) {
+  {
+    std::lock_guard lock(mutex_);
+    auto c = inspect(ref);
+    ErrorContext context("giving `" + c.config.name + "` back (a post-copy an earlier run of this agent started)");
+    try {
+      network_.reattachAddress(c);
+      undoCriuNetworkLock(c);
+    } catch (const std::exception& e) {
+      logError(std::string("`") + c.config.name + "` resumes without its network: " + e.what());
+    }
+    failCriu();
+  }
+  waitForAdoptedRunc(runcPid, "after its page server failed");
+  auto c = inspect(ref);
+  if (c.state.pid <= 0 || ::kill(c.state.pid, 0) != 0) {
+    fail(ErrorKind::Failed, "`" + c.config.name + "` did not come back: CRIU finished its dump instead");
+  }
+  logInfo("post-copy of `" + c.config.name + "` undone, the container runs here again");
+  return c;
+}
+
+Container Agent::abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd pageServer,
+                                     const std::function<void()>& failCriu) {
   {
     std::lock_guard lock(mutex_);
     auto c = inspect(ref);
@@ -79,7 +139,11 @@ Container Agent::abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd 
       logError(std::string("`") + c.config.name + "` resumes without its network: " + e.what());
     }
     dump.networkReleased = true;
-    runtime_.abortLazyCheckpoint(dump, std::move(pageServer));
+    if (failCriu) {
+      failCriu();
+    } else {
+      runtime_.abortLazyCheckpoint(dump, std::move(pageServer));
+    }
   }
   try {
     return finishLazyCheckpoint(ref, dump);  // CRIU finished after all: the container is gone here
@@ -91,10 +155,17 @@ Container Agent::abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd 
 
 uint64_t Agent::residentBytes(const std::string& ref) { return migrate::residentBytes(inspect(ref).state.pid); }
 
-Subprocess Agent::startLazyPages(const std::string& ref, uint16_t port) {
+PageRelaySpec Agent::lazyPagesRelaySpec(const std::string& ref) {
   auto c = inspect(ref);
   ErrorContext context("lazy-pages daemon for `" + c.config.name + "`");
-  return runtime_.startLazyPages(c.paths, port);
+  PageRelaySpec spec;
+  spec.role = RelayRole::Target;
+  spec.containerName = c.config.name;
+  spec.lazyPagesArgs = runtime_.lazyPagesCommand(c.paths);
+  spec.lazyPagesSocket = Runtime::lazyPagesSocket(c.paths).string();
+  spec.cgroup = (std::filesystem::path("/sys/fs/cgroup") / std::filesystem::path(cgroupsPath(c.config.id)).relative_path())
+                    .string();
+  return spec;
 }
 
 }  // namespace migrate

@@ -21,6 +21,7 @@
 #include "agent/container-network.h"
 #include "agent/image-store.h"
 #include "agent/network-hook.h"
+#include "agent/page-relay-files.h"
 #include "agent/runtime.h"
 #include "common/stream.h"
 
@@ -139,13 +140,23 @@ class Agent {
   // the address back, while the processes are still stopped, then makes the
   // page server fail so that CRIU resumes them. `pageServer`: our connection
   // to it, if any. Returns the container, `running`.
-  Container abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd pageServer);
+  // finishLazyCheckpoint for a dump an earlier run of this agent started
+  // (its `runc checkpoint` is not our child).
+  void finishAdoptedLazyCheckpoint(const std::string& ref, pid_t runcPid);
+  // abortLazyCheckpoint for such a dump: `failCriu` makes its page server
+  // fail (the relay does it), then CRIU resumes the container.
+  Container giveBackAdoptedLazyCheckpoint(const std::string& ref, pid_t runcPid, const std::function<void()>& failCriu);
+  // `failCriu`, if given, makes the page server fail instead (the page
+  // relay holds its one connection).
+  Container abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd pageServer,
+                                const std::function<void()>& failCriu = {});
   // Memory its processes hold (anonymous + shared, resident): how much a
   // post-copy has to move.
   uint64_t residentBytes(const std::string& ref);
-  // Post-copy, target side: the lazy-pages daemon for restoring `ref` with
-  // lazyPages, fetching from 127.0.0.1:port.
-  Subprocess startLazyPages(const std::string& ref, uint16_t port);
+  // Post-copy, target side: what the page relay needs to run the lazy-pages
+  // daemon for restoring `ref` with lazyPages (its command, socket, and the
+  // cgroup it freezes if the pages cannot come).
+  PageRelaySpec lazyPagesRelaySpec(const std::string& ref);
   // Deletes the checkpoint a restore kept (keepCheckpoint, or post-copy
   // until the last page arrived).
   void releaseCheckpoint(const std::string& ref);

@@ -124,8 +124,7 @@ void CheckpointSender::awaitDigest(TlsStream& tls) {
 // The page channel: a second connection to the same receiver, pumped to
 // CRIU's page server until the target has every page.
 std::shared_ptr<PostCopySource> CheckpointSender::openPageChannel() {
-  Fd sock = connectTcp(spec_.targetAddress, spec_.targetPort, kConnectTimeout);
-  postCopy_->start(TlsStream::connect(std::move(sock), spec_.migrationId, spec_.psk));
+  postCopy_->start(spec_.targetAddress, spec_.targetPort, spec_.psk);
   return std::move(postCopy_);
 }
 

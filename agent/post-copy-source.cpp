@@ -1,8 +1,11 @@
 #include "agent/post-copy-source.h"
 
+#include <sys/socket.h>
+
+#include <cstring>
+
 #include "common/error.h"
 #include "common/log.h"
-#include "net/data-listener.h"
 
 namespace migrate {
 
@@ -11,10 +14,14 @@ using std::chrono::milliseconds;
 
 namespace {
 
-constexpr milliseconds kPageServerConnectTimeout{5000};
+constexpr milliseconds kWatchEvery{100};
 
 uint64_t nanosSince(Clock::time_point start) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+}
+
+int64_t wallMs() {
+  return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -25,54 +32,91 @@ PostCopySource::PostCopySource(Agent& agent, std::string migrationId, std::strin
       containerName_(std::move(containerName)),
       dump_(std::move(dump)) {}
 
-PostCopySource::~PostCopySource() { giveBack(); }
+PostCopySource::~PostCopySource() {
+  bool left;
+  {
+    std::lock_guard lock(mutex_);
+    left = left_;
+  }
+  if (!left) giveBack();
+}
 
-void PostCopySource::start(TlsStream pageChannel) {
-  criuSocket_ = connectTcp("127.0.0.1", dump_.pageServerPort, kPageServerConnectTimeout);
-  pageStream_.emplace(std::move(pageChannel));
-  pumpStart_ = Clock::now();
-  thread_ = std::thread([this] { pumpPages(); });
+void PostCopySource::start(const std::string& targetAddress, uint16_t targetPort, const std::vector<uint8_t>& psk) {
+  PageRelaySpec spec;
+  spec.role = RelayRole::Source;
+  spec.migrationId = migrationId_;
+  spec.containerName = containerName_;
+  spec.psk = psk;
+  spec.targetAddress = targetAddress;
+  spec.targetPort = targetPort;
+  spec.criuPort = dump_.pageServerPort;
+  spec.runcPid = dump_.runc.pid();
+  relay_.emplace(PageRelayHandle::start(agent_.options().stateDir, spec));
+  start_ = Clock::now();
+  thread_ = std::thread([this] { watch(); });
   started_ = true;
 }
 
-void PostCopySource::pumpPages() {
-  std::exception_ptr pumpError;
-  try {
-    pumpTls(*pageStream_, criuSocket_.get(), stop_, &counters_);
-    if (stop_) fail(ErrorKind::Failed, "page channel stopped");
-  } catch (...) {
-    pumpError = std::current_exception();
-  }
-  if (!pumpError) {
-    // The target's lazy-pages daemon said goodbye: every page went. CRIU
-    // finishes, and the frozen container here is gone.
-    criuSocket_.reset();
-    std::exception_ptr error;
-    try {
-      agent_.finishLazyCheckpoint(containerName_, dump_);
-    } catch (...) {
-      error = std::current_exception();
+void PostCopySource::watch() {
+  for (;;) {
+    auto s = relay_->status();
+    if (!criuCopy_ && s.localFd >= 0) {
+      try {
+        criuCopy_ = relay_->copyFd(s.localFd);
+      } catch (const std::exception& e) {
+        logWarn("post-copy of `" + containerName_ + "`: " + e.what());
+      }
     }
-    std::lock_guard lock(mutex_);
-    pagesNs_ = nanosSince(pumpStart_);
-    error_ = error;
-    pagesDone_ = finished_ = true;
-    cv_.notify_all();
-    return;
+    {
+      std::lock_guard lock(mutex_);
+      last_ = s;
+      cv_.notify_all();
+      if (left_ || resume_) break;
+    }
+    if (s.state == RelayState::Done) {
+      // Every page went: CRIU finishes, and the frozen container here is gone.
+      criuCopy_.reset();
+      relay_->reap();
+      std::exception_ptr error;
+      try {
+        // The relay's directory stays, saying `done`, until commitSource.
+        agent_.finishLazyCheckpoint(containerName_, dump_);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard lock(mutex_);
+      pagesNs_ = nanosSince(start_);
+      error_ = error;
+      finished_ = true;
+      cv_.notify_all();
+      return;
+    }
+    if (s.state == RelayState::Failed) {
+      std::lock_guard lock(mutex_);
+      pagesNs_ = nanosSince(start_);
+      error_ = std::make_exception_ptr(Error(ErrorKind::Failed, s.error));
+      cv_.notify_all();
+      break;
+    }
+    std::this_thread::sleep_for(kWatchEvery);
   }
-  // A cut channel: the target may already run the container, with part of
-  // its memory. Stay frozen until the coordinator, having made the target
-  // drop its copy, asks for this one back (giveBack).
+  // Failed, left, or asked for the container back: wait for which.
   std::unique_lock lock(mutex_);
-  pagesNs_ = nanosSince(pumpStart_);
-  error_ = pumpError;
-  pagesDone_ = true;
-  cv_.notify_all();
-  cv_.wait(lock, [&] { return resume_; });
+  cv_.wait(lock, [&] { return resume_ || left_; });
+  if (left_) return;
   lock.unlock();
-  pageStream_.reset();
   try {
-    agent_.abortLazyCheckpoint(containerName_, dump_, std::move(criuSocket_));
+    agent_.abortLazyCheckpoint(containerName_, dump_, Fd(), [&] {
+      relay_->stop();
+      // The relay gone before it could tell CRIU: our copy of its socket does.
+      if (criuCopy_) {
+        char garbage[64];
+        std::memset(garbage, 0xff, sizeof garbage);
+        (void)::send(criuCopy_.get(), garbage, sizeof garbage, MSG_NOSIGNAL);
+        criuCopy_.reset();
+      }
+    });
+    relay_->remove();
   } catch (const std::exception& e) {
     logError("post-copy of `" + containerName_ + "`: giving the container back failed: " + e.what());
   }
@@ -91,13 +135,23 @@ PagesStats PostCopySource::waitForPages(milliseconds timeout, const std::functio
   auto deadline = Clock::now() + timeout;
   {
     std::unique_lock lock(mutex_);
-    while (!cv_.wait_for(lock, milliseconds(200), [&] { return finished_ || (pagesDone_ && error_); })) {
+    for (;;) {
+      if (cv_.wait_for(lock, milliseconds(200), [&] { return finished_ || error_; })) break;
+      if (last_.state == RelayState::Cut && last_.cutSinceMs > 0 &&
+          wallMs() - last_.cutSinceMs > kPageChannelCutBudget.count()) {
+        // Reported, not given up: the relay keeps reconnecting.
+        fail(ErrorKind::Failed, "page channel cut for " + std::to_string((wallMs() - last_.cutSinceMs) / 1000) +
+                                    " s (" + last_.error + "); `" + containerName_ +
+                                    "` stays frozen here while the relay reconnects");
+      }
       if (Clock::now() > deadline) {
         fail(ErrorKind::Disconnected, "pages still flowing after " + std::to_string(timeout.count() / 1000) + " s");
       }
-      onProgress(counters_.toTls);
+      uint64_t sent = last_.bytesPages;
+      lock.unlock();
+      onProgress(sent);
+      lock.lock();
     }
-    // A failure stays on record for giveBack, which resumes the container.
     // Reported as `failed`, never `disconnected`: that kind is the
     // coordinator's cue that this agent is away and the question is to be
     // asked again.
@@ -110,7 +164,7 @@ PagesStats PostCopySource::waitForPages(milliseconds timeout, const std::functio
     }
   }
   join();
-  return PagesStats{pagesNs_, counters_.toTls};
+  return PagesStats{pagesNs_, last_.bytesPages, last_.reconnects};
 }
 
 void PostCopySource::giveBack() {
@@ -118,9 +172,7 @@ void PostCopySource::giveBack() {
     // Never started: nothing of it runs anywhere else; CRIU resumes it here.
     std::call_once(joined_, [this] {
       try {
-        // Our connection to the page server, if start() made it before
-        // failing: CRIU's one-connection server reads no second one.
-        agent_.abortLazyCheckpoint(containerName_, dump_, std::move(criuSocket_));
+        agent_.abortLazyCheckpoint(containerName_, dump_, Fd());
       } catch (const std::exception& e) {
         logError("post-copy of `" + containerName_ + "` abandoned before its pages went: " + e.what());
       }
@@ -130,19 +182,23 @@ void PostCopySource::giveBack() {
   stop_ = true;
   {
     std::lock_guard lock(mutex_);
-    resume_ = true;
+    resume_ = true;  // nothing happens if every page went already
     cv_.notify_all();
   }
   join();
 }
 
-void PostCopySource::finishForShutdown() {
+void PostCopySource::leave() {
   {
-    std::unique_lock lock(mutex_);
-    if (!pagesDone_) logInfo("stopping: waiting for the post-copy of `" + containerName_ + "` to send its last page");
-    cv_.wait(lock, [&] { return pagesDone_; });
+    std::lock_guard lock(mutex_);
+    if (finished_) return;
+    left_ = true;
+    cv_.notify_all();
   }
-  giveBack();
+  join();
+  // CRIU serves on after us: its runc is not ours to kill any more.
+  dump_.runc.detach();
+  logInfo("stopping: the page relay for `" + containerName_ + "` goes on without this agent");
 }
 
 }  // namespace migrate

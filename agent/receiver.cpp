@@ -16,9 +16,12 @@ using std::chrono::milliseconds;
 
 namespace {
 
-// How long the lazy-pages daemon's page thread waits for restore to make the
-// daemon connect (an abort stops it sooner).
-constexpr auto kLazyPagesConnectWait = std::chrono::minutes(10);
+// How long the lazy-pages daemon may take to get ready for restore.
+constexpr milliseconds kLazyPagesStartWait{10000};
+constexpr milliseconds kRelayWatchEvery{200};
+// After restore, how long the relay may take to hold its copy of the
+// restored processes' userfaultfds.
+constexpr milliseconds kUffdHoldWait{3000};
 
 uint64_t nanosSince(Clock::time_point start) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
@@ -102,17 +105,13 @@ void Receiver::receive(std::shared_ptr<DataListener> listener) {
     if (!spec_.postCopy) listener.reset();  // one stream only: later connections are refused
     Container imported;
     std::string sha = importBundle(tls, &imported);
-    std::optional<TlsStream> pages;
-    if (spec_.postCopy) {
-      // Post-copy: the sender's second connection carries the pages.
-      pages.emplace(listener->acceptTls(spec_.migrationId, spec_.psk, spec_.acceptTimeout, stop_));
-      listener.reset();
-    }
     {
       std::lock_guard lock(mutex_);
       sha256_ = sha;
       containerId_ = imported.config.id;
-      pageStream_ = std::move(pages);
+      // Post-copy: the sender's next connections (the page channel, again
+      // after a cut) go to the page relay, on the same port.
+      if (spec_.postCopy) pageListener_ = std::move(listener);
     }
     // The lazy-pages daemon starts now rather than at restore: its start-up
     // is then not part of the downtime.
@@ -171,50 +170,56 @@ void Receiver::checkManifest(const nlohmann::json& manifest) {
 }
 
 void Receiver::startPageThread() {
-  if (!pageStream_) fail(ErrorKind::Disconnected, "no page channel arrived from the source");
-  // The lazy-pages daemon speaks plain TCP; it gets a loopback port whose
-  // one connection we pump through the TLS page channel.
-  auto local = std::make_shared<DataListener>("127.0.0.1");
-  lazyPages_.emplace(agent_.startLazyPages(containerId_, local->port()));
-  try {
-    launch(pageThread_, [this, local] { pumpPages(local); });
-  } catch (...) {
-    lazyPages_->kill(SIGKILL);
-    lazyPages_->wait();
-    throw;
+  if (!pageListener_) fail(ErrorKind::Failed, "no page channel listener for the relay");
+  // The relay takes over the receiver's port (the source connects to it
+  // again after a cut) and runs lazy-pages; it outlives this agent.
+  PageRelaySpec spec = agent_.lazyPagesRelaySpec(containerId_);
+  spec.migrationId = spec_.migrationId;
+  spec.psk = spec_.psk;
+  spec.listenAddress = pageListener_->address();
+  relay_.emplace(PageRelayHandle::start(agent_.options().stateDir, spec, pageListener_->fd()));
+  pageListener_.reset();
+  bool ready = relay_->waitFor(kLazyPagesStartWait, [](const PageRelayStatus& s) { return s.lazyPagesReady; });
+  if (!ready) {
+    auto status = relay_->status();
+    relay_->stop();
+    fail("criu lazy-pages did not get ready within " + std::to_string(kLazyPagesStartWait.count() / 1000) + " s: " +
+         status.error + " (" + (relay_->dir() / "lazy-pages.out").string() + ")");
   }
+  launch(pageThread_, [this] { watchRelay(); });
 }
 
-void Receiver::pumpPages(std::shared_ptr<DataListener> local) {
-  std::optional<int> daemonStatus;
-  auto daemonExit = [&] {
-    if (!daemonStatus) daemonStatus = lazyPages_->wait();
-    return *daemonStatus;
-  };
+// Until the relay has every page (or cannot go on). Stopping this thread
+// leaves the relay alone: it holds the container's memory, which only goes
+// once the container is gone (abortReceive kills it first).
+void Receiver::watchRelay() {
   std::string failure;
-  try {
-    Fd conn = local->acceptOne(kLazyPagesConnectWait, stop_);
-    // The daemon's end of file is a clean end only if it exited 0 (all
-    // pages in); otherwise the source must see a cut stream, not a close.
-    pumpTls(*pageStream_, conn.get(), stop_, &pageCounters_, [&] { return daemonExit() == 0; });
-    if (stop_) fail("stopped");
-    if (daemonExit() != 0) fail("criu lazy-pages exited with status " + std::to_string(daemonExit()));
-    logInfo("post-copy of `" + spec_.containerName + "` complete: " + std::to_string(pageCounters_.fromTls >> 20) +
-            " MiB of pages received");
-  } catch (const std::exception& e) {
-    // This thread's own stream: cut, never a clean close.
-    ::shutdown(pageStream_->fd(), SHUT_RDWR);
-    if (!daemonStatus) {
-      lazyPages_->kill(SIGKILL);
-      daemonExit();
+  for (;;) {
+    if (stop_) {
+      failure = "stopped";
+      break;
     }
-    failure = std::string("page channel failed: ") + e.what();
-    logError("post-copy of `" + spec_.containerName + "`: " + failure);
+    auto s = relay_->status();
+    if (s.state == RelayState::Done) {
+      relay_->reap();
+      logInfo("post-copy of `" + spec_.containerName + "` complete: " + std::to_string(s.bytesPages >> 20) +
+              " MiB of pages received");
+      break;
+    }
+    if (s.state == RelayState::Failed) {
+      failure = "page relay: " + s.error;
+      logError("post-copy of `" + spec_.containerName + "`: " + failure);
+      break;
+    }
+    std::this_thread::sleep_for(kRelayWatchEvery);
   }
-  try {
-    if (agent_.findIfExists(containerId_)) agent_.releaseCheckpoint(containerId_);
-  } catch (const std::exception& e) {
-    logWarn("post-copy of `" + spec_.containerName + "`: " + e.what());
+  if (failure.empty()) {
+    try {
+      if (agent_.findIfExists(containerId_)) agent_.releaseCheckpoint(containerId_);
+      relay_->remove();
+    } catch (const std::exception& e) {
+      logWarn("post-copy of `" + spec_.containerName + "`: " + e.what());
+    }
   }
   end(failure);
 }
@@ -235,7 +240,7 @@ Restored Receiver::restore(const RestoreAsk& ask, milliseconds bundleWait) {
     fail(ErrorKind::InvalidInput, "received bundle has SHA-256 " + sha256_ + ", the source sent " +
                                       ask.expectedSha256);
   }
-  if (ask.postCopy && !lazyPages_) fail(ErrorKind::InvalidInput, "this receiver was not prepared for post-copy");
+  if (ask.postCopy && !relay_) fail(ErrorKind::InvalidInput, "this receiver was not prepared for post-copy");
   Restored out;
   out.sha256 = sha256_;
   auto start = Clock::now();
@@ -243,9 +248,16 @@ Restored Receiver::restore(const RestoreAsk& ask, milliseconds bundleWait) {
   try {
     out.container = agent_.restore(containerId_, request, &out.times);
   } catch (...) {
-    // Post-copy: the page thread stops and kills its lazy-pages daemon.
+    // Post-copy: the container never ran; abortReceive stops the relay.
     if (ask.postCopy) stop_ = true;
     throw;
+  }
+  if (ask.postCopy) {
+    // From here on a page that did not come from the source must never be
+    // read: the relay holds the userfaultfds too (page-relay.h).
+    if (!relay_->waitFor(kUffdHoldWait, [](const PageRelayStatus& s) { return s.uffdsHeld > 0; })) {
+      logWarn("post-copy of `" + spec_.containerName + "`: the relay holds no userfaultfd yet");
+    }
   }
   if (auto criu = readCriuRestoreStats(out.container.paths.criuWork() / "stats-restore")) {
     for (auto [key, phase] : {std::pair{"forkingTime", "criu-forking"}, std::pair{"restoreTime", "criu-restore"}}) {

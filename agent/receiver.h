@@ -29,9 +29,9 @@
 #include "agent/agent.h"
 #include "agent/bundle-signature.h"
 #include "agent/id-mapping.h"
+#include "agent/page-relay-handle.h"
 #include "agent/progress-report.h"
 #include "common/subprocess.h"
-#include "net/tls-pump.h"
 #include "net/tls-stream.h"
 
 namespace migrate {
@@ -105,8 +105,8 @@ class Receiver {
   std::string importBundle(TlsStream& tls, Container* imported);
   void checkManifest(const nlohmann::json& manifest);
   void startPageThread();
-  // The page thread: CRIU's lazy-pages daemon <-> the TLS page channel.
-  void pumpPages(std::shared_ptr<DataListener> local);
+  // The page thread: watches the page relay (lazy-pages and the channel).
+  void watchRelay();
   void launch(std::thread& slot, std::function<void()> body);
   void waitForBundle(std::chrono::milliseconds timeout);
   void report(Phase phase, uint64_t done, const std::exception* failure = nullptr);
@@ -127,9 +127,8 @@ class Receiver {
   std::string containerId_;
 
   // Written by the receive thread before done_; then the page thread's alone.
-  std::optional<TlsStream> pageStream_;
-  std::optional<Subprocess> lazyPages_;
-  PumpCounters pageCounters_;
+  std::shared_ptr<DataListener> pageListener_;  // until the relay has it
+  std::optional<PageRelayHandle> relay_;
 
   std::thread receiveThread_;
   std::thread pageThread_;

@@ -370,29 +370,15 @@ void Runtime::finishLazyCheckpoint(const std::string& id, const ContainerPaths& 
   }
 }
 
-Subprocess Runtime::startLazyPages(const ContainerPaths& paths, uint16_t port) {
+std::vector<std::string> Runtime::lazyPagesCommand(const ContainerPaths& paths) {
   fs::create_directories(paths.criuWork());
-  fs::path socket = paths.criuWork() / "lazy-pages.socket";
-  fs::remove(socket);
-  Subprocess daemon(SubprocessOptions::of({"criu", "lazy-pages", "--page-server", "--address", "127.0.0.1",
-                                           "--port", std::to_string(port),
-                                           "--images-dir", paths.checkpoint().string(),
-                                           "--work-dir", paths.criuWork().string(),
-                                           "-o", "lazy-pages.log", "-v4"}));
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!fs::exists(socket)) {
-    if (auto code = daemon.poll()) {
-      fail("criu lazy-pages exited with status " + std::to_string(*code) + ":\n" +
-           logTail(paths.criuWork() / "lazy-pages.log"));
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      fail("criu lazy-pages did not open " + socket.string() + " within 10 s:\n" +
-           logTail(paths.criuWork() / "lazy-pages.log"));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return daemon;
+  fs::remove(lazyPagesSocket(paths));
+  return {"criu", "lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", "@PORT@",
+          "--images-dir", paths.checkpoint().string(), "--work-dir", paths.criuWork().string(),
+          "-o", "lazy-pages.log", "-v4"};
 }
+
+fs::path Runtime::lazyPagesSocket(const ContainerPaths& paths) { return paths.criuWork() / "lazy-pages.socket"; }
 
 pid_t Runtime::restore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& options) {
   if (!fs::exists(paths.checkpoint() / "inventory.img")) {

@@ -92,9 +92,11 @@ class Runtime {
   // transfer failed.
   void finishLazyCheckpoint(const std::string& id, const ContainerPaths& paths, LazyDump& dump);
   // Post-copy, target side: `criu lazy-pages` fetching pages from
-  // 127.0.0.1:port for a restore from paths.checkpoint(); returns once its
-  // socket in paths.criuWork() exists. It exits after the last page.
-  Subprocess startLazyPages(const ContainerPaths& paths, uint16_t port);
+  // 127.0.0.1 for a restore from paths.checkpoint(); it exits after the last
+  // page. The page relay runs it (page-relay.h), "@PORT@" replaced by the port it
+  // listens on; the daemon is ready for restore once lazyPagesSocket exists.
+  std::vector<std::string> lazyPagesCommand(const ContainerPaths& paths);
+  static std::filesystem::path lazyPagesSocket(const ContainerPaths& paths);
   // runc restore under conmon (CRIU restore) from paths.checkpoint(); returns the init pid.
   pid_t restore(const std::string& id, const ContainerPaths& paths, const RestoreOptions& options);
 

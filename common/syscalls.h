@@ -21,6 +21,10 @@ inline int pidfdGetfd(int pidfd, int targetFd, unsigned flags = 0) {
   return static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, targetFd, flags));
 }
 
+inline int pidfdSendSignal(int pidfd, int signal) {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0));
+}
+
 inline int openTree(int dirfd, const char* path, unsigned flags) {
   return static_cast<int>(::syscall(SYS_open_tree, dirfd, path, flags));
 }

@@ -496,6 +496,7 @@ void Migration::awaitPages() {
   std::lock_guard lock(mutex_);
   record_.stats["pagesMs"] = s.getPagesNs() / 1e6;
   record_.stats["bytesPages"] = s.getBytesPages();
+  record_.stats["pageChannelReconnects"] = s.getPageChannelReconnects();
   ctx_.journal.setStats(record_.id, record_.stats);
 }
 

@@ -31,6 +31,8 @@ std::string requestName(proto::Request::Reader request) {
     case proto::Request::LIST_IMAGES: return "listImages";
     case proto::Request::DESCRIBE_HOST: return "describeHost";
     case proto::Request::FINISH_POST_COPY: return "finishPostCopy";
+    case proto::Request::POST_COPY_STATUS: return "postCopyStatus";
+    case proto::Request::RESUME_POST_COPY: return "resumePostCopy";
   }
   return "unknown";
 }

@@ -131,11 +131,22 @@ DataListener::DataListener(std::string bindAddress) : address_(std::move(bindAdd
   tuneBuffers(fd_.get());
   SYSCALL(::bind(fd_.get(), address.get(), address.length), "data: bind to", address_);
   SYSCALL(::listen(fd_.get(), kListenBacklog), "data: listen on", address_);
+  port_ = boundPort(fd_.get());
+}
+
+DataListener::DataListener(Fd listening, std::string bindAddress)
+    : address_(std::move(bindAddress)), fd_(std::move(listening)) {
+  int flags = SYSCALL(::fcntl(fd_.get(), F_GETFL), "data: fcntl");
+  SYSCALL(::fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK), "data: fcntl");
+  port_ = boundPort(fd_.get());
+}
+
+uint16_t DataListener::boundPort(int fd) {
   sockaddr_storage bound{};
   socklen_t length = sizeof(bound);
-  SYSCALL(::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&bound), &length), "data: getsockname");
-  port_ = bound.ss_family == AF_INET ? ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port)
-                                     : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  SYSCALL(::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length), "data: getsockname");
+  return bound.ss_family == AF_INET ? ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port)
+                                    : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
 }
 
 std::string DataListener::where() const { return address_ + ":" + std::to_string(port_); }

@@ -36,6 +36,13 @@ class DataListener {
  public:
   // `bindAddress` is a numeric IPv4/IPv6 address (198.19.0.12, 127.0.0.1, ::1).
   explicit DataListener(std::string bindAddress);
+  // A listening socket another process made and handed over (the post-copy
+  // page relay takes over its receiver's, so the source reconnects to the
+  // port it already knows).
+  DataListener(Fd listening, std::string bindAddress);
+
+  // For handing the socket to a child process; still ours.
+  int fd() const { return fd_.get(); }
 
   uint16_t port() const { return port_; }
   const std::string& address() const { return address_; }
@@ -61,6 +68,7 @@ class DataListener {
   Fd acceptOne(std::chrono::milliseconds timeout, const std::atomic<bool>& stop);
 
  private:
+  static uint16_t boundPort(int fd);
   std::string where() const;
   // The next queued connection, or nothing (the listener is non-blocking: a
   // connection reset between poll and accept leaves nothing to take).

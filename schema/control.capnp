@@ -681,6 +681,9 @@ struct MigrationStats {
 
   bytesPages @14 :UInt64;
   # Post-copy: bytes the page channel carried to the target.
+
+  pageChannelReconnects @15 :UInt32;
+  # Post-copy: how often the page relays connected again after a cut.
 }
 
 struct RestoreResult {

@@ -179,6 +179,16 @@ cmd_down() {
       if [ -e "/run/netns/$h" ]; then agent_cmd "$h" rm --force "$id" >/dev/null 2>&1 || true
       else "$AGENT" --state "$d" --host "$h" rm --force "$id" >/dev/null 2>&1 || true; fi
     done
+    # Post-copy page relays outlive their agent by design (agent/page-relay.h);
+    # here they go with the containers whose memory they held.
+    for f in "$d"/relays/*/pid; do
+      [ -f "$f" ] || continue
+      pid=$(cat "$f")
+      if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "page-relay $(dirname "$f")"; then
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+    done
+    rm -rf "$d/relays"
     # Whatever a killed agent left half-made: its mounts go before the files.
     grep -F " $d/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   done

@@ -1,0 +1,587 @@
+#include "agent/page-relay.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include "agent/page-server-protocol.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "common/log.h"
+#include "common/subprocess.h"
+#include "common/syscall.h"
+#include "common/syscalls.h"
+#include "net/data-listener.h"
+#include "net/tls-stream.h"
+
+namespace migrate {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+// A cut the kernel does not see (the fabric drops everything) surfaces as a
+// write that makes no progress: after this long the relay calls the channel
+// cut and reconnects. Longer than a brief outage TCP rides out by itself.
+constexpr milliseconds kPeerIoTimeout{20000};
+constexpr milliseconds kReconnectEvery{1000};
+constexpr milliseconds kConnectTimeout{3000};
+constexpr milliseconds kPollSlice{200};
+constexpr milliseconds kPublishEvery{250};
+constexpr milliseconds kScanEvery{20};
+
+std::atomic<bool> rekeyAsked{false};
+std::atomic<bool> stopAsked{false};
+
+void onSignal(int signal) {
+  if (signal == SIGUSR1) rekeyAsked = true;
+  if (signal == SIGTERM || signal == SIGINT) stopAsked = true;
+}
+
+int64_t wallMs() {
+  return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Requests are small and each waits for its answer: no Nagle delay. A cut
+// link is noticed by keepalive (idle) or the user timeout (unacknowledged
+// data), not after TCP's default quarter of an hour.
+void tunePeerSocket(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  int idle = 5, interval = 2, count = 5;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+  unsigned userTimeout = static_cast<unsigned>(kPeerIoTimeout.count());
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &userTimeout, sizeof userTimeout);
+}
+
+void writeAll(int fd, const char* data, size_t size, const char* what) {
+  while (size > 0) {
+    ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(ErrorKind::Disconnected, std::string("write to ") + what + ": " + strerror(errno));
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+// The loopback hop too: each answer ends in a short segment, which Nagle
+// would hold back until the previous one is acknowledged (40 ms).
+void noDelay(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+bool readable(short revents) { return (revents & (POLLIN | POLLHUP | POLLERR)) != 0; }
+
+// What both roles share: the spec, the published status, the peer stream.
+class Relay {
+ public:
+  Relay(fs::path dir, PageRelaySpec spec) : dir_(std::move(dir)), spec_(std::move(spec)) {
+    status_.pid = ::getpid();
+  }
+
+ protected:
+  void publish(bool force = false) {
+    auto now = Clock::now();
+    if (!force && now - lastPublish_ < kPublishEvery) return;
+    lastPublish_ = now;
+    try {
+      writeRelayStatus(dir_, status_);
+    } catch (const std::exception& e) {
+      logWarn(std::string("page relay: status: ") + e.what());
+    }
+  }
+
+  void setState(RelayState state, std::string error = {}) {
+    if (state == RelayState::Cut && status_.state != RelayState::Cut) status_.cutSinceMs = wallMs();
+    if (state != RelayState::Cut) status_.cutSinceMs = 0;
+    if (state != status_.state || error != status_.error) {
+      logInfo("page relay " + spec_.migrationId + ": " + relayStateName(state) + (error.empty() ? "" : ": " + error));
+    }
+    status_.state = state;
+    status_.error = std::move(error);
+    publish(true);
+  }
+
+  void takeFreshKey() {
+    if (!rekeyAsked.exchange(false)) return;
+    try {
+      if (auto key = readRelayKey(dir_)) {
+        spec_.psk = std::move(*key);
+        logInfo("page relay " + spec_.migrationId + ": a fresh key came");
+      }
+    } catch (const std::exception& e) {
+      logWarn(std::string("page relay: key: ") + e.what());
+    }
+  }
+
+  void dropPeer(const std::string& why) {
+    if (!peer_) return;
+    ::shutdown(peer_->fd(), SHUT_RDWR);
+    peer_.reset();
+    setState(RelayState::Cut, "page channel cut: " + why);
+  }
+
+  TlsOptions peerOptions() const {
+    TlsOptions o;
+    o.ioTimeout = kPeerIoTimeout;
+    o.handshakeTimeout = kConnectTimeout;
+    o.stop = &stopAsked;
+    return o;
+  }
+
+  fs::path dir_;
+  PageRelaySpec spec_;
+  PageRelayStatus status_;
+  std::optional<TlsStream> peer_;
+  Clock::time_point lastPublish_{};
+  std::vector<char> buffer_ = std::vector<char>(1 << 17);
+};
+
+// ---------------------------------------------------------------------------
+// Source: CRIU's page server <-> the target's relay.
+
+class SourceRelay : Relay {
+ public:
+  using Relay::Relay;
+
+  int run() {
+    criu_ = connectTcp("127.0.0.1", spec_.criuPort, kConnectTimeout);
+    noDelay(criu_.get());
+    status_.localFd = criu_.get();
+    publish(true);
+    auto nextAttempt = Clock::now();
+    for (;;) {
+      if (stopAsked) return giveBack();
+      takeFreshKey();
+      if (!peer_ && Clock::now() >= nextAttempt) {
+        nextAttempt = Clock::now() + kReconnectEvery;
+        connectPeer();
+      }
+      bool peerPending = peer_ && peer_->pending() > 0;
+      pollfd fds[2] = {{criu_.get(), POLLIN, 0}, {peer_ ? peer_->fd() : -1, POLLIN, 0}};
+      if (!peerPending) {
+        int n = ::poll(fds, 2, static_cast<int>(kPollSlice.count()));
+        if (n < 0 && errno != EINTR) fail(std::string("poll: ") + strerror(errno));
+        if (n <= 0) {
+          publish();
+          continue;
+        }
+      }
+      if (peer_ && (peerPending || readable(fds[1].revents))) {
+        if (auto code = fromPeer()) return *code;
+      }
+      if (readable(fds[0].revents)) {
+        if (auto code = fromCriu()) return *code;
+      }
+      publish();
+    }
+  }
+
+ private:
+  void connectPeer() {
+    try {
+      Fd sock = connectTcp(spec_.targetAddress, spec_.targetPort, kConnectTimeout);
+      tunePeerSocket(sock.get());
+      peer_.emplace(TlsStream::connect(std::move(sock), spec_.migrationId, spec_.psk, peerOptions()));
+      if (generation_++ > 0) ++status_.reconnects;
+      requests_ = PageRequestSplitter();
+      setState(RelayState::Flowing);
+    } catch (const std::exception& e) {
+      if (status_.state != RelayState::Cut) setState(RelayState::Cut, std::string("connecting: ") + e.what());
+      status_.error = std::string("page channel cut; reconnecting: ") + e.what();
+    }
+  }
+
+  // Requests from lazy-pages on the target, passed to CRIU.
+  std::optional<int> fromPeer() {
+    size_t n;
+    try {
+      n = peer_->read(buffer_.data(), buffer_.size());
+    } catch (const std::exception& e) {
+      dropPeer(e.what());
+      return std::nullopt;
+    }
+    if (n == 0) {
+      // The target's relay closed cleanly: lazy-pages has every page. CRIU
+      // answered its CLOSE and waits for our end of file to finish.
+      ::shutdown(criu_.get(), SHUT_WR);
+      drainCriu();
+      try {
+        peer_->shutdownWrite();
+      } catch (const std::exception&) {
+        // The target has all it needs.
+      }
+      setState(RelayState::Done);
+      return 0;
+    }
+    try {
+      for (auto& request : requests_.feed(buffer_.data(), n)) {
+        writeAll(criu_.get(), request.raw.data(), request.raw.size(), "CRIU's page server");
+        answers_.expect(std::move(request), generation_);
+      }
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::InvalidInput) {
+        dropPeer(std::string("the target sent what lazy-pages does not: ") + e.what());
+        return std::nullopt;
+      }
+      setState(RelayState::Failed, std::string("CRIU's page server: ") + e.what());
+      return 2;
+    }
+    return std::nullopt;
+  }
+
+  // CRIU's answers: to the target if asked on the current connection, else
+  // read and dropped (the target asks again).
+  std::optional<int> fromCriu() {
+    ssize_t n = ::read(criu_.get(), buffer_.data(), buffer_.size());
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return std::nullopt;
+    if (n <= 0) {
+      setState(RelayState::Failed, n == 0 ? "CRIU's page server closed the connection (its pages are gone)"
+                                          : std::string("reading CRIU's page server: ") + strerror(errno));
+      return 2;
+    }
+    std::string cut;
+    try {
+      answers_.feed(buffer_.data(), static_cast<size_t>(n), [&](const PageAnswerTracker::Pending& p, const char* data,
+                                                               size_t size) {
+        if (!peer_ || !cut.empty() || p.tag != generation_) return;
+        try {
+          peer_->write(data, size);
+          status_.bytesPages += size;
+        } catch (const std::exception& e) {
+          cut = e.what();
+        }
+      });
+    } catch (const Error& e) {
+      setState(RelayState::Failed, std::string("CRIU's page server answered out of protocol: ") + e.what());
+      return 2;
+    }
+    if (!cut.empty()) dropPeer(cut);
+    return std::nullopt;
+  }
+
+  // After our end of file CRIU closes its side; wait for that a moment so
+  // that its dump ends cleanly before we go.
+  void drainCriu() {
+    for (auto deadline = Clock::now() + std::chrono::seconds(5); Clock::now() < deadline;) {
+      pollfd fd{criu_.get(), POLLIN, 0};
+      if (::poll(&fd, 1, 200) <= 0) continue;
+      ssize_t n = ::read(criu_.get(), buffer_.data(), buffer_.size());
+      if (n <= 0) return;
+    }
+  }
+
+  // Bytes CRIU's page server cannot parse make it fail, and a failed lazy
+  // dump resumes the container it froze; a clean end of file instead would
+  // tell it every page went, and it would kill the container.
+  int giveBack() {
+    char garbage[64];
+    std::memset(garbage, 0xff, sizeof garbage);
+    (void)::send(criu_.get(), garbage, sizeof garbage, MSG_NOSIGNAL);
+    linger reset{1, 0};
+    ::setsockopt(criu_.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    criu_.reset();
+    setState(RelayState::Failed, "stopped by the agent: CRIU gives the container back to this host");
+    return 3;
+  }
+
+  Fd criu_;
+  uint64_t generation_ = 0;
+  PageRequestSplitter requests_;
+  PageAnswerTracker answers_;
+};
+
+// ---------------------------------------------------------------------------
+// Target: lazy-pages <-> the source's relay.
+
+class TargetRelay : Relay {
+ public:
+  using Relay::Relay;
+
+  int run() {
+    listener_.emplace(Fd(3), spec_.listenAddress);
+    DataListener local("127.0.0.1");
+    startLazyPages(local.port());
+    for (;;) {
+      if (stopAsked) return stop();
+      takeFreshKey();
+      if (!status_.lazyPagesReady && fs::exists(spec_.lazyPagesSocket)) {
+        status_.lazyPagesReady = true;
+        publish(true);
+      }
+      holdUserfaultfds();
+      if (auto code = lazyPages_->poll()) return lazyPagesEnded(*code);
+      bool peerPending = peer_ && peer_->pending() > 0;
+      pollfd fds[4] = {{listener_->fd(), POLLIN, 0},
+                       {lazyConn_ ? -1 : local.fd(), POLLIN, 0},
+                       {lazyConn_ && !lazyClosed_ ? lazyConn_.get() : -1, POLLIN, 0},
+                       {peer_ ? peer_->fd() : -1, POLLIN, 0}};
+      if (!peerPending) {
+        int n = ::poll(fds, 4, static_cast<int>(kPollSlice.count()));
+        if (n < 0 && errno != EINTR) fail(std::string("poll: ") + strerror(errno));
+        if (n <= 0) {
+          publish();
+          continue;
+        }
+      }
+      if (readable(fds[0].revents)) acceptPeer();
+      if (readable(fds[1].revents)) {
+        lazyConn_ = local.acceptOne(milliseconds(100));
+        noDelay(lazyConn_.get());
+        status_.localFd = lazyConn_.get();
+        publish(true);
+      }
+      if (readable(fds[2].revents)) fromLazyPages();
+      if (peer_ && (peerPending || readable(fds[3].revents))) fromPeer();
+      status_.outstanding = static_cast<uint32_t>(answers_.pending().size());
+      publish();
+    }
+  }
+
+ private:
+  void startLazyPages(uint16_t port) {
+    std::vector<std::string> args = spec_.lazyPagesArgs;
+    for (auto& a : args) {
+      if (a == "@PORT@") a = std::to_string(port);
+    }
+    Fd out(SYSCALL(::open((dir_ / "lazy-pages.out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), "open",
+                   (dir_ / "lazy-pages.out").string()));
+    auto options = SubprocessOptions::of(args);
+    options.stdoutFd = out.get();
+    options.stderrFd = out.get();
+    lazyPages_.emplace(options);
+    lazyPidfd_ = Fd(SYSCALL(sys::pidfdOpen(lazyPages_->pid()), "pidfd_open"));
+    status_.lazyPagesPid = lazyPages_->pid();
+    publish(true);
+  }
+
+  // Every userfaultfd lazy-pages received from the restored processes, held
+  // here too: a userfaultfd whose last holder closes it stops blocking
+  // faults, and the page then reads as zeros. Holding a copy keeps those
+  // faults waiting, whatever happens to lazy-pages.
+  void holdUserfaultfds() {
+    // A scan of lazy-pages' fds is cheap but not free: not for every chunk.
+    auto now = Clock::now();
+    if (now - lastScan_ < kScanEvery) return;
+    lastScan_ = now;
+    std::error_code ec;
+    fs::path fdDir = fs::path("/proc") / std::to_string(lazyPages_->pid()) / "fd";
+    for (auto& entry : fs::directory_iterator(fdDir, ec)) {
+      int number = std::atoi(entry.path().filename().c_str());
+      if (held_.count(number)) continue;
+      auto target = fs::read_symlink(entry.path(), ec);
+      if (ec || target.string() != "anon_inode:[userfaultfd]") continue;
+      int copy = sys::pidfdGetfd(lazyPidfd_.get(), number);
+      if (copy < 0) continue;
+      held_.insert(number);
+      uffds_.emplace_back(copy);
+      status_.uffdsHeld = static_cast<uint32_t>(uffds_.size());
+      publish(true);
+    }
+  }
+
+  void acceptPeer() {
+    try {
+      TlsAcceptOptions options;
+      options.ioTimeout = kPeerIoTimeout;
+      auto stream = listener_->acceptTls(spec_.migrationId, spec_.psk, kConnectTimeout, stopAsked, options);
+      tunePeerSocket(stream.fd());
+      if (peer_) dropPeer("the source connected again");
+      if (connected_++ > 0) ++status_.reconnects;
+      peer_.emplace(std::move(stream));
+      askAgain();
+      setState(RelayState::Flowing);
+    } catch (const std::exception& e) {
+      logInfo("page relay " + spec_.migrationId + ": a connection that did not prove the key: " + e.what());
+    }
+  }
+
+  // A new connection: every unanswered request goes again; of the first,
+  // whose answer may have been passed on in part, those bytes are skipped.
+  void askAgain() {
+    auto& pending = answers_.pending();
+    skip_ = pending.empty() ? 0 : pending.front().received;
+    for (auto& p : pending) {
+      p.received = 0;
+      p.header.clear();
+      p.total = p.request.command() == PageCommand::Close ? 4 : 0;
+    }
+    try {
+      for (auto& p : pending) peer_->write(p.request.raw.data(), p.request.raw.size());
+    } catch (const std::exception& e) {
+      dropPeer(e.what());
+    }
+    if (!pending.empty()) {
+      logInfo("page relay " + spec_.migrationId + ": asked again for " + std::to_string(pending.size()) +
+              " page request(s)");
+    }
+  }
+
+  void fromLazyPages() {
+    ssize_t n = ::read(lazyConn_.get(), buffer_.data(), buffer_.size());
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    if (n <= 0) {
+      // It closes once it has every page, or when it fails: its exit
+      // status tells which (lazyPagesEnded).
+      lazyClosed_ = true;
+      return;
+    }
+    std::vector<PageRequest> requests;
+    try {
+      requests = requests_.feed(buffer_.data(), static_cast<size_t>(n));
+    } catch (const std::exception& e) {
+      logError("page relay " + spec_.migrationId + ": lazy-pages: " + e.what());
+      lazyClosed_ = true;
+      ::shutdown(lazyConn_.get(), SHUT_RDWR);
+      return;
+    }
+    for (auto& request : requests) {
+      if (peer_) {
+        try {
+          peer_->write(request.raw.data(), request.raw.size());
+        } catch (const std::exception& e) {
+          dropPeer(e.what());
+        }
+      }
+      answers_.expect(std::move(request));
+    }
+  }
+
+  void fromPeer() {
+    size_t n;
+    try {
+      n = peer_->read(buffer_.data(), buffer_.size());
+    } catch (const std::exception& e) {
+      dropPeer(e.what());
+      return;
+    }
+    if (n == 0) {
+      dropPeer(closeAnswered_ ? "the source closed after the last page" : "the source closed the channel");
+      return;
+    }
+    try {
+      answers_.feed(buffer_.data(), n, [&](const PageAnswerTracker::Pending& p, const char* data, size_t size) {
+        size_t skipped = static_cast<size_t>(std::min<uint64_t>(skip_, size));
+        skip_ -= skipped;
+        if (size > skipped && lazyConn_) {
+          writeAll(lazyConn_.get(), data + skipped, size - skipped, "lazy-pages");
+          status_.bytesPages += size - skipped;
+        }
+        if (p.request.command() == PageCommand::Close && p.received == p.total) closeAnswered_ = true;
+      });
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::InvalidInput) {
+        dropPeer(std::string("the source answered out of protocol: ") + e.what());
+      } else {
+        // lazy-pages is gone: its exit is handled on the next round.
+        lazyClosed_ = true;
+      }
+    }
+  }
+
+  int lazyPagesEnded(int code) {
+    if (code == 0 && closeAnswered_) {
+      if (peer_) {
+        try {
+          peer_->shutdownWrite();
+          // Wait for the source's close, so it never sees a cut.
+          std::vector<char> sink(4096);
+          while (peer_->read(sink.data(), sink.size()) > 0) {
+          }
+        } catch (const std::exception&) {
+          // The source learns it from its own end of file or not at all:
+          // every page is here either way.
+        }
+      }
+      setState(RelayState::Done);
+      return 0;
+    }
+    // The restored processes may still fault on a page that never came:
+    // freeze them before anything else. The faults stay blocked meanwhile
+    // on the userfaultfds held here.
+    bool frozen = freezeContainer();
+    status_.containerFrozen = frozen;
+    setState(RelayState::Failed, "criu lazy-pages exited with status " + std::to_string(code) + " with " +
+                                     std::to_string(answers_.pending().size()) + " page request(s) unanswered" +
+                                     (frozen ? "; the container is frozen" : "; freezing the container failed") +
+                                     " (" + (dir_ / "lazy-pages.out").string() + ")");
+    while (!stopAsked) std::this_thread::sleep_for(kPollSlice);
+    return 2;
+  }
+
+  bool freezeContainer() {
+    if (spec_.cgroup.empty()) return false;
+    FILE* f = std::fopen((fs::path(spec_.cgroup) / "cgroup.freeze").c_str(), "w");
+    if (!f) return false;
+    bool ok = std::fputs("1", f) >= 0;
+    ok = std::fclose(f) == 0 && ok;
+    return ok;
+  }
+
+  int stop() {
+    if (lazyPages_ && !lazyPages_->poll()) {
+      lazyPages_->kill(SIGKILL);
+      lazyPages_->wait();
+    }
+    setState(status_.state == RelayState::Done ? RelayState::Done : RelayState::Failed, "stopped by the agent");
+    return 3;
+  }
+
+  std::optional<DataListener> listener_;
+  std::optional<Subprocess> lazyPages_;
+  Fd lazyPidfd_;
+  Fd lazyConn_;
+  bool lazyClosed_ = false;
+  bool closeAnswered_ = false;
+  uint64_t connected_ = 0;
+  uint64_t skip_ = 0;
+  Clock::time_point lastScan_{};
+  std::set<int> held_;
+  std::vector<Fd> uffds_;
+  PageRequestSplitter requests_;
+  PageAnswerTracker answers_;
+};
+
+}  // namespace
+
+int runPageRelay(const fs::path& dir) {
+  struct sigaction action {};
+  action.sa_handler = onSignal;
+  ::sigemptyset(&action.sa_mask);
+  for (int signal : {SIGUSR1, SIGTERM, SIGINT}) ::sigaction(signal, &action, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  PageRelaySpec spec = readRelaySpec(dir);
+  PageRelayStatus failedStatus;
+  failedStatus.pid = ::getpid();
+  try {
+    if (spec.role == RelayRole::Source) return SourceRelay(dir, std::move(spec)).run();
+    return TargetRelay(dir, std::move(spec)).run();
+  } catch (const std::exception& e) {
+    failedStatus.state = RelayState::Failed;
+    failedStatus.error = e.what();
+    logError(std::string("page relay: ") + e.what());
+    try {
+      writeRelayStatus(dir, failedStatus);
+    } catch (const std::exception&) {
+    }
+    return 2;
+  }
+}
+
+}  // namespace migrate

@@ -1,0 +1,100 @@
+#include "agent/page-server-protocol.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace migrate {
+
+namespace {
+
+// criu/page-xfer.c
+constexpr uint32_t kCmdGet = 7;
+constexpr uint32_t kCmdClose = 0x1023;
+constexpr uint32_t kCmdForceClose = 0x1024;
+constexpr uint32_t kCmdMask = 0xffff;  // the upper 16 bits carry flags
+constexpr size_t kCloseAnswerBytes = 4;
+
+uint32_t commandBits(const std::string& raw) {
+  uint32_t cmd;
+  std::memcpy(&cmd, raw.data(), sizeof cmd);
+  return cmd & kCmdMask;
+}
+
+uint64_t pageCount(const std::string& raw) {
+  uint64_t n;
+  std::memcpy(&n, raw.data() + 8, sizeof n);
+  return n;
+}
+
+}  // namespace
+
+PageCommand PageRequest::command() const {
+  switch (commandBits(raw)) {
+    case kCmdGet: return PageCommand::Get;
+    case kCmdClose:
+    case kCmdForceClose: return PageCommand::Close;
+    default: return PageCommand::Other;
+  }
+}
+
+uint64_t PageRequest::pages() const { return pageCount(raw); }
+
+std::vector<PageRequest> PageRequestSplitter::feed(const char* data, size_t size) {
+  partial_.append(data, size);
+  std::vector<PageRequest> out;
+  size_t at = 0;
+  for (; partial_.size() - at >= kPageRequestBytes; at += kPageRequestBytes) {
+    PageRequest r{partial_.substr(at, kPageRequestBytes)};
+    if (r.command() == PageCommand::Other) {
+      fail(ErrorKind::InvalidInput, "page request with command " + std::to_string(commandBits(r.raw)) +
+                                        ": lazy-pages sends only GET and CLOSE");
+    }
+    if (r.command() == PageCommand::Get && (r.pages() == 0 || r.pages() > kMaxPagesPerRequest)) {
+      fail(ErrorKind::InvalidInput, "page request for " + std::to_string(r.pages()) + " pages");
+    }
+    out.push_back(std::move(r));
+  }
+  partial_.erase(0, at);
+  return out;
+}
+
+void PageAnswerTracker::expect(PageRequest request, uint64_t tag) {
+  Pending p;
+  p.total = request.command() == PageCommand::Close ? kCloseAnswerBytes : 0;
+  p.request = std::move(request);
+  p.tag = tag;
+  pending_.push_back(std::move(p));
+}
+
+void PageAnswerTracker::feed(const char* data, size_t size,
+                             const std::function<void(const Pending&, const char*, size_t)>& sink) {
+  while (size > 0) {
+    if (pending_.empty()) fail(ErrorKind::InvalidInput, "page answer bytes with no request outstanding");
+    Pending& p = pending_.front();
+    size_t take;
+    if (p.total == 0) {
+      // A GET's header: its page count says how much follows.
+      take = std::min(size, kPageRequestBytes - p.header.size());
+      p.header.append(data, take);
+      if (p.header.size() == kPageRequestBytes) {
+        uint64_t pages = pageCount(p.header);
+        if (pages == 0 || pages > p.request.pages()) {
+          fail(ErrorKind::InvalidInput, "page answer with " + std::to_string(pages) + " pages to a request for " +
+                                            std::to_string(p.request.pages()));
+        }
+        p.total = kPageRequestBytes + pages * kPageBytes;
+      }
+    } else {
+      take = static_cast<size_t>(std::min<uint64_t>(size, p.total - p.received));
+    }
+    p.received += take;
+    sink(p, data, take);
+    data += take;
+    size -= take;
+    if (p.total != 0 && p.received == p.total) pending_.pop_front();
+  }
+}
+
+}  // namespace migrate

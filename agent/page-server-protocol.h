@@ -1,0 +1,80 @@
+// CRIU's page-server protocol as its lazy-pages daemon speaks it
+// (criu/page-xfer.c), just enough to carry it across a broken connection.
+//
+// The daemon sends fixed-size requests: PS_IOV_GET (pages of one process
+// at an address) and, once it has every page, PS_IOV_CLOSE. The page server
+// answers each in order: a GET with a header of the same shape (the page
+// count possibly clamped to one mapping) followed by that many pages, a
+// CLOSE with a 4-byte status. Its pages are a frozen copy (tee()d from the
+// dump's pipes), so the same request always gets the same bytes back.
+//
+// That is what lets the page relays (page-relay.h) survive a cut: the
+// target's relay keeps every request whose answer has not fully arrived,
+// asks for them again on a new connection and skips the bytes it already
+// passed on; the source's relay throws away what CRIU still answers to the
+// old connection's requests.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace migrate {
+
+// struct page_server_iov: u32 cmd, then (aligned) u64 nr_pages, vaddr, dst_id.
+constexpr size_t kPageRequestBytes = 32;
+constexpr uint64_t kPageBytes = 4096;
+// A GET larger than this is not CRIU's (it asks for at most a few MiB).
+constexpr uint64_t kMaxPagesPerRequest = 1 << 18;
+
+enum class PageCommand { Get, Close, Other };
+
+struct PageRequest {
+  std::string raw;  // the request as sent, kPageRequestBytes
+  PageCommand command() const;
+  uint64_t pages() const;
+};
+
+// Cuts a byte stream into whole requests.
+class PageRequestSplitter {
+ public:
+  // Appends what arrived; returns the requests it completed.
+  std::vector<PageRequest> feed(const char* data, size_t size);
+
+ private:
+  std::string partial_;
+};
+
+// The answers to requests sent in order: which bytes of the answer stream
+// belong to which request, and when each is complete.
+class PageAnswerTracker {
+ public:
+  struct Pending {
+    PageRequest request;
+    uint64_t tag = 0;        // the caller's (the source relay: its connection generation)
+    uint64_t received = 0;   // answer bytes seen so far
+    uint64_t total = 0;      // known once the header is in (0: not yet)
+    std::string header;      // the answer's header so far
+  };
+
+  void expect(PageRequest request, uint64_t tag = 0);
+
+  // Consumes answer bytes. `sink(pending, data, size)` gets each run of
+  // bytes with the request it answers; a request is dropped once complete
+  // (after its last run went to the sink). Throws Error(InvalidInput) on
+  // an answer that is not one (bytes with nothing asked, a header whose
+  // page count is not what was asked or exceeds it).
+  void feed(const char* data, size_t size, const std::function<void(const Pending&, const char*, size_t)>& sink);
+
+  const std::deque<Pending>& pending() const { return pending_; }
+  std::deque<Pending>& pending() { return pending_; }
+  bool empty() const { return pending_.empty(); }
+
+ private:
+  std::deque<Pending> pending_;
+};
+
+}  // namespace migrate
