@@ -118,7 +118,7 @@ json waitFinal(ClusterGuard& cluster, const std::string& id, std::chrono::second
   waitUntil([&] {
     status = cluster.migrateJson({"status", id});
     std::string s = status["state"];
-    return s == "succeeded" || s == "rolled-back" || s == "failed" || s == "cancelled";
+    return s == "succeeded" || s == "rolled-back" || s == "failed" || s == "cancelled" || s == "abandoned";
   }, timeout);
   return status;
 }
@@ -603,7 +603,7 @@ TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on
   CHECK(cluster.migrateJson({"hog", "--to", "host2", "--postcopy"})["state"] == "succeeded");
 }
 
-TEST_CASE("post-copy: the target agent killed while pages flow: the frozen source copy comes back, once, memory intact") {
+TEST_CASE("post-copy: the target agent killed while pages flow pauses the move, abandon --keep source brings the frozen copy back, once, memory intact") {
   REQUIRE_PRIVILEGES();
   ClusterGuard cluster(2);
   cluster.migrate({"run", "--on", "host1", "--name", "big", "test", "/usr/local/bin/memhog", "768", "random"});
@@ -612,27 +612,35 @@ TEST_CASE("post-copy: the target agent killed while pages flow: the frozen sourc
   REQUIRE(waitUntil([&] { return cluster.migrateJson({"status", id})["phase"] == "pages"; }, 60s));
   ::kill(cluster.agentPid("host2"), SIGKILL);
 
-  // host2 may still run a copy with part of the memory, so the source keeps
-  // its copy frozen: not committed, not rolled back, until host2 confirms.
-  json waiting;
-  auto rollingBack = [&] {
-    waiting = cluster.migrateJson({"status", id});
-    return waiting["state"] == "rolling-back";
+  // Past switchover host2 ran the container and may have written: nothing
+  // rolls back by itself. The move pauses, naming why, the source frozen.
+  json paused;
+  auto isPaused = [&] {
+    paused = cluster.migrateJson({"status", id});
+    return paused["state"] == "paused";
   };
-  REQUIRE(waitUntil(rollingBack, 30s));
-  CHECK(holdsFor(rollingBack, 2s));
-  INFO(waiting.dump(2));
-  CHECK(waiting["state"] == "rolling-back");
-  CHECK_FALSE(waiting["error"].get<std::string>().empty());
-  // The source's page transfer broke: it reports `failed`, not
-  // `disconnected` (which would mean the source agent itself is away).
-  CHECK(waiting["errorKind"] == "failed");
+  REQUIRE(waitUntil(isPaused, 60s));
+  CHECK(holdsFor(isPaused, 3s));
+  INFO(paused.dump(2));
+  CHECK_FALSE(paused["error"].get<std::string>().empty());
+  CHECK(paused["stats"]["pausedReason"].is_string());
+  CHECK(paused["stats"]["switchoverAt"].is_string());
+  CHECK(countProcesses("/usr/local/bin/memhog") <= 2);
 
+  // The operator keeps the source: host2's copy must go first, so the move
+  // waits for host2 in `rolling-back`, then the source resumes.
+  auto abandoned = cluster.migrateJson({"abandon", id, "--keep", "source"});
+  INFO(abandoned.dump(2));
+  CHECK(abandoned["stats"]["kept"] == "source");
+  CHECK(abandoned["stats"]["lost"].get<std::string>().rfind("writes made on host2 in the ", 0) == 0);
   cluster.startAgent("host2");
-  auto final = waitFinal(cluster, id, 120s);
+  json final;
+  REQUIRE(waitUntil([&] {
+    final = cluster.migrateJson({"status", id});
+    return final["state"] == "abandoned";
+  }, 120s));
   INFO(final.dump(2));
-  CHECK(final["state"] == "rolled-back");
-  CHECK(final["errorKind"] == "failed");
+  CHECK(final["stats"]["kept"] == "source");
   auto big = entries(cluster, "big");
   REQUIRE(big.size() == 1);
   CHECK(big[0]["host"] == "host1");
