@@ -104,6 +104,8 @@ ReplyMessage AgentLink::call(const CallSpec& spec, const RequestFiller& fill) {
       lost = spec.host + ": host went down (3 heartbeats missed) during " + spec.what;
     } else if (registry_.session(spec.host) != session) {
       lost = spec.host + ": agent re-registered (restarted) during " + spec.what;
+    } else if (!spec.alsoWatch.empty() && !registry_.isUp(spec.alsoWatch)) {
+      lost = spec.alsoWatch + ": host went down (3 heartbeats missed) during " + spec.what + " on " + spec.host;
     }
     if (!lost.empty()) {
       pending_.erase(requestId);

@@ -48,6 +48,10 @@ struct CallSpec {
   std::string migrationId;  // Empty if none.
   std::chrono::milliseconds timeout = std::chrono::seconds(30);
   uint64_t requestId = 0;   // 0: a fresh one; else from newRequestId().
+  // Another host whose loss (down) also ends the wait with Disconnected:
+  // the reply is moot without it (finishPostCopy waits on the source while
+  // the pages go to the target). Empty: none.
+  std::string alsoWatch = {};
 };
 
 class AgentLink {

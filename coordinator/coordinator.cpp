@@ -59,11 +59,11 @@ void Coordinator::shutdown() {
     std::lock_guard lock(mutex_);
     if (stopping_) return;
     stopping_ = true;
-    for (auto& [id, migration] : active_) migration->abandon();
+    for (auto& [id, migration] : active_) migration->leaveForRestart();
     changed_.notify_all();
   }
-  // Wakes every migration blocked on an agent with Disconnected; abandoned,
-  // they return without journalling anything.
+  // Wakes every migration blocked on an agent with Disconnected; left for
+  // the restart, they return without journalling anything.
   link_.stop();
   if (retryThread_.joinable()) retryThread_.join();
   workers_.joinAll();
@@ -146,9 +146,14 @@ void Coordinator::retryUnfinished() {
       if (!fresh || isFinal(fresh->state)) continue;
       record = *fresh;
       auto action = recoveryActionFor(record, journal_.ownerIfExists(record.container));
-      // Everything but MarkFailed needs the source; waiting for it avoids a
-      // failed call every round while it is down.
-      if (action != RecoveryAction::MarkFailed && !registry_.isUp(record.source)) continue;
+      // A rollback and a commit cleanup need the source; waiting for it
+      // avoids a failed call every round while it is down. A post-copy
+      // migration past switchover runs its own loop (paused while a host is
+      // away, open to an operator's verbs); only asking the target whether it
+      // switched over needs the target.
+      bool needsSource = action == RecoveryAction::RollBack || action == RecoveryAction::FinishCommit;
+      if (needsSource && !registry_.isUp(record.source)) continue;
+      if (action == RecoveryAction::AskTarget && !registry_.isUp(record.target)) continue;
       migration = std::make_shared<Migration>(context_, record);
       active_[record.id] = migration;
     }
@@ -165,6 +170,7 @@ void Coordinator::onEvent(const std::string& event, const MigrationRecord& recor
   logInfo("event " + event + ": " + record.id + " `" + record.container + "` " + record.source + " -> " +
           record.target + " (" + std::string(stateName(record.state)) + ")");
   if (hooks_) hooks_->post(event, migrationToJson(record, std::nullopt));
+  if (options_.observer) options_.observer(event, record);
 }
 
 // ---------------------------------------------------------------------------
@@ -430,6 +436,34 @@ json Coordinator::cancelMigration(const std::string& id) {
                                   ": too late to cancel");
   }
   return migrationToJson(active->record(), active->progress());
+}
+
+std::shared_ptr<Migration> Coordinator::pausedMigration(const std::string& id, const char* verb) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = active_.find(id);
+    if (it != active_.end()) return it->second;
+  }
+  auto record = journal_.get(id);
+  std::string state(stateName(record.state));
+  if (record.state == MigrationState::Paused) {
+    fail(ErrorKind::Conflict, "migration " + id + " is paused but not taken up by this coordinator yet (it does "
+                                  "within " + std::to_string(options_.retryInterval.count()) + " ms); " + verb +
+                                  " again then");
+  }
+  fail(ErrorKind::Conflict, "migration " + id + " is " + state + ", not paused: nothing to " + verb);
+}
+
+json Coordinator::recoverMigration(const std::string& id) {
+  auto migration = pausedMigration(id, "recover");
+  migration->recoverNow();
+  return migrationToJson(migration->record(), migration->progress());
+}
+
+json Coordinator::abandonMigration(const std::string& id, KeepSide keep) {
+  auto migration = pausedMigration(id, "abandon");
+  migration->abandonKeeping(keep);
+  return migrationToJson(migration->record(), migration->progress());
 }
 
 EvacuationResult Coordinator::evacuate(const EvacuationRequest& request) {

@@ -32,6 +32,8 @@ struct CoordinatorOptions {
   // cleanup that failed) are retried; also on every host registration.
   std::chrono::milliseconds retryInterval = std::chrono::seconds(5);
   int defaultParallel = 2;  // Evacuation: migrations at once.
+  // Also told every migration event the hooks get (tests); may be empty.
+  MigrationEventSink observer;
 };
 
 struct RunContainerRequest {
@@ -93,6 +95,11 @@ class Coordinator {
   nlohmann::json migration(const std::string& id);
   nlohmann::json history(size_t limit);
   nlohmann::json cancelMigration(const std::string& id);
+  // A paused post-copy migration (Error(Conflict) naming the state for any
+  // other): retry its recovery now; or drop one side, as Migration::
+  // abandonKeeping decides. Both return the migration.
+  nlohmann::json recoverMigration(const std::string& id);
+  nlohmann::json abandonMigration(const std::string& id, KeepSide keep);
   EvacuationResult evacuate(const EvacuationRequest& request);
 
   // A host by name, or by its data address (Alertmanager's `instance`).
@@ -108,6 +115,9 @@ class Coordinator {
   void checkNotBusyLocked(const std::string& container);
   std::shared_ptr<Migration> createMigrationLocked(const std::string& container, const std::string& source,
                                                    const std::string& target, const MigrationOptions& options);
+  // The running migration `id` for an operator's `verb`; Error(Conflict) if
+  // it does not run here (final, or not taken up yet).
+  std::shared_ptr<Migration> pausedMigration(const std::string& id, const char* verb);
   void launch(std::function<void()> body);
   void finished(const std::string& id);
   void retryLoop();

@@ -605,3 +605,56 @@ TEST_CASE("http: the TCP listener serves TLS, verified against the CA; plain HTT
   }));
   CHECK_THROWS_WITH(mismatched.start(), Contains("private key") && Contains("mismatch"));
 }
+
+TEST_CASE("http: recover and abandon act on a paused post-copy migration, a bad `keep` is 400, another state 409") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  cluster.agent("host1").setHandler("finishPostCopy", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    reply.setOk(false);
+    reply.setErrorKind(proto::ErrorKind::FAILED);
+    reply.setErrorMessage("page transfer failed: page channel to host2 reset");
+    return true;
+  });
+  cluster.agent("host1").setRelay(proto::PostCopyRelayState::FAILED, "criu page server died");
+  cluster.agent("host2").setRelay(proto::PostCopyRelayState::CUT, "no page source", 2);
+  cluster.start();
+  Api api(cluster);
+  auto post = [&](const std::string& path, const std::string& body, const std::string& token = kToken) {
+    return api.client->Post(path.c_str(), api.auth(token), body, "application/json");
+  };
+
+  MigrationOptions options;
+  options.postCopy = true;
+  std::string id = cluster.coordinator->startMigration({"web", "host2", options});
+  REQUIRE(waitUntil([&] { return cluster.journal->get(id).state == MigrationState::Paused; }, 10s));
+  auto shown = api.client->Get(("/v1/migrations/" + id).c_str(), api.auth());
+  REQUIRE(shown);
+  CHECK(json::parse(shown->body)["state"] == "paused");
+  CHECK(json::parse(shown->body)["stats"]["pausedReason"].is_string());
+
+  std::string base = "/v1/migrations/" + id;
+  checkError(post(base + "/recover", "{}", "wrong"), 401, "unauthorized");
+  checkError(post(base + "/abandon", R"({"keep": "source"})", "wrong"), 401, "unauthorized");
+  checkError(post(base + "/abandon", "{}"), 400, "invalid-input");
+  checkError(post(base + "/abandon", R"({"keep": "both"})"), 400, "invalid-input");
+  checkError(post(base + "/abandon", R"({"keep": 1})"), 400, "invalid-input");
+  checkError(post("/v1/migrations/m-nope/recover", "{}"), 404, "not-found");
+  auto recovering = post(base + "/recover", "{}");
+  REQUIRE(recovering);
+  CHECK(recovering->status == 202);
+  CHECK(json::parse(recovering->body)["id"] == id);
+  // The target lacks pages: keeping it is a conflict that says so.
+  auto refused = post(base + "/abandon", R"({"keep": "target"})");
+  checkError(refused, 409, "conflict");
+  CHECK_THAT(json::parse(refused->body)["error"].get<std::string>(), Contains("still waits for 2 page requests"));
+
+  // Keep the source: the target's copy goes, the frozen source runs again.
+  auto abandoned = post(base + "/abandon", R"({"keep": "source"})");
+  REQUIRE(abandoned);
+  INFO(abandoned->body);
+  CHECK(abandoned->status == 200);
+  CHECK(json::parse(abandoned->body)["stats"]["kept"] == "source");
+  REQUIRE(waitUntil([&] { return cluster.journal->get(id).state == MigrationState::Abandoned; }, 10s));
+  checkError(post(base + "/recover", "{}"), 409, "conflict");
+  checkError(post(base + "/abandon", R"({"keep": "source"})"), 409, "conflict");
+}

@@ -317,6 +317,19 @@ void HttpApi::routes(HttpServer& server) {
                 sendJson(res, 202, c.cancelMigration(req.matches[1]));
               }));
 
+  // A paused post-copy migration: retry its recovery now, or drop a side.
+  server.Post(R"(/v1/migrations/([^/]+)/recover)", guarded([&c](const httplib::Request& req, httplib::Response& res) {
+                sendJson(res, 202, c.recoverMigration(req.matches[1]));
+              }));
+
+  server.Post(R"(/v1/migrations/([^/]+)/abandon)",
+              guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
+                json body = parseBody(req);
+                std::string keep = jsonField<std::string>(body, "keep", "");
+                if (keep.empty()) fail(ErrorKind::InvalidInput, "abandon: `keep` is required (`source` or `target`)");
+                sendJson(res, 200, c.abandonMigration(req.matches[1], keepSideFromName(keep)));
+              }));
+
   server.Post("/v1/evacuations", guarded([&c, parseBody](const httplib::Request& req, httplib::Response& res) {
                 json body = parseBody(req);
                 EvacuationRequest r;

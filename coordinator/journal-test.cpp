@@ -7,6 +7,7 @@
 #include "coordinator/migration.h"
 
 using namespace migrate;
+using nlohmann::json;
 
 namespace {
 
@@ -95,8 +96,61 @@ TEST_CASE("journal: recovery decision per journalled state") {
   CHECK(decide(MigrationState::Restoring, onTarget) == RecoveryAction::FinishCommit);
   CHECK(decide(MigrationState::Committed, onTarget) == RecoveryAction::FinishCommit);
   for (auto final : {MigrationState::Succeeded, MigrationState::RolledBack, MigrationState::Failed,
-                     MigrationState::Cancelled}) {
+                     MigrationState::Cancelled, MigrationState::Abandoned}) {
     CHECK(decide(final, onTarget) == RecoveryAction::Nothing);
     CHECK(decide(final, onSource) == RecoveryAction::Nothing);
   }
+}
+
+TEST_CASE("journal: paused and abandoned round-trip, paused is unfinished, abandoned final") {
+  TempDir dir("/tmp", "journal-test");
+  auto path = dir.path() / "coordinator.db";
+  {
+    Journal journal(path);
+    journal.insert(sample("m-p"));
+    journal.setStats("m-p", {{"switchoverAtMs", 1700000000000}, {"pausedReason", "page transfer failed"}});
+    journal.setFailure("m-p", MigrationState::Paused, "page transfer failed", ErrorKind::Failed);
+    journal.insert(sample("m-a", "db"));
+    journal.setStats("m-a", {{"kept", "source"}, {"lost", "writes made on host2 in the 6.1 s since switchover"}});
+    journal.setFailure("m-a", MigrationState::Abandoned, "abandoned by an operator", ErrorKind::Cancelled);
+  }
+  Journal journal(path);
+  auto paused = journal.get("m-p");
+  CHECK(paused.state == MigrationState::Paused);
+  CHECK(paused.error == "page transfer failed");
+  CHECK(paused.stats["switchoverAtMs"] == 1700000000000);
+  auto abandoned = journal.get("m-a");
+  CHECK(abandoned.state == MigrationState::Abandoned);
+  CHECK(abandoned.stats["kept"] == "source");
+  auto unfinished = journal.unfinished();
+  REQUIRE(unfinished.size() == 1);
+  CHECK(unfinished[0].id == "m-p");
+  CHECK(stateName(MigrationState::Paused) == "paused");
+  CHECK(stateFromName("abandoned") == MigrationState::Abandoned);
+  CHECK_FALSE(isFinal(MigrationState::Paused));
+  CHECK(isFinal(MigrationState::Abandoned));
+  // Paused is past the restore and before the commit point: the target may
+  // run the container, nothing is committed, and a cancel is too late.
+  CHECK(MigrationState::Paused > MigrationState::Restoring);
+  CHECK(MigrationState::Paused < MigrationState::Committed);
+}
+
+TEST_CASE("journal: post-copy past switchover is never rolled back on restart") {
+  auto decide = [](MigrationState state, json stats) {
+    MigrationRecord r = sample("m");
+    r.options = {{"postCopy", true}};
+    r.state = state;
+    r.stats = std::move(stats);
+    return recoveryActionFor(r, std::string("host1"));
+  };
+  json switchedOver = {{"switchoverAtMs", 1700000000000}};
+  CHECK(decide(MigrationState::Paused, switchedOver) == RecoveryAction::ResumePaused);
+  CHECK(decide(MigrationState::Restoring, switchedOver) == RecoveryAction::AwaitPages);
+  // Without a journalled switchover the target's relay decides.
+  CHECK(decide(MigrationState::Restoring, json::object()) == RecoveryAction::AskTarget);
+  // Before the restore it is a rollback as for stop-and-copy.
+  CHECK(decide(MigrationState::Checkpointing, json::object()) == RecoveryAction::RollBack);
+  // An operator's `abandon --keep source` left rolling back goes on.
+  CHECK(decide(MigrationState::RollingBack, {{"switchoverAtMs", 1}, {"kept", "source"}}) == RecoveryAction::RollBack);
+  CHECK(decide(MigrationState::Abandoned, switchedOver) == RecoveryAction::Nothing);
 }

@@ -16,10 +16,11 @@ struct StateName {
 constexpr StateName kStateNames[] = {
     {MigrationState::Pending, "pending"},         {MigrationState::Prechecking, "prechecking"},
     {MigrationState::Preparing, "preparing"},     {MigrationState::Checkpointing, "checkpointing"},
-    {MigrationState::Restoring, "restoring"},     {MigrationState::Committed, "committed"},
+    {MigrationState::Restoring, "restoring"},     {MigrationState::Paused, "paused"},
+    {MigrationState::Committed, "committed"},
     {MigrationState::Succeeded, "succeeded"},     {MigrationState::RollingBack, "rolling-back"},
     {MigrationState::RolledBack, "rolled-back"},  {MigrationState::Failed, "failed"},
-    {MigrationState::Cancelled, "cancelled"},
+    {MigrationState::Cancelled, "cancelled"},     {MigrationState::Abandoned, "abandoned"},
 };
 
 constexpr const char* kSchema = R"sql(
@@ -69,7 +70,7 @@ MigrationState stateFromName(std::string_view name) {
 
 bool isFinal(MigrationState state) {
   return state == MigrationState::Succeeded || state == MigrationState::RolledBack ||
-         state == MigrationState::Failed || state == MigrationState::Cancelled;
+         state == MigrationState::Failed || state == MigrationState::Cancelled || state == MigrationState::Abandoned;
 }
 
 // A prepared statement, finalized when it goes out of scope.
@@ -249,10 +250,14 @@ std::vector<MigrationRecord> Journal::history(size_t limit) {
 }
 
 std::vector<MigrationRecord> Journal::unfinished() {
+  // The final states from the one table, so a new one cannot be missed here.
+  std::string finals;
+  for (auto& s : kStateNames) {
+    if (isFinal(s.state)) finals += (finals.empty() ? "'" : ", '") + std::string(s.name) + "'";
+  }
   std::lock_guard lock(mutex_);
-  Statement s(db_, (std::string("SELECT ") + kColumns +
-                    " FROM migrations WHERE state NOT IN ('succeeded', 'rolled-back', 'failed', 'cancelled') "
-                    "ORDER BY created_at, rowid")
+  Statement s(db_, (std::string("SELECT ") + kColumns + " FROM migrations WHERE state NOT IN (" + finals +
+                    ") ORDER BY created_at, rowid")
                        .c_str());
   std::vector<MigrationRecord> out;
   while (s.step()) out.push_back(readRecord(s));

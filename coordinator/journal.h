@@ -25,19 +25,23 @@
 
 namespace migrate {
 
-// Ordered: a later state means more may have happened on the hosts.
+// Ordered up to Committed: a later state means more may have happened on the
+// hosts (Paused is past Restoring: the target runs the container). The states
+// after Committed are compared with nothing.
 enum class MigrationState {
   Pending,        // Journalled, nothing sent to any agent.
   Prechecking,    // Read-only checks (an image may be sent to the target).
   Preparing,      // prepareReceive sent: the target may hold a reservation.
   Checkpointing,  // checkpointAndSend sent: the source may be frozen or dumped.
-  Restoring,      // restore sent: the target may be running the container.
+  Restoring,      // restore sent: the target may be running the container (post-copy: its pages still come).
+  Paused,         // Post-copy past switchover, pages stopped: waits for recovery or an operator; never rolled back by itself.
   Committed,      // The owners table names the target; the source may still hold its copy.
   Succeeded,      // Final: the source cleaned up (commitSource done).
   RollingBack,    // Undoing: abortReceive on the target, then rollbackSource.
   RolledBack,     // Final: the container runs on the source again.
   Failed,         // Final: failed before anything was touched.
   Cancelled,      // Final: cancelled before anything was touched.
+  Abandoned,      // Final: an operator dropped one side of a paused migration (stats.kept, stats.lost).
 };
 
 std::string_view stateName(MigrationState state);

@@ -31,6 +31,17 @@ bool contains(const std::vector<std::string>& names, const std::string& name) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
+// The target's abortReceive came first, then the source's rollbackSource:
+// never two copies running.
+void checkTargetAbortedFirst(Cluster& cluster) {
+  auto seen = cluster.seen();
+  int abort = indexOf(seen, "host2", "abortReceive");
+  int rollback = indexOf(seen, "host1", "rollbackSource");
+  REQUIRE(abort >= 0);
+  REQUIRE(rollback >= 0);
+  CHECK(abort < rollback);
+}
+
 }  // namespace
 
 TEST_CASE("migration: success records the new owner before commitSource is sent") {
@@ -479,4 +490,313 @@ TEST_CASE("migration: the target is asked for the source's user namespace mappin
   REQUIRE(onHost3.count("root-one"));
   CHECK(onHost3["web"] == json{{"hostId", web.hostId}, {"size", kIdMappingSize}});
   CHECK(onHost3["root-one"].is_null());
+}
+
+// ---------------------------------------------------------------------------
+// Post-copy after switchover: paused, never rolled back by itself
+
+namespace {
+
+using RelayState = proto::PostCopyRelayState;
+
+MigrationRequest postCopyMove(std::string container, std::string target) {
+  MigrationOptions options;
+  options.postCopy = true;
+  return {std::move(container), std::move(target), options};
+}
+
+void failReply(proto::Reply::Builder reply, const std::string& message) {
+  reply.setOk(false);
+  reply.setErrorKind(proto::ErrorKind::FAILED);
+  reply.setErrorMessage(message);
+}
+
+// The source's finishPostCopy fails (its page channel broke) until `healed`.
+void breakPagesUntil(Cluster& cluster, std::atomic<bool>& healed) {
+  cluster.agent("host1").setHandler("finishPostCopy", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    if (!healed) {
+      failReply(reply, "page transfer failed: page channel to host2 reset");
+      return true;
+    }
+    auto stats = reply.initStats();
+    stats.setBytesPages(96u << 20);
+    stats.setPagesNs(500000000);
+    return true;
+  });
+}
+
+bool anyOf(const std::vector<std::string>& names, std::initializer_list<const char*> these) {
+  for (auto* name : these) {
+    if (contains(names, name)) return true;
+  }
+  return false;
+}
+
+// Until `id` is paused and the recovery loop has asked both relays at least once.
+bool waitPausedAndProbed(Cluster& cluster, const std::string& id) {
+  return waitFor([&] {
+    auto seen1 = cluster.seenNames("host1"), seen2 = cluster.seenNames("host2");
+    return cluster.journal->get(id).state == MigrationState::Paused && contains(seen1, "postCopyStatus") &&
+           contains(seen2, "postCopyStatus");
+  });
+}
+
+}  // namespace
+
+TEST_CASE("post-copy: a failed page transfer pauses, a cut channel reconnects both sides with one fresh key and commits") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  std::atomic<bool> healed{false};
+  breakPagesUntil(cluster, healed);
+  // Both relays hold on to the cut channel; once resumed, the pages finish.
+  cluster.agent("host1").setRelay(RelayState::CUT, "connection reset by peer");
+  cluster.agent("host2").setRelay(RelayState::CUT, "connection reset by peer", 7);
+  cluster.agent("host1").setHandler("resumePostCopy", [&](proto::Request::Reader, proto::Reply::Builder) {
+    healed = true;
+    return false;
+  });
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration(postCopyMove("web", "host2"));
+  cluster.coordinator->waitIdle();
+  auto record = cluster.journal->get(id);
+  INFO(record.error);
+  CHECK(record.state == MigrationState::Succeeded);
+  CHECK(record.stats.contains("switchoverAtMs"));
+  CHECK(record.stats["pauses"] == 1);
+  CHECK_FALSE(record.stats.contains("pausedReason"));
+  CHECK(record.stats["bytesPages"] == (96u << 20));
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host2"));
+
+  // The target took the fresh key before the source dialled with it; the
+  // same key on both sides, not the migration's first one.
+  auto seen = cluster.seen();
+  int resumeTarget = indexOf(seen, "host2", "resumePostCopy");
+  int resumeSource = indexOf(seen, "host1", "resumePostCopy");
+  REQUIRE(resumeTarget >= 0);
+  CHECK(resumeTarget < resumeSource);
+  auto targetKeys = cluster.agent("host2").resumeKeys(), sourceKeys = cluster.agent("host1").resumeKeys();
+  REQUIRE(targetKeys.size() == 1);
+  REQUIRE(sourceKeys.size() == 1);
+  CHECK(targetKeys[0] == sourceKeys[0]);
+  CHECK(targetKeys[0].size() == 32);
+  // Nothing was rolled back, on either side.
+  CHECK_FALSE(anyOf(cluster.seenNames("host1"), {"rollbackSource"}));
+  CHECK_FALSE(anyOf(cluster.seenNames("host2"), {"abortReceive"}));
+  CHECK(cluster.events(id) == std::vector<std::string>{"migration.started", "migration.paused", "migration.resumed",
+                                                        "migration.succeeded"});
+}
+
+TEST_CASE("post-copy: paused, the source's `done` commits, a failed relay stays paused with its reason") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  std::atomic<bool> healed{false};
+  breakPagesUntil(cluster, healed);
+  cluster.agent("host1").setRelay(RelayState::FLOWING);
+  cluster.agent("host2").setRelay(RelayState::FAILED, "criu lazy-pages exited with signal 9; the container is frozen");
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration(postCopyMove("web", "host2"));
+  REQUIRE(waitPausedAndProbed(cluster, id));
+  // The relay's own report replaces the first reason; it stays paused.
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).error.find("lazy-pages") != std::string::npos; }));
+  auto paused = cluster.journal->get(id);
+  CHECK(paused.state == MigrationState::Paused);
+  CHECK(paused.error == "host2: page relay failed: criu lazy-pages exited with signal 9; the container is frozen");
+  CHECK(paused.stats["pausedReason"] == paused.error);
+  CHECK(paused.stats.contains("pausedAtMs"));
+  auto json = cluster.coordinator->migration(id);
+  CHECK(json["state"] == "paused");
+  CHECK(json["phase"] == "pages");
+  CHECK(json["stats"]["switchoverAt"].is_string());
+  CHECK(json["stats"]["pausedAt"].is_string());
+  CHECK_FALSE(anyOf(cluster.seenNames("host1"), {"rollbackSource", "resumePostCopy"}));
+  CHECK_FALSE(anyOf(cluster.seenNames("host2"), {"abortReceive", "resumePostCopy"}));
+  // `migrate cancel` cannot touch it either.
+  CHECK_THROWS_AS(cluster.coordinator->cancelMigration(id), Error);
+
+  // The source finishes after all (the target's lazy-pages had every page).
+  healed = true;
+  cluster.agent("host1").setRelay(RelayState::DONE);
+  cluster.coordinator->recoverMigration(id);
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::Succeeded; }));
+  CHECK(cluster.events(id).back() == "migration.succeeded");
+  CHECK(contains(cluster.events(id), "migration.resumed"));
+  CHECK_FALSE(anyOf(cluster.seenNames("host1"), {"rollbackSource"}));
+}
+
+TEST_CASE("post-copy: abandon --keep source aborts the target, then resumes the source, and says what is lost") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  std::atomic<bool> healed{false};
+  breakPagesUntil(cluster, healed);
+  cluster.agent("host1").setRelay(RelayState::FAILED, "criu page server died");
+  cluster.agent("host2").setRelay(RelayState::CUT, "no page source", 4);
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration(postCopyMove("web", "host2"));
+  REQUIRE(waitPausedAndProbed(cluster, id));
+  // Keeping the target is refused while it waits for pages; nothing changes.
+  try {
+    cluster.coordinator->abandonMigration(id, KeepSide::Target);
+    FAIL("keeping a target that lacks pages was allowed");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Conflict);
+    CHECK(std::string(e.what()) ==
+          "host2 still waits for 4 page requests from host1; keeping host2's copy would run it on memory it never "
+          "received — recover, or keep the source");
+  }
+  CHECK(cluster.journal->get(id).state == MigrationState::Paused);
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host1"));
+
+  auto answer = cluster.coordinator->abandonMigration(id, KeepSide::Source);
+  CHECK(answer["stats"]["kept"] == "source");
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::Abandoned; }));
+  auto record = cluster.journal->get(id);
+  CHECK(isFinal(record.state));
+  CHECK(record.stats["kept"] == "source");
+  std::string lost = record.stats["lost"];
+  CHECK(lost.rfind("writes made on host2 in the ", 0) == 0);
+  CHECK(lost.find(" s since switchover") != std::string::npos);
+  CHECK(record.error.find(lost) != std::string::npos);
+  checkTargetAbortedFirst(cluster);
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host1"));
+  CHECK(cluster.events(id).back() == "migration.abandoned");
+  // A final migration takes no more verbs.
+  CHECK_THROWS_AS(cluster.coordinator->abandonMigration(id, KeepSide::Source), Error);
+  CHECK_THROWS_AS(cluster.coordinator->recoverMigration(id), Error);
+}
+
+TEST_CASE("post-copy: abandon --keep target, once the target has every page, commits and cleans the source") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  std::atomic<bool> healed{false};
+  breakPagesUntil(cluster, healed);
+  cluster.agent("host1").setRelay(RelayState::FAILED, "criu page server died");
+  cluster.agent("host2").setRelay(RelayState::DONE);
+  cluster.start();
+
+  std::string id = cluster.coordinator->startMigration(postCopyMove("web", "host2"));
+  REQUIRE(waitPausedAndProbed(cluster, id));
+  CHECK(cluster.journal->get(id).error.find("`abandon --keep target` commits") != std::string::npos);
+  cluster.coordinator->abandonMigration(id, KeepSide::Target);
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::Abandoned; }));
+  auto record = cluster.journal->get(id);
+  CHECK(record.stats["kept"] == "target");
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host2"));
+  CHECK(contains(cluster.seenNames("host1"), "commitSource"));
+  CHECK_FALSE(anyOf(cluster.seenNames("host1"), {"rollbackSource"}));
+  CHECK_FALSE(anyOf(cluster.seenNames("host2"), {"abortReceive"}));
+}
+
+TEST_CASE("post-copy: verbs on a migration that is not paused are refused naming its state") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "running");
+  cluster.start();
+  std::string id = cluster.coordinator->startMigration({"web", "host2", {}});
+  cluster.coordinator->waitIdle();
+  try {
+    cluster.coordinator->recoverMigration(id);
+    FAIL("recover of a finished migration was accepted");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::Conflict);
+    CHECK(std::string(e.what()) == "migration " + id + " is succeeded, not paused: nothing to recover");
+  }
+}
+
+TEST_CASE("post-copy: a coordinator restarted while paused resumes the recovery loop and never rolls back") {
+  Cluster cluster(300ms);
+  cluster.agent("host1").addContainer("web", "checkpointed");
+  cluster.agent("host2").addContainer("web", "running");
+  cluster.agent("host1").setRelay(RelayState::CUT, "connection reset");
+  cluster.agent("host2").setRelay(RelayState::CUT, "connection reset", 2);
+  std::atomic<bool> healed{false};
+  breakPagesUntil(cluster, healed);
+  cluster.agent("host1").setHandler("resumePostCopy", [&](proto::Request::Reader, proto::Reply::Builder) {
+    healed = true;
+    return false;
+  });
+
+  auto journalled = [](std::string id, std::string container, MigrationState state) {
+    MigrationRecord r;
+    r.id = std::move(id);
+    r.container = std::move(container);
+    r.source = "host1";
+    r.target = "host2";
+    r.state = state;
+    r.options = {{"postCopy", true}};
+    return r;
+  };
+  // Paused by the previous run; and one whose restore replied just before
+  // the crash, its switchover unjournalled, and one that never got there.
+  auto paused = journalled("m-paused", "web", MigrationState::Paused);
+  paused.stats = {{"switchoverAtMs", nowEpochMs() - 5000}, {"pausedReason", "page transfer failed"}};
+  cluster.journal->insert(paused);
+  cluster.journal->setOwner("web", "host1");
+
+  cluster.start();
+  REQUIRE(waitFor([&] { return cluster.journal->get("m-paused").state == MigrationState::Succeeded; }));
+  CHECK(contains(cluster.seenNames("host2"), "resumePostCopy"));
+  CHECK_FALSE(anyOf(cluster.seenNames("host1"), {"rollbackSource"}));
+  CHECK_FALSE(anyOf(cluster.seenNames("host2"), {"abortReceive"}));
+  CHECK(cluster.journal->ownerIfExists("web") == std::optional<std::string>("host2"));
+}
+
+TEST_CASE("post-copy: restarted in `restoring`, the target's relay decides: present resumes the pages, absent rolls back") {
+  Cluster cluster(300ms);
+  bool targetHasRelay = GENERATE(true, false);
+  INFO("target relay: " << targetHasRelay);
+  cluster.agent("host1").addContainer("web", "checkpointed");
+  if (targetHasRelay) cluster.agent("host2").addContainer("web", "running");
+  cluster.agent("host1").setRelay(RelayState::FLOWING);
+  cluster.agent("host2").setRelay(targetHasRelay ? RelayState::FLOWING : RelayState::ABSENT);
+  MigrationRecord r;
+  r.id = "m-restoring";
+  r.container = "web";
+  r.source = "host1";
+  r.target = "host2";
+  r.state = MigrationState::Restoring;
+  r.options = {{"postCopy", true}};
+  cluster.journal->insert(r);
+  cluster.journal->setOwner("web", "host1");
+
+  cluster.start();
+  MigrationState expected = targetHasRelay ? MigrationState::Succeeded : MigrationState::RolledBack;
+  REQUIRE(waitFor([&] { return cluster.journal->get("m-restoring").state == expected; }));
+  auto record = cluster.journal->get("m-restoring");
+  CHECK(contains(cluster.seenNames("host2"), "postCopyStatus"));
+  CHECK(record.stats.contains("switchoverAtMs") == targetHasRelay);
+  CHECK(contains(cluster.seenNames("host1"), "rollbackSource") == !targetHasRelay);
+  CHECK(contains(cluster.seenNames("host1"), "finishPostCopy") == targetHasRelay);
+}
+
+TEST_CASE("post-copy: the target lost while pages go pauses after the grace instead of rolling back") {
+  Cluster cluster(200ms);
+  cluster.agent("host1").addContainer("web", "running");
+  // finishPostCopy does not answer while host2 is gone: the pages wait for it.
+  cluster.agent("host1").dropRequests("finishPostCopy");
+  cluster.start();
+  cluster.agent("host2").setHandler("restore", [&](proto::Request::Reader, proto::Reply::Builder reply) {
+    // Answers the restore, then goes silent: no more heartbeats.
+    reply.initRestored().getStats().setSha256("aa");
+    cluster.agent("host2").setSilent(true);
+    return true;
+  });
+
+  std::string id = cluster.coordinator->startMigration(postCopyMove("web", "host2"));
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::Paused; }));
+  auto paused = cluster.journal->get(id);
+  INFO(paused.error);
+  CHECK(paused.error.find("host2") != std::string::npos);
+  CHECK(paused.errorKind == "disconnected");
+  CHECK_FALSE(anyOf(cluster.seenNames("host1"), {"rollbackSource"}));
+  // Keeping the source needs the target's abort: it waits for host2 in
+  // `rolling-back`, the source still frozen.
+  cluster.agent("host1").setRelay(RelayState::CUT);
+  cluster.coordinator->abandonMigration(id, KeepSide::Source);
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::RollingBack; }));
+  CHECK_FALSE(contains(cluster.seenNames("host1"), "rollbackSource"));
+  cluster.agent("host2").setSilent(false);
+  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::Abandoned; }, 20s));
+  checkTargetAbortedFirst(cluster);
 }

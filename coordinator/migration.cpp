@@ -43,6 +43,7 @@ Phase phaseOfState(MigrationState state) {
     case MigrationState::Preparing: return Phase::Prepare;
     case MigrationState::Checkpointing: return Phase::Checkpoint;
     case MigrationState::Restoring: return Phase::Restore;
+    case MigrationState::Paused: return Phase::Pages;  // the pages phase, stopped
     case MigrationState::Committed: return Phase::Commit;
     case MigrationState::RollingBack: return Phase::Rollback;
     default: return Phase::Done;
@@ -98,11 +99,23 @@ RecoveryAction recoveryActionFor(const MigrationRecord& record, const std::optio
   if (record.state == MigrationState::Committed || (owner && *owner == record.target)) {
     return RecoveryAction::FinishCommit;
   }
+  // Past switchover the target has run the container and acknowledged
+  // writes: rolling back would lose them. (A `rolling-back` one with
+  // stats.kept is an operator's abandon, which is allowed to.)
+  bool postCopy = MigrationOptions::fromJson(record.options).postCopy;
+  bool switchedOver = record.stats.is_object() && record.stats.contains("switchoverAtMs");
   switch (record.state) {
     case MigrationState::Pending:
     case MigrationState::Prechecking:
       // Prechecks only read, or copy an image the target may keep.
       return RecoveryAction::MarkFailed;
+    case MigrationState::Paused:
+      return RecoveryAction::ResumePaused;
+    case MigrationState::Restoring:
+      if (switchedOver) return RecoveryAction::AwaitPages;
+      // The restore may have replied just before the crash, unjournalled.
+      if (postCopy) return RecoveryAction::AskTarget;
+      return RecoveryAction::RollBack;
     default:
       return RecoveryAction::RollBack;
   }
@@ -110,6 +123,10 @@ RecoveryAction recoveryActionFor(const MigrationRecord& record, const std::optio
 
 json migrationToJson(const MigrationRecord& r, const std::optional<LiveProgress>& live) {
   json stats = r.stats.is_object() ? r.stats : json::object();
+  // The journal keeps epoch milliseconds; readers get the time as well.
+  for (auto [ms, at] : {std::pair{"switchoverAtMs", "switchoverAt"}, std::pair{"pausedAtMs", "pausedAt"}}) {
+    if (auto it = stats.find(ms); it != stats.end() && it->is_number_integer()) stats[at] = isoTime(it->get<int64_t>());
+  }
   json out = {
       {"id", r.id},
       {"container", r.container},
@@ -135,6 +152,9 @@ Migration::Migration(MigrationContext& context, MigrationRecord record)
     : ctx_(context), record_(std::move(record)), options_(MigrationOptions::fromJson(record_.options)) {
   if (!record_.stats.is_object()) record_.stats = json::object();
   live_.phase = phaseOfState(record_.state);
+  switchedOver_ = record_.stats.contains("switchoverAtMs");
+  // A recovered migration's total time counts from its creation.
+  if (record_.createdAtMs > 0) started_ = Clock::now() - std::chrono::milliseconds(nowEpochMs() - record_.createdAtMs);
 }
 
 MigrationRecord Migration::record() const {
@@ -158,17 +178,28 @@ void Migration::run() {
     checkpointAndStream();
     throwIfStopped();
     timed(Phase::Restore, [&] { restore(); });
-    // Post-copy: the container runs on the target, its memory still coming
-    // from the source. Not committed before the last page: if the channel
-    // breaks, the source (still frozen) is the intact copy to roll back to.
-    if (options_.postCopy) timed(Phase::Pages, [&] { awaitPages(); });
-    // No cancellation past this point: the target runs the container, and
-    // committing is the quickest way back to one copy.
-    timed(Phase::Commit, [&] { commit(); });
+    if (options_.postCopy) {
+      // Switchover: the container runs on the target, its memory still
+      // coming from the source. Not committed before the last page, and
+      // never rolled back from here on either: the target has answered
+      // requests and written, which resuming the source would lose.
+      recordSwitchover();
+      followPages(false);
+    } else {
+      // No cancellation past this point: the target runs the container, and
+      // committing is the quickest way back to one copy.
+      timed(Phase::Commit, [&] { commit(); });
+    }
   } catch (const std::exception& e) {
-    if (abandoned_) {
+    if (leaving_) {
       logInfo("migration " + record_.id + ": left at `" + std::string(stateName(record_.state)) +
               "` for the next coordinator start: " + e.what());
+      return;
+    }
+    if (switchedOver_) {
+      // followPages() pauses on every agent's failure; only the journal
+      // itself failing lands here. The next start resumes from the journal.
+      logError("migration " + record_.id + ": after switchover, left for the next coordinator start: " + e.what());
       return;
     }
     MigrationState reached = record().state;
@@ -180,11 +211,7 @@ void Migration::run() {
       if (cancelled_) markCancelled(error, kind);
       logWarn("migration " + record_.id + ": " + (cancelled_ ? "cancelled" : "failed") + " in precheck: " + error);
       try {
-        ctx_.journal.setFailure(record_.id, final, error, kind);
-        std::lock_guard lock(mutex_);
-        record_.state = final;
-        record_.error = error;
-        record_.errorKind = std::string(kindName(kind));
+        journalOutcome(final, error, kind);
       } catch (const std::exception& journalError) {
         logError("migration " + record_.id + ": journal: " + journalError.what());
       }
@@ -471,23 +498,35 @@ void Migration::restore() {
 
 void Migration::awaitPages() {
   setPhase(Phase::Pages);
-  // The source agent being away (restarting) is no reason to give up: the
+  // An agent away for a moment (restarting) is no reason to pause: the
   // container runs on the target and the source's CRIU keeps serving. Ask
-  // again until it answers; it reports a broken transfer as `failed`.
+  // again within the grace; the source reports a broken transfer as
+  // `failed`. Past the grace the caller pauses.
   auto deadline = Clock::now() + ctx_.timeouts.finishPostCopy;
+  std::optional<Clock::time_point> awaySince;
   std::optional<ReplyMessage> answer;
   while (!answer) {
     try {
-      answer = request(record_.source, "finishPostCopy", ctx_.timeouts.finishPostCopy, [&](proto::Request::Builder r) {
-        auto finish = r.initFinishPostCopy();
-        finish.setMigrationId(record_.id);
-        finish.setContainerName(record_.container);
-      });
+      if (!ctx_.registry.isUp(record_.target)) {
+        fail(ErrorKind::Disconnected, "target host `" + record_.target + "` is down while it runs on pages from " +
+                                          record_.source);
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      answer = request(
+          record_.source, "finishPostCopy", std::max(left, std::chrono::milliseconds(1)),
+          [&](proto::Request::Builder r) {
+            auto finish = r.initFinishPostCopy();
+            finish.setMigrationId(record_.id);
+            finish.setContainerName(record_.container);
+          },
+          record_.target);
     } catch (const Error& e) {
-      if (e.kind() != ErrorKind::Disconnected || Clock::now() > deadline || abandoned_) throw;
-      logWarn("migration " + record_.id + ": " + record_.source + " away while its pages go (" + e.what() +
-              "); asking again");
-      std::this_thread::sleep_for(std::chrono::seconds(1));
+      if (e.kind() != ErrorKind::Disconnected || leaving_) throw;
+      auto now = Clock::now();
+      if (!awaySince) awaySince = now;
+      if (now - *awaySince > ctx_.timeouts.agentGrace || now > deadline) throw;
+      logWarn("migration " + record_.id + ": an agent is away while the pages go (" + e.what() + "); asking again");
+      std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(std::chrono::seconds(1), ctx_.timeouts.agentGrace));
     }
   }
   auto& reply = *answer;
@@ -498,6 +537,316 @@ void Migration::awaitPages() {
   record_.stats["bytesPages"] = s.getBytesPages();
   record_.stats["pageChannelReconnects"] = s.getPageChannelReconnects();
   ctx_.journal.setStats(record_.id, record_.stats);
+}
+
+// ---------------------------------------------------------------------------
+// Post-copy after switchover: pages, pause, recovery, an operator's abandon
+
+void Migration::recordSwitchover(bool estimated) {
+  // In memory first: whatever fails from here on, nothing rolls back.
+  switchedOver_ = true;
+  {
+    std::lock_guard lock(mutex_);
+    record_.stats["switchoverAtMs"] = nowEpochMs();
+    if (estimated) record_.stats["switchoverEstimated"] = true;  // found after a restart: at least this long ago
+  }
+  // Journalled before the next request: a restarted coordinator resumes
+  // the pages instead of rolling back.
+  saveStats();
+}
+
+void Migration::followPages(bool startPaused) {
+  bool paused = startPaused;
+  for (;;) {
+    if (!paused) {
+      try {
+        timed(Phase::Pages, [&] { awaitPages(); });
+      } catch (const std::exception& e) {
+        if (leaving_) throw;
+        auto [reason, kind] = rootCause(e);
+        pause(reason, kind);
+        paused = true;
+      }
+      if (!paused) {
+        timed(Phase::Commit, [&] { commit(); });
+        return;
+      }
+    }
+    if (!whilePaused()) return;
+    paused = false;
+  }
+}
+
+void Migration::pause(const std::string& reason, ErrorKind kind) {
+  logWarn("migration " + record_.id + ": paused after switchover (" + record_.target + " runs `" +
+          record_.container + "`; nothing rolls back by itself): " + reason);
+  {
+    std::lock_guard lock(mutex_);
+    record_.stats["pausedReason"] = reason;
+    record_.stats["pausedAtMs"] = nowEpochMs();
+    record_.stats["pauses"] = record_.stats.value("pauses", 0) + 1;
+  }
+  saveStats();
+  journalOutcome(MigrationState::Paused, reason, kind);
+  setPhase(Phase::Pages);
+  emit("migration.paused");
+}
+
+void Migration::updatePausedReason(const std::string& reason, ErrorKind kind) {
+  {
+    std::lock_guard lock(mutex_);
+    if (record_.error == reason) return;
+    record_.stats["pausedReason"] = reason;
+    record_.error = reason;
+    record_.errorKind = std::string(kindName(kind));
+  }
+  logWarn("migration " + record_.id + ": still paused: " + reason);
+  saveStats();
+  ctx_.journal.setFailure(record_.id, MigrationState::Paused, reason, kind);
+}
+
+bool Migration::whilePaused() {
+  auto nextProbe = Clock::now() + ctx_.timeouts.recoveryInterval;
+  for (;;) {
+    std::shared_ptr<OperatorCommand> command;
+    {
+      std::unique_lock lock(mutex_);
+      bool woken = wake_.wait_until(lock, nextProbe, [&] {
+        return leaving_ || recoverRequested_ || (command_ && !command_->taken);
+      });
+      if (leaving_) fail(ErrorKind::Disconnected, "coordinator is shutting down");
+      if (woken && command_ && !command_->taken) {
+        command = command_;
+        command->taken = true;
+      }
+      recoverRequested_ = false;
+    }
+    if (command) {
+      if (carryOut(*command)) return false;
+      continue;
+    }
+    nextProbe = Clock::now() + ctx_.timeouts.recoveryInterval;
+    // An agent that is away cannot say anything; the pause's reason stands.
+    if (!ctx_.registry.isUp(record_.source) || !ctx_.registry.isUp(record_.target)) continue;
+    RecoveryDecision decision;
+    try {
+      auto source = relayStatus(record_.source);
+      auto target = relayStatus(record_.target);
+      decision = decideRecovery(source, target, target.state == RelayState::ABSENT && targetRunsContainer());
+      if (decision.step == RecoveryStep::Reconnect) reconnectRelays();
+    } catch (const std::exception& e) {
+      if (leaving_) throw;
+      logWarn("migration " + record_.id + ": paused; asking the page relays: " + e.what());
+      continue;
+    }
+    if (decision.step == RecoveryStep::StayPaused) {
+      updatePausedReason(decision.reason, ErrorKind::Failed);
+      continue;
+    }
+    resume();
+    return true;
+  }
+}
+
+RelayReport Migration::relayStatus(const std::string& host) {
+  auto reply = request(host, "postCopyStatus", ctx_.timeouts.request, [&](proto::Request::Builder r) {
+    auto ref = r.initPostCopyStatus();
+    ref.setMigrationId(record_.id);
+    ref.setContainerName(record_.container);
+  });
+  if (!reply.get().isPostCopy()) fail(host + " answered postCopyStatus without a status");
+  return RelayReport::fromProto(host, reply.get().getPostCopy());
+}
+
+bool Migration::targetRunsContainer() {
+  for (auto& c : listContainersOn(record_.target)) {
+    if (c.name == record_.container) return c.state == "running";
+  }
+  return false;
+}
+
+void Migration::reconnectRelays() {
+  // Every page channel gets its own one-time key (DESIGN.md's data plane),
+  // the reconnected one too. The target first: it must expect the key
+  // before the source's relay dials with it.
+  psk_ = randomBytes(32);
+  for (const std::string* host : {&record_.target, &record_.source}) {
+    request(*host, "resumePostCopy", ctx_.timeouts.request, [&](proto::Request::Builder r) {
+      auto resume = r.initResumePostCopy();
+      resume.setMigrationId(record_.id);
+      resume.setContainerName(record_.container);
+      resume.setPsk(bytesOf(psk_));
+    });
+  }
+  logInfo("migration " + record_.id + ": page channel " + record_.source + " -> " + record_.target +
+          " reconnects with a fresh key");
+}
+
+void Migration::resume() {
+  {
+    std::lock_guard lock(mutex_);
+    record_.stats.erase("pausedReason");
+    record_.stats.erase("pausedAtMs");
+    peerError_.clear();  // the pause's cause; the next failure reports its own
+    // An abandon asked for while this probe ran comes too late.
+    if (command_ && !command_->taken) {
+      command_->taken = command_->done = true;
+      command_->refusal = std::make_exception_ptr(Error(
+          ErrorKind::Conflict, "migration " + record_.id + " recovered (its pages flow again) before the abandon "
+                                                           "was taken; it is no longer paused"));
+      wake_.notify_all();
+    }
+  }
+  saveStats();
+  journalOutcome(MigrationState::Restoring, "", ErrorKind::Failed);
+  setPhase(Phase::Pages);
+  logInfo("migration " + record_.id + ": resumed; waiting for the pages again");
+  emit("migration.resumed");
+}
+
+bool Migration::carryOut(OperatorCommand& command) {
+  auto answer = [&](std::exception_ptr refusal) {
+    std::lock_guard lock(mutex_);
+    command.done = true;
+    command.refusal = refusal;
+    wake_.notify_all();
+  };
+  try {
+    if (command.keep == KeepSide::Source) keepSource([&] { answer(nullptr); });
+    else keepTarget([&] { answer(nullptr); });
+    return true;
+  } catch (...) {
+    bool decided;
+    {
+      std::lock_guard lock(mutex_);
+      decided = command.done;
+    }
+    if (decided) throw;  // the journal failed after the decision; run() leaves it for the next start
+    answer(std::current_exception());
+    return false;  // refused: still paused
+  }
+}
+
+void Migration::keepSource(const std::function<void()>& decided) {
+  // Once the source's CRIU sent the last page it let go of the frozen copy:
+  // killing the target then would lose the container altogether.
+  RelayReport source;
+  try {
+    source = relayStatus(record_.source);
+  } catch (const Error& e) {
+    // An agent without relays (an older build) still holds its frozen copy
+    // until told; rollbackSource says if it does not.
+    if (e.kind() != ErrorKind::Unimplemented) {
+      fail(e.kind(), "cannot keep " + record_.source + "'s copy: cannot tell whether it still holds it (" +
+                         e.what() + ")");
+    }
+  }
+  if (source.state == RelayState::DONE) {
+    fail(ErrorKind::Conflict, record_.source + " already sent every page, so its CRIU let go of the frozen copy: "
+                                               "there is no source copy to keep — keep the target");
+  }
+  std::string lost = lostByKeepingSource(record_.target, record().stats.value("switchoverAtMs", int64_t(0)), nowEpochMs());
+  std::string error = "abandoned by an operator, keeping " + record_.source + "'s copy; lost: " + lost;
+  {
+    std::lock_guard lock(mutex_);
+    record_.stats["kept"] = "source";
+    record_.stats["lost"] = lost;
+    record_.stats["rollbackFrom"] = std::string(stateName(MigrationState::Paused));
+    record_.stats["rollbackCause"] = error;
+  }
+  saveStats();
+  journalOutcome(MigrationState::RollingBack, error, ErrorKind::Cancelled);
+  logWarn("migration " + record_.id + ": " + error);
+  setPhase(Phase::Rollback);
+  decided();
+  // The target's copy goes first (abortReceive), then the source resumes:
+  // never two running. A target away keeps it `rolling-back` until it answers.
+  undoOnHosts(true, error, ErrorKind::Cancelled);
+}
+
+void Migration::keepTarget(const std::function<void()>& decided) {
+  // Either side can vouch that the target has every page.
+  std::optional<RelayReport> target, source;
+  std::string unknown;
+  try {
+    target = relayStatus(record_.target);
+  } catch (const std::exception& e) {
+    unknown = e.what();
+  }
+  if (!target || target->state != RelayState::DONE) {
+    try {
+      source = relayStatus(record_.source);
+    } catch (const std::exception& e) {
+      unknown += (unknown.empty() ? "" : "; ") + std::string(e.what());
+    }
+  }
+  bool sourceDone = source && source->state == RelayState::DONE;
+  if (!target && !sourceDone) {
+    fail(ErrorKind::Disconnected, "cannot keep " + record_.target + "'s copy: cannot tell whether it has every page (" +
+                                      unknown + ")");
+  }
+  RelayReport absent;
+  absent.host = record_.source;
+  if (!target) target = RelayReport{record_.target, RelayState::DONE, {}, 0, 0};  // the source's `done` vouches
+  if (auto refusal = refusalToKeepTarget(source ? *source : absent, *target)) fail(ErrorKind::Conflict, *refusal);
+
+  std::string lost = "nothing: " + record_.target + " has every page; " + record_.source + "'s frozen copy is dropped";
+  {
+    std::lock_guard lock(mutex_);
+    record_.stats["kept"] = "target";
+    record_.stats["lost"] = lost;
+    record_.stats["totalMs"] = msSince(started_);
+  }
+  saveStats();
+  // The commit point, as commit(): the container is the target's from here.
+  ctx_.journal.recordCommit(record_.id, record_.container, record_.target);
+  journalOutcome(MigrationState::Committed, "", ErrorKind::Failed);
+  logWarn("migration " + record_.id + ": abandoned by an operator, keeping " + record_.target + "'s copy");
+  decided();
+  emit("migration.abandoned");
+  setPhase(Phase::Commit);
+  finishCommit();
+}
+
+bool Migration::targetSwitchedOver() {
+  // The relay exists from the restore on: absent means it never ran there.
+  return relayStatus(record_.target).state != RelayState::ABSENT;
+}
+
+void Migration::recoverNow() {
+  std::lock_guard lock(mutex_);
+  if (record_.state != MigrationState::Paused) {
+    fail(ErrorKind::Conflict, "migration " + record_.id + " is " + std::string(stateName(record_.state)) +
+                                  ", not paused: nothing to recover");
+  }
+  recoverRequested_ = true;
+  wake_.notify_all();
+}
+
+void Migration::abandonKeeping(KeepSide keep) {
+  auto command = std::make_shared<OperatorCommand>();
+  command->keep = keep;
+  std::unique_lock lock(mutex_);
+  if (record_.state != MigrationState::Paused) {
+    fail(ErrorKind::Conflict, "migration " + record_.id + " is " + std::string(stateName(record_.state)) +
+                                  ", not paused: only a paused migration can be abandoned");
+  }
+  if (command_ && !command_->done) {
+    fail(ErrorKind::Conflict, "migration " + record_.id + ": an abandon is being decided already");
+  }
+  command_ = command;
+  wake_.notify_all();
+  // The decision asks an agent or two (postCopyStatus) before it journals.
+  auto limit = 3 * ctx_.timeouts.request;
+  bool answered = wake_.wait_for(lock, limit, [&] { return command->done || leaving_; });
+  if (!command->done) {
+    fail(ErrorKind::Disconnected,
+         "migration " + record_.id + ": abandon not decided within " +
+             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(limit).count()) + " s" +
+             (answered ? " (coordinator shutting down)" : "") + "; `migrate status " + record_.id +
+             "` shows whether it was");
+  }
+  if (command->refusal) std::rethrow_exception(command->refusal);
 }
 
 void Migration::commit() {
@@ -528,7 +877,7 @@ void Migration::finishCommit() {
         commit.setContainerName(record_.container);
       });
     } catch (const std::exception& e) {
-      if (abandoned_) return;
+      if (leaving_) return;
       // Never rolled back: the target runs the container now. The source's
       // leftover copy is deleted when a retry gets through.
       logWarn("migration " + record_.id + ": commitSource on " + record_.source + " failed (will retry): " + e.what());
@@ -541,19 +890,16 @@ void Migration::finishCommit() {
     }
   }
   refreshHosts();  // before `succeeded` is visible, so `migrate ps` then shows the new place
-  ctx_.journal.setFailure(record_.id, MigrationState::Succeeded, "", ErrorKind::Failed);
-  {
-    std::lock_guard lock(mutex_);
-    record_.state = MigrationState::Succeeded;
-    record_.error.clear();
-    record_.errorKind.clear();
-  }
+  // An operator's `abandon --keep target` ends `abandoned`, its reason kept.
+  bool kept = record().stats.contains("kept");
+  MigrationState final = kept ? MigrationState::Abandoned : MigrationState::Succeeded;
+  std::string error = kept ? "abandoned by an operator, keeping " + record_.target + "'s copy" : std::string();
+  journalOutcome(final, error, ErrorKind::Cancelled);
   setPhase(Phase::Done);
   logInfo("migration " + record_.id + ": `" + record_.container + "` now runs on " + record_.target);
 }
 
-void Migration::rollback(const std::exception& cause) {
-  MigrationState reached = record().state;
+std::pair<std::string, ErrorKind> Migration::rootCause(const std::exception& cause) {
   std::string error = cause.what();
   ErrorKind kind = kindOf(cause);
   if (kind == ErrorKind::Disconnected) {
@@ -574,6 +920,12 @@ void Migration::rollback(const std::exception& cause) {
       kind = peerErrorKind_;
     }
   }
+  return {error, kind};
+}
+
+void Migration::rollback(const std::exception& cause) {
+  MigrationState reached = record().state;
+  auto [error, kind] = rootCause(cause);
   if (cancelled_) markCancelled(error, kind);
   logWarn("migration " + record_.id + ": rolling back from `" + std::string(stateName(reached)) + "`: " + error);
   {
@@ -585,13 +937,7 @@ void Migration::rollback(const std::exception& cause) {
     record_.stats["totalMs"] = msSince(started_);
   }
   saveStats();
-  ctx_.journal.setFailure(record_.id, MigrationState::RollingBack, error, kind);
-  {
-    std::lock_guard lock(mutex_);
-    record_.state = MigrationState::RollingBack;
-    record_.error = error;
-    record_.errorKind = std::string(kindName(kind));
-  }
+  journalOutcome(MigrationState::RollingBack, error, kind);
   setPhase(Phase::Rollback);
   undoOnHosts(reached >= MigrationState::Restoring, error, kind);
 }
@@ -653,16 +999,14 @@ bool Migration::undoOnHosts(bool targetMayRun, const std::string& error, ErrorKi
   }
   saveStats();
   refreshHosts();  // before `rolled-back` is visible
-  ctx_.journal.setFailure(record_.id, MigrationState::RolledBack, error, kind);
-  {
-    std::lock_guard lock(mutex_);
-    record_.state = MigrationState::RolledBack;
-    record_.error = error;
-    record_.errorKind = std::string(kindName(kind));
-  }
+  // An operator's `abandon --keep source` ends `abandoned`.
+  bool kept = record().stats.contains("kept");
+  MigrationState final = kept ? MigrationState::Abandoned : MigrationState::RolledBack;
+  journalOutcome(final, error, kind);
   setPhase(Phase::Done);
-  logInfo("migration " + record_.id + ": rolled back; `" + record_.container + "` runs on " + record_.source);
-  emit("migration.failed");
+  logInfo("migration " + record_.id + ": " + (kept ? "abandoned" : "rolled back") + "; `" + record_.container +
+          "` runs on " + record_.source);
+  emit(kept ? "migration.abandoned" : "migration.failed");
   return true;
 }
 
@@ -674,11 +1018,7 @@ void Migration::recover() {
         return;
       case RecoveryAction::MarkFailed: {
         std::string error = "coordinator restarted before the migration touched any host";
-        ctx_.journal.setFailure(record_.id, MigrationState::Failed, error, ErrorKind::Disconnected);
-        std::lock_guard lock(mutex_);
-        record_.state = MigrationState::Failed;
-        record_.error = error;
-        record_.errorKind = std::string(kindName(ErrorKind::Disconnected));
+        journalOutcome(MigrationState::Failed, error, ErrorKind::Disconnected);
         break;
       }
       case RecoveryAction::FinishCommit:
@@ -690,39 +1030,70 @@ void Migration::recover() {
         setPhase(Phase::Commit);
         finishCommit();
         break;
-      case RecoveryAction::RollBack: {
-        MigrationState from = record_.state;
-        if (from == MigrationState::RollingBack) {
-          from = stateFromName(record_.stats.value("rollbackFrom", std::string("restoring")));
-        } else {
-          std::lock_guard lock(mutex_);
-          record_.stats["rollbackFrom"] = std::string(stateName(from));
-          record_.error = "coordinator restarted during `" + std::string(stateName(from)) + "`";
-          record_.errorKind = std::string(kindName(ErrorKind::Disconnected));
-          record_.stats["rollbackCause"] = record_.error;
+      case RecoveryAction::RollBack:
+        rollBackAfterRestart();
+        break;
+      case RecoveryAction::ResumePaused:
+        setPhase(Phase::Pages);
+        followPages(true);
+        break;
+      case RecoveryAction::AwaitPages:
+        followPages(false);
+        break;
+      case RecoveryAction::AskTarget: {
+        // The restore may have replied (the container runs there) just
+        // before the crash, its switchover unjournalled. Rolling back then
+        // would lose the target's writes; so only if the target never had
+        // a relay for it. A target that cannot say: ask again later.
+        bool switchedOver = false;
+        try {
+          switchedOver = targetSwitchedOver();
+        } catch (const std::exception& e) {
+          logWarn("migration " + record_.id + ": cannot tell whether " + record_.target + " runs `" +
+                  record_.container + "` (" + e.what() + "); asking again later");
+          return;
         }
-        saveStats();
-        // The cause as rollback() journalled it, without the tail an earlier
-        // attempt added ("; rollback waits for ..."): this attempt says its own.
-        // A journal from before rollbackCause existed has only the error column.
-        std::string error = record_.error.empty() ? "rolled back after a coordinator restart" : record_.error;
-        if (auto cause = record_.stats.find("rollbackCause"); cause != record_.stats.end() && cause->is_string()) {
-          error = cause->get<std::string>();
+        if (!switchedOver) {
+          rollBackAfterRestart();
+          break;
         }
-        ErrorKind kind = record_.errorKind.empty() ? ErrorKind::Disconnected : kindFromName(record_.errorKind);
-        if (record_.state != MigrationState::RollingBack) {
-          ctx_.journal.setFailure(record_.id, MigrationState::RollingBack, error, kind);
-          std::lock_guard lock(mutex_);
-          record_.state = MigrationState::RollingBack;
-        }
-        setPhase(Phase::Rollback);
-        undoOnHosts(from >= MigrationState::Restoring, error, kind);
+        recordSwitchover(true);
+        followPages(false);
         break;
       }
     }
   } catch (const std::exception& e) {
     logError(std::string("migration ") + record_.id + ": recovery: " + e.what());
   }
+}
+
+void Migration::rollBackAfterRestart() {
+  MigrationState from = record_.state;
+  if (from == MigrationState::RollingBack) {
+    from = stateFromName(record_.stats.value("rollbackFrom", std::string("restoring")));
+  } else {
+    std::lock_guard lock(mutex_);
+    record_.stats["rollbackFrom"] = std::string(stateName(from));
+    record_.error = "coordinator restarted during `" + std::string(stateName(from)) + "`";
+    record_.errorKind = std::string(kindName(ErrorKind::Disconnected));
+    record_.stats["rollbackCause"] = record_.error;
+  }
+  saveStats();
+  // The cause as rollback() journalled it, without the tail an earlier
+  // attempt added ("; rollback waits for ..."): this attempt says its own.
+  // A journal from before rollbackCause existed has only the error column.
+  std::string error = record_.error.empty() ? "rolled back after a coordinator restart" : record_.error;
+  if (auto cause = record_.stats.find("rollbackCause"); cause != record_.stats.end() && cause->is_string()) {
+    error = cause->get<std::string>();
+  }
+  ErrorKind kind = record_.errorKind.empty() ? ErrorKind::Disconnected : kindFromName(record_.errorKind);
+  if (record_.state != MigrationState::RollingBack) {
+    ctx_.journal.setFailure(record_.id, MigrationState::RollingBack, error, kind);
+    std::lock_guard lock(mutex_);
+    record_.state = MigrationState::RollingBack;
+  }
+  setPhase(Phase::Rollback);
+  undoOnHosts(from >= MigrationState::Restoring, error, kind);
 }
 
 bool Migration::cancel() {
@@ -737,7 +1108,11 @@ bool Migration::cancel() {
   return true;
 }
 
-void Migration::abandon() { abandoned_ = true; }
+void Migration::leaveForRestart() {
+  std::lock_guard lock(mutex_);
+  leaving_ = true;
+  wake_.notify_all();  // a paused migration's wait
+}
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -750,14 +1125,23 @@ void Migration::enter(MigrationState state) {
   record_.state = state;
 }
 
+void Migration::journalOutcome(MigrationState state, const std::string& error, ErrorKind kind) {
+  // Journalled first, as every transition (enter()).
+  ctx_.journal.setFailure(record_.id, state, error, kind);
+  std::lock_guard lock(mutex_);
+  record_.state = state;
+  record_.error = error;
+  record_.errorKind = error.empty() ? std::string() : std::string(kindName(kind));
+}
+
 void Migration::throwIfStopped() {
-  if (abandoned_) fail(ErrorKind::Disconnected, "coordinator is shutting down");
+  if (leaving_) fail(ErrorKind::Disconnected, "coordinator is shutting down");
   // A cancel stops the way forward, never the way back.
   if (cancelled_ && !undoing_) fail(ErrorKind::Cancelled, "cancelled by request");
 }
 
 ReplyMessage Migration::request(const std::string& host, const std::string& what, std::chrono::milliseconds timeout,
-                                const AgentLink::RequestFiller& fill) {
+                                const AgentLink::RequestFiller& fill, const std::string& alsoWatch) {
   throwIfStopped();
   uint64_t requestId = ctx_.link.newRequestId();
   {
@@ -771,7 +1155,7 @@ ReplyMessage Migration::request(const std::string& host, const std::string& what
       self.current_.reset();
     }
   } clear{*this};
-  return ctx_.link.call(CallSpec{host, what, record_.id, timeout, requestId}, fill);
+  return ctx_.link.call(CallSpec{host, what, record_.id, timeout, requestId, alsoWatch}, fill);
 }
 
 template <typename Step>

@@ -65,6 +65,28 @@ void FakeAgent::addContainer(std::string name, std::string state, std::optional<
   containers_.push_back({std::move(name), std::move(state), idMapping});
 }
 
+void FakeAgent::setRelay(proto::PostCopyRelayState state, std::string error, uint32_t outstandingRequests) {
+  std::lock_guard lock(mutex_);
+  relayState_ = state;
+  relayError_ = std::move(error);
+  relayOutstanding_ = outstandingRequests;
+}
+
+void FakeAgent::dropRequests(std::string request) {
+  std::lock_guard lock(mutex_);
+  dropped_.insert(std::move(request));
+}
+
+proto::PostCopyRelayState FakeAgent::relayState() {
+  std::lock_guard lock(mutex_);
+  return relayState_;
+}
+
+std::vector<std::string> FakeAgent::resumeKeys() {
+  std::lock_guard lock(mutex_);
+  return resumeKeys_;
+}
+
 void FakeAgent::removeContainer(const std::string& name) {
   std::lock_guard lock(mutex_);
   std::erase_if(containers_, [&](auto& c) { return c.name == name; });
@@ -137,6 +159,10 @@ void FakeAgent::loop() {
       std::lock_guard lock(logMutex_);
       log_.push_back({name_, name});
     }
+    {
+      std::lock_guard lock(mutex_);
+      if (dropped_.count(name)) continue;
+    }
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<proto::Message>().initReply();
     reply.setRequestId(request.getRequestId());
@@ -204,6 +230,20 @@ void FakeAgent::loop() {
         case proto::Request::CONTAINER_LOGS:
           reply.setLogs("hello\n");
           break;
+        case proto::Request::RESUME_POST_COPY: {
+          auto psk = request.getResumePostCopy().getPsk();
+          resumeKeys_.emplace_back(reinterpret_cast<const char*>(psk.begin()), psk.size());
+          relayState_ = proto::PostCopyRelayState::FLOWING;
+          relayError_.clear();
+          [[fallthrough]];
+        }
+        case proto::Request::POST_COPY_STATUS: {
+          auto status = reply.initPostCopy();
+          status.setState(relayState_);
+          status.setError(relayError_);
+          status.setOutstandingRequests(relayOutstanding_);
+          break;
+        }
         default:
           reply.setNone();
       }
@@ -240,6 +280,12 @@ void Cluster::buildCoordinator() {
   options.timeouts.restore = 5s;
   options.timeouts.commitSource = 3s;
   options.timeouts.rollbackSource = 3s;
+  options.timeouts.agentGrace = 1s;
+  options.timeouts.recoveryInterval = 200ms;
+  options.observer = [this](const std::string& event, const MigrationRecord& record) {
+    std::lock_guard lock(logMutex);
+    eventLog.emplace_back(record.id, event);
+  };
   coordinator = std::make_unique<Coordinator>(*journal, *registry, *link, nullptr, options);
 }
 
@@ -278,6 +324,15 @@ void Cluster::restartCoordinator() {
 std::vector<SeenRequest> Cluster::seen() {
   std::lock_guard lock(logMutex);
   return log;
+}
+
+std::vector<std::string> Cluster::events(const std::string& id) {
+  std::lock_guard lock(logMutex);
+  std::vector<std::string> out;
+  for (auto& [migration, event] : eventLog) {
+    if (migration == id) out.push_back(event);
+  }
+  return out;
 }
 
 std::vector<std::string> Cluster::seenNames(const std::string& host) {

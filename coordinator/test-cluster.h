@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +42,13 @@ class FakeAgent {
   void addContainer(std::string name, std::string state, std::optional<IdMapping> idMapping = std::nullopt);
   void removeContainer(const std::string& name);
   void setSilent(bool silent) { silent_ = silent; }
+  // Requests named `request` are logged but never answered (a long wait).
+  void dropRequests(std::string request);
+  // What postCopyStatus answers for any migration (default: absent, no
+  // relay); resumePostCopy records its key and makes the relay `flowing`.
+  void setRelay(proto::PostCopyRelayState state, std::string error = {}, uint32_t outstandingRequests = 0);
+  proto::PostCopyRelayState relayState();
+  std::vector<std::string> resumeKeys();
   bool registered() const { return registered_; }
   // The key it registers as its bundle signing key; set before Cluster::start().
   const SigningKey& signingKey() const { return signingKey_; }
@@ -67,6 +75,11 @@ class FakeAgent {
   // What prepareReceive said each container being received maps to; a
   // restore makes it with that mapping, as the real agent does.
   std::map<std::string, std::optional<IdMapping>> receiving_;
+  proto::PostCopyRelayState relayState_ = proto::PostCopyRelayState::ABSENT;  // guarded by mutex_, as the next two
+  std::string relayError_;
+  uint32_t relayOutstanding_ = 0;
+  std::vector<std::string> resumeKeys_;
+  std::set<std::string> dropped_;
   std::atomic<bool> stop_{false}, silent_{false}, registered_{false};
   std::thread thread_;
 };
@@ -83,6 +96,8 @@ struct Cluster {
   void start();
   std::vector<SeenRequest> seen();
   std::vector<std::string> seenNames(const std::string& host);
+  // The events the coordinator emitted for migration `id`, in order.
+  std::vector<std::string> events(const std::string& id);
   void restartCoordinator();
 
   TempDir dir{"/tmp", "coordinator-test"};
@@ -97,6 +112,7 @@ struct Cluster {
   std::unique_ptr<Coordinator> coordinator;
   std::mutex logMutex;
   std::vector<SeenRequest> log;
+  std::vector<std::pair<std::string, std::string>> eventLog;  // migration id, event (guarded by logMutex)
   std::map<std::string, std::unique_ptr<FakeAgent>> agents;
   std::chrono::milliseconds heartbeat;
   std::string endpoint;

@@ -182,6 +182,14 @@ json cancelMigration(Client& client, const std::string& id) {
   return client.post("/v1/migrations/" + pathSegment(id) + "/cancel", json::object());
 }
 
+json recoverMigration(Client& client, const std::string& id) {
+  return client.post("/v1/migrations/" + pathSegment(id) + "/recover", json::object());
+}
+
+json abandonMigration(Client& client, const std::string& id, const std::string& keep) {
+  return client.post("/v1/migrations/" + pathSegment(id) + "/abandon", json{{"keep", keep}});
+}
+
 json migrationHistory(Client& client, size_t limit) {
   return client.get("/v1/migrations?limit=" + std::to_string(limit));
 }

@@ -68,6 +68,9 @@ nlohmann::json removeContainer(Client& client, const std::string& name, bool for
 nlohmann::json startMigration(Client& client, const MoveOptions& options);  // {id}
 nlohmann::json migrationStatus(Client& client, const std::string& id);
 nlohmann::json cancelMigration(Client& client, const std::string& id);
+nlohmann::json recoverMigration(Client& client, const std::string& id);
+// `keep`: "source" or "target".
+nlohmann::json abandonMigration(Client& client, const std::string& id, const std::string& keep);
 nlohmann::json migrationHistory(Client& client, size_t limit);
 nlohmann::json evacuate(Client& client, const EvacuateOptions& options);
 

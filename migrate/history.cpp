@@ -22,6 +22,10 @@ void addHistoryVerb(CLI::App& app, CommonOptions& common) {
       std::printf("%-20s %-16s %-10s %-10s %-12s %-10s %s\n", m.value("id", "").c_str(), m.value("container", "").c_str(),
                   m.value("source", "").c_str(), m.value("target", "").c_str(), m.value("state", "").c_str(),
                   downtime.c_str(), m.value("createdAt", "").c_str());
+      // A paused one waits for someone: say why under its row.
+      if (migrationPaused(m) && m.contains("error") && m["error"].is_string()) {
+        std::printf("  paused: %s\n", m["error"].get<std::string>().c_str());
+      }
     }
   });
 }

@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
   addRmVerb(app, common);
   addStatusVerb(app, common);
   addCancelVerb(app, common);
+  addRecoverVerb(app, common);
+  addAbandonVerb(app, common);
   addHistoryVerb(app, common);
   addEvacuateVerb(app, common);
 

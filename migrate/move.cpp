@@ -71,7 +71,8 @@ void runMove(const CommonOptions& common, const MoveVerbOptions& o) {
     ProgressLine progress;
     for (;;) {
       m = migrationStatus(client, id);
-      if (migrationFinished(m)) break;
+      // Paused: the coordinator goes on trying; the report says how to help.
+      if (migrationFinished(m) || migrationPaused(m)) break;
       if (!common.json()) progress.update(m);
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }

@@ -47,8 +47,10 @@ bool migrationFinished(const json& m) {
   bool targetCleanupPending = state == "rolling-back" && m.contains("stats") && m["stats"].is_object() &&
                               m["stats"].value("targetCleanupPending", false);
   return state == "succeeded" || cleanupPending || targetCleanupPending || state == "rolled-back" ||
-         state == "failed" || state == "cancelled";
+         state == "failed" || state == "cancelled" || state == "abandoned";
 }
+
+bool migrationPaused(const json& m) { return m.value("state", "") == "paused"; }
 
 namespace {
 double number(const json& j, const char* key) {
@@ -104,6 +106,18 @@ void printMigrationReport(const json& m) {
   }
   if (m.value("state", "") == "committed" && m.contains("error") && m["error"].is_string()) {
     std::cout << "  note            " << m["error"].get<std::string>() << "\n";
+  }
+  if (stats.contains("kept")) {
+    std::cout << "  kept            " << stats.value("kept", std::string()) << "'s copy; lost: "
+              << stats.value("lost", std::string("(not recorded)")) << "\n";
+  }
+  if (migrationPaused(m)) {
+    std::string id = m.value("id", "ID");
+    std::cout << "  paused since    " << stats.value("pausedAt", std::string("?")) << " (switchover "
+              << stats.value("switchoverAt", std::string("?")) << "); " << m.value("target", "?")
+              << " runs it, nothing was rolled back\n"
+              << "  next            the coordinator retries by itself; `migrate recover " << id
+              << "` retries now; `migrate abandon " << id << " --keep source|target` drops a side\n";
   }
 }
 

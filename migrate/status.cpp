@@ -14,7 +14,7 @@ void addStatusVerb(CLI::App& app, CommonOptions& common) {
     Client client(common.client);
     auto m = migrationStatus(client, *id);
     if (common.json()) return printJson(m);
-    if (migrationFinished(m)) return printMigrationReport(m);
+    if (migrationFinished(m) || migrationPaused(m)) return printMigrationReport(m);
     std::cout << m.value("state", "") << " " << m.value("container", "") << ": " << m.value("source", "") << " -> "
               << m.value("target", "") << " (" << *id << ")\n  phase           " << m.value("phase", "");
     if (m.value("bytesDone", 0.0) > 0) {

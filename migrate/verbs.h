@@ -33,6 +33,8 @@ void addLogsVerb(CLI::App& app, CommonOptions& common);
 void addRmVerb(CLI::App& app, CommonOptions& common);
 void addStatusVerb(CLI::App& app, CommonOptions& common);
 void addCancelVerb(CLI::App& app, CommonOptions& common);
+void addRecoverVerb(CLI::App& app, CommonOptions& common);
+void addAbandonVerb(CLI::App& app, CommonOptions& common);
 void addHistoryVerb(CLI::App& app, CommonOptions& common);
 void addEvacuateVerb(CLI::App& app, CommonOptions& common);
 
@@ -44,5 +46,7 @@ std::string humanMs(double ms);
 void printMigrationReport(const nlohmann::json& migration);
 bool migrationSucceeded(const nlohmann::json& migration);
 bool migrationFinished(const nlohmann::json& migration);
+// Post-copy past switchover, stopped: it waits for recovery or an operator.
+bool migrationPaused(const nlohmann::json& migration);
 
 }  // namespace migrate

@@ -118,7 +118,7 @@ json waitFinal(ClusterGuard& cluster, const std::string& id, std::chrono::second
   waitUntil([&] {
     status = cluster.migrateJson({"status", id});
     std::string s = status["state"];
-    return s == "succeeded" || s == "rolled-back" || s == "failed" || s == "cancelled";
+    return s == "succeeded" || s == "rolled-back" || s == "failed" || s == "cancelled" || s == "abandoned";
   }, timeout);
   return status;
 }
