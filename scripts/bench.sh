@@ -75,7 +75,9 @@ python3 "$here/bench/bench.py" measure --build "$build" --out "$out" --sizes "$s
   --modes "$modes" --files "$files" --runs "$runs" --methods "$methods" --workloads "$workloads"
 python3 "$here/bench/bench.py" report --out "$out"
 
-if command -v gnuplot >/dev/null; then
+if ! grep -Eq '^[0-9]+ [0-9]' "$out/plot.dat"; then
+  echo "bench.sh: no memhog workload measured, no downtime plot" >&2
+elif command -v gnuplot >/dev/null; then
   gnuplot -e "datafile='$out/plot.dat'; outfile='$out/downtime.png'; methods='$(cat "$out/plot.methods")'; modes='${modes//,/ }'" \
     "$here/bench/downtime.gp" && echo "plot: $out/downtime.png"
 else
