@@ -5,8 +5,15 @@ agent's export/import, on the same workloads.
 
   bench.py measure --build DIR --out DIR [--sizes 64,256] [--modes random,text]
                    [--files N] [--runs N] [--methods floor,podman,ours]
+                   [--workloads random-64,randrw-1024]
   bench.py report --out DIR          # results.json, table, plot data
   bench.py timed -- CMD...           # one command: wall, cpu, peak RSS (JSON)
+  bench.py randrw-client --ip IP --port N --mib N   # drives a pagecheck payload
+
+The randrw-N workload (issue 12) is the pagecheck payload holding N MiB,
+written and read at random pages by a client in the lab's client netns for
+the whole migration, so that post-copy's page transfer runs against a
+container faulting its pages in; only the lab migrations can run it.
 
 `measure` appends one JSON line per run to OUT/runs.jsonl; another producer
 may append lines of the same shape:
@@ -22,6 +29,7 @@ stopped container so the same id can be restored) are not counted.
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -31,6 +39,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 CPUACCT = "/sys/fs/cgroup/cpuacct"
@@ -234,9 +243,15 @@ def criu_stats(path):
 # Workloads
 
 
+RANDRW_PORT = 7000
+RANDRW_SEED = 12
+
+
 def workload_command(wl):
     if wl["kind"] == "memhog":
         return ["/usr/local/bin/memhog", str(wl["mib"]), wl["mode"]]
+    if wl["kind"] == "pagecheck":
+        return ["/usr/local/bin/pagecheck", str(RANDRW_PORT), str(wl["mib"]), str(RANDRW_SEED)]
     # Many small files in the writable layer, written by shell builtins (no
     # fork per file), then a small memhog so "verified" means running again.
     script = (f"mkdir -p /files; s=x; for k in 1 2 3 4 5 6 7 8 9 10; do s=$s$s; done; i=0; "
@@ -281,6 +296,7 @@ class Floor:
     """runc checkpoint to tmpfs and runc restore from it, both under conmon as
     our agent does, no transfer: what CRIU itself costs here."""
     name = "floor"
+    reachable = False  # no network a client could reach the container on
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -542,6 +558,7 @@ class Ours:
     """migrate-agent checkpoint --export FILE, copy, restore --import FILE, on
     one host (the bundle a migration streams, staged in a file)."""
     name = "ours"
+    reachable = False
     host = "bench"
 
     def __init__(self, ctx, state_parent=None, name="ours"):
@@ -622,6 +639,7 @@ class LabMigration:
     sending checkpointAndSend until the target's restore reply: frozen on host1
     until running on host2); total is the whole CLI command."""
     name = "migration"
+    reachable = True  # from the lab's client netns, at the container's IP
 
     def __init__(self, ctx, post_copy=False):
         # post_copy: `--postcopy` (CRIU lazy pages through the agents' TLS
@@ -687,7 +705,7 @@ class LabMigration:
     def start(self, wl, ident):
         out = self.migrate_cli(["run", "--on", "host1", "--name", ident, "test"] + workload_command(wl))
         self.live.add(ident)
-        return {"id": ident, "cid": out["id"], "host": "host1"}
+        return {"id": ident, "cid": out["id"], "host": "host1", "ip": out.get("ip")}
 
     def log_path(self, h):
         return f"/var/lib/migrate-lab/{h['host']}/containers/{h['cid']}/ctr.log"
@@ -710,7 +728,8 @@ class LabMigration:
         return {"downtime": stats.get("downtimeMs", 0) / 1000.0, "total": wall,
                 "bytes": stats.get("bytesWire", 0) + stats.get("bytesPages", 0),
                 "bytesRaw": stats.get("bytesRaw"), "peakRssKiB": self.peak_rss_kib(pids), "cpuSeconds": cpu,
-                "phases": phases, "agentPhases": stats.get("agentPhases"), "criuMigration": stats.get("criu")}
+                "phases": phases, "agentPhases": stats.get("agentPhases"), "criuMigration": stats.get("criu"),
+                "pagesMs": stats.get("pagesMs")}
 
     def cleanup(self, h):
         self.migrate_cli(["rm", "--force", h["id"]], check=False)
@@ -727,6 +746,7 @@ class Podman:
     (zstd), copy, podman container restore --import; podman 4.3.1 on runc,
     with its own storage and run roots under the bench's temp dir."""
     name = "podman"
+    reachable = False
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -893,6 +913,15 @@ class Context:
         self.restore_pipe_max = None
 
 
+RANDRW = re.compile(r"randrw-(\d+)$")
+
+
+def randrw_workload(mib):
+    # needsClient: a client in the lab's client netns drives it, so only
+    # methods whose containers are reachable there (the lab migrations) run it.
+    return {"name": f"randrw-{mib}", "kind": "pagecheck", "mib": mib, "mode": "randrw", "needsClient": True}
+
+
 def workloads(args):
     out = []
     for mode in [m for m in args.modes.split(",") if m]:
@@ -900,7 +929,177 @@ def workloads(args):
             out.append({"name": f"{mode}-{mib}", "kind": "memhog", "mib": mib, "mode": mode})
     if args.files:
         out.append({"name": f"files-{args.files}", "kind": "files", "count": args.files, "mib": 16, "mode": "files"})
-    return out
+    if 1024 in [int(s) for s in args.sizes.split(",") if s]:
+        out.append(randrw_workload(1024))
+    if not args.workloads:
+        return out
+    chosen = []
+    for name in [n for n in args.workloads.split(",") if n]:
+        match = [w for w in out if w["name"] == name]
+        if match:
+            chosen += match
+        elif RANDRW.match(name):
+            chosen.append(randrw_workload(int(RANDRW.match(name).group(1))))
+        else:
+            raise SystemExit(f"unknown workload {name} (known: {', '.join(w['name'] for w in out)}, randrw-N)")
+    return chosen
+
+
+# ---------------------------------------------------------------------------
+# The randrw client: writes and reads random pages of a pagecheck payload
+# (tests/payloads/pagecheck.c) and checks what it can without the payload's
+# content function: every write's counter is the last plus one and every
+# page read holds the version last acknowledged. The bytes themselves are
+# checked by the payload's own scan (S) at the end. The C++ test client
+# (tests/support/page-check-client.h) also checks every page's checksum.
+
+
+def randrw_client(args):
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))  # the step in flight completes (PEP 475)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            sock = socket.create_connection((args.ip, args.port), timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(60)  # a migration freezes the payload for seconds: a stall, not a failure
+    buf = bytearray()
+    result = {"steps": 0, "acknowledged": 0, "longestReplyMs": 0.0, "violation": None, "error": None}
+
+    def request(line):
+        t = time.monotonic()
+        sock.sendall(line.encode() + b"\n")
+        while b"\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed by the payload while waiting for the reply to `{line}`")
+            buf.extend(chunk)
+        end = buf.index(b"\n")
+        reply = buf[:end].decode(errors="replace")
+        del buf[:end + 1]
+        result["longestReplyMs"] = max(result["longestReplyMs"], (time.monotonic() - t) * 1000)
+        return reply
+
+    rng = random.Random(1)
+    pages = args.mib * 1024 * 1024 // 4096
+    versions, written = {}, []
+    last_progress = 0.0
+    try:
+        while not stopping:
+            page = rng.randrange(pages)
+            version = versions.get(page, 0) + 1
+            reply = request(f"W {page} {version}")
+            if reply != f"ok {result['acknowledged'] + 1}":
+                result["violation"] = f"`W {page} {version}` answered `{reply}` after {result['acknowledged']} acknowledged writes"
+                break
+            if page not in versions:
+                written.append(page)
+            versions[page] = version
+            result["acknowledged"] += 1
+            page = rng.choice(written) if rng.random() < 0.5 else rng.randrange(pages)
+            reply = request(f"R {page}").split()
+            if len(reply) != 4 or reply[0] != "page" or reply[2] != str(versions.get(page, 0)):
+                result["violation"] = f"`R {page}` answered `{' '.join(reply)}`, expected version {versions.get(page, 0)}"
+                break
+            result["steps"] += 1
+            if time.monotonic() - last_progress >= 0.1:
+                print(f"steps {result['steps']}", file=sys.stderr, flush=True)
+                last_progress = time.monotonic()
+        if not result["violation"]:
+            reply = request("C")
+            if reply != f"count {result['acknowledged']}":
+                result["violation"] = f"`C` answered `{reply}` after {result['acknowledged']} acknowledged writes"
+        if not result["violation"]:
+            reply = request("S")
+            if reply != "scan 0":
+                result["violation"] = f"`S` answered `{reply}`"
+    except OSError as e:
+        result["error"] = str(e) or type(e).__name__
+    print(json.dumps(result), flush=True)
+    return 0 if not result["violation"] and not result["error"] else 1
+
+
+class RandRWClient:
+    """`bench.py randrw-client` in the lab's client netns against a
+    container's pagecheck payload; its progress lines read on a thread."""
+
+    def __init__(self, ip, mib):
+        self.proc = subprocess.Popen(
+            ["nsenter", "--net=/run/netns/client", "--", sys.executable, os.path.abspath(__file__), "randrw-client",
+             "--ip", ip, "--port", str(RANDRW_PORT), "--mib", str(mib)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.last = 0
+        self.reader = threading.Thread(target=self._progress, daemon=True)
+        self.reader.start()
+
+    def _progress(self):
+        for line in self.proc.stderr:
+            if line.startswith("steps "):
+                self.last = int(line.split()[1])
+
+    def wait_steps(self, at_least, timeout):
+        deadline = time.monotonic() + timeout
+        while self.last < at_least:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"randrw client: {self.last} steps, not {at_least}: {self.stop()}")
+            time.sleep(0.05)
+
+    def stop(self):
+        """Its summary; the step in flight finishes first."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"error": f"randrw client exited {self.proc.returncode} without a summary"}
+
+
+def wait_log(path_fn, text, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path_fn(), errors="replace") as f:
+                if text in f.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no `{text}` in {path_fn()} within {timeout}s")
+
+
+def wait_running(m, h, wl):
+    """Until the workload runs and is checked: memhog's first verified
+    round; randrw's payload filled and its client stepping."""
+    if wl["kind"] != "pagecheck":
+        wait_round(lambda: m.log_path(h), 1, 180)
+        return
+    wait_log(lambda: m.log_path(h), "ready ", 180)
+    h["client"] = RandRWClient(h["ip"], wl["mib"])
+    h["client"].wait_steps(100, 60)
+
+
+def wait_running_again(m, h, wl, rec):
+    """After the move: memhog verified a round it started after the freeze;
+    randrw's client made 200 more steps, then stopped clean."""
+    if wl["kind"] != "pagecheck":
+        rec["frozenRound"] = h["frozenRound"]
+        wait_round(lambda: m.log_path(h), h["frozenRound"] + 1, 180)
+        return
+    client = h.pop("client")
+    client.wait_steps(client.last + 200, 180)
+    rec["randrw"] = client.stop()
+    if rec["randrw"].get("violation") or rec["randrw"].get("error"):
+        raise RuntimeError(f"randrw: {rec['randrw']}")
 
 
 def measure(args):
@@ -920,8 +1119,13 @@ def measure(args):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    chosen = workloads(args)
     try:
         for name in args.methods.split(","):
+            if all(wl.get("needsClient") for wl in chosen) and name not in ("migration", "migration-postcopy"):
+                notes.setdefault("workloads", f"{args.workloads} runs only under the lab migrations (its client "
+                                              "reaches the container from the lab's client netns)")
+                continue
             if name == "floor":
                 methods.append(Floor(ctx))
             elif name == "postcopy":
@@ -959,21 +1163,22 @@ def measure(args):
             else:
                 raise SystemExit(f"unknown method {name}")
         with open(runs_file, "a") as runs:
-            for wl in workloads(args):
+            for wl in chosen:
                 for run in range(1, args.runs + 1):
                     for m in methods:  # interleaved, so drift hits every method alike
+                        if wl.get("needsClient") and not m.reachable:
+                            continue
                         ident = f"b{os.getpid() % 10000}-{m.name.replace('-', '')}-{wl['name']}-{run}"
                         rec = {"method": m.name, "workload": wl["name"], "mib": wl["mib"], "mode": wl["mode"],
                                "run": run}
                         h = None
                         try:
                             h = m.start(wl, ident)
-                            wait_round(lambda: m.log_path(h), 1, 180)
+                            wait_running(m, h, wl)
                             rec.update(m.migrate(h))
                             t = time.monotonic()
-                            # The first round completed after the restore: running again, memory intact.
-                            rec["frozenRound"] = h["frozenRound"]
-                            wait_round(lambda: m.log_path(h), h["frozenRound"] + 1, 180)
+                            # Running again after the restore, memory intact.
+                            wait_running_again(m, h, wl, rec)
                             rec["verifiedAfter"] = time.monotonic() - t
                             rec["ok"] = True
                         except Exception as e:  # noqa: BLE001 - a failed run is a result too
@@ -984,6 +1189,8 @@ def measure(args):
                                 traceback.print_exc()
                             log(f"{m.name} {wl['name']} run {run} failed: {rec['error']}")
                         finally:
+                            if h is not None and "client" in h:
+                                h.pop("client").stop()
                             if h is not None:
                                 try:
                                     m.cleanup(h)
@@ -1051,7 +1258,7 @@ def report(args):
             if not rs:
                 continue
             e = {"runs": len(rs), "failed": len(rs) - len(ok)}
-            for key in ("downtime", "total", "bytes", "peakRssKiB", "cpuSeconds", "verifiedAfter"):
+            for key in ("downtime", "total", "bytes", "peakRssKiB", "cpuSeconds", "verifiedAfter", "pagesMs"):
                 e[key] = summarize([r.get(key) for r in ok])
             phase_names = []
             for r in ok:
@@ -1073,6 +1280,13 @@ def report(args):
                      ("podman", "migration-postcopy")):
             if med(a) and med(b):
                 ratios[f"{a}/{b}"] = med(a) / med(b)
+        # Issue 12: post-copy's page transfer (the container running and
+        # faulting meanwhile) against stop-and-copy's stream of the same
+        # memory (the container frozen); the target is at most 2x.
+        pages = (entry["methods"].get("migration-postcopy", {}).get("pagesMs") or {}).get("median")
+        stream = ((entry["methods"].get("migration", {}).get("phases") or {}).get("stream") or {}).get("median")
+        if pages and stream:
+            ratios["pages/stream"] = pages / 1000.0 / stream
         entry["ratios"] = ratios
         results["workloads"].append(entry)
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -1118,6 +1332,12 @@ def report(args):
                     continue
                 ph = "  ".join(f"{k} {v['median']:.2f}" for k, v in me["phases"].items() if v)
                 print(f"{m:10} {e['workload']:14} {ph}")
+    for e in results["workloads"]:
+        if "pages/stream" in e["ratios"]:
+            pages = e["methods"]["migration-postcopy"]["pagesMs"]["median"] / 1000.0
+            stream = e["methods"]["migration"]["phases"]["stream"]["median"]
+            print(f"post-copy pages vs stop-and-copy stream, {e['workload']}: pages {pages:.2f}s, stream "
+                  f"{stream:.2f}s, {e['ratios']['pages/stream']:.2f}x (target <= 2x)")
     for k, v in notes.items():
         print(f"note: {k}: {v}")
 
@@ -1161,6 +1381,11 @@ def main():
     m.add_argument("--files", type=int, default=20000)
     m.add_argument("--runs", type=int, default=3)
     m.add_argument("--methods", default="floor,ours,podman")
+    m.add_argument("--workloads", default="", help="only these, by name (random-64, files-2000, randrw-1024, ...)")
+    c = sub.add_parser("randrw-client")
+    c.add_argument("--ip", required=True)
+    c.add_argument("--port", type=int, required=True)
+    c.add_argument("--mib", type=int, required=True)
     r = sub.add_parser("report")
     r.add_argument("--out", required=True)
     t = sub.add_parser("timed")
@@ -1168,7 +1393,7 @@ def main():
     args = ap.parse_args()
     if args.verb == "timed" and args.cmd and args.cmd[0] == "--":
         args.cmd = args.cmd[1:]
-    return {"measure": measure, "report": report, "timed": timed}[args.verb](args)
+    return {"measure": measure, "report": report, "timed": timed, "randrw-client": randrw_client}[args.verb](args)
 
 
 if __name__ == "__main__":
