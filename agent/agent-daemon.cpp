@@ -18,6 +18,8 @@
 
 namespace migrate {
 
+namespace fs = std::filesystem;
+
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
@@ -79,6 +81,7 @@ std::vector<uint8_t> bytesOf(capnp::Data::Reader data) { return {data.begin(), d
 AgentDaemon::AgentDaemon(Agent& agent, DaemonOptions options)
     : agent_(agent), options_(std::move(options)), receivers_(agent.options().hostName) {
   agent_.removeStaleImports();
+  adoptTargetRelays();
   try {
     cpuInfo_ = dumpCpuInfo();
   } catch (const std::exception& e) {
@@ -106,6 +109,28 @@ AgentDaemon::~AgentDaemon() {
   }
   receivers_.stopAll();
   workers_.joinAll();
+}
+
+// Post-copy targets an earlier run of this agent left mid-transfer: their
+// relays went on; follow each to its end as the receiver would have.
+void AgentDaemon::adoptTargetRelays() {
+  std::error_code ec;
+  for (auto& entry : fs::directory_iterator(agent_.options().stateDir / "relays", ec)) {
+    std::string migrationId = entry.path().filename();
+    try {
+      auto relay = PageRelayHandle::open(agent_.options().stateDir, migrationId);
+      if (!relay) continue;
+      auto spec = readRelaySpec(relay->dir());
+      if (spec.role != RelayRole::Target) continue;
+      logInfo("migration " + migrationId + ": following the page relay (pid " + std::to_string(relay->pid()) +
+              ") of `" + spec.containerName + "` that an earlier run started");
+      workers_.start([this, relay = *relay, name = spec.containerName] {
+        followTargetRelay(agent_, relay, name, name, stopping_);
+      });
+    } catch (const std::exception& e) {
+      logWarn("migration " + migrationId + ": page relay: " + e.what());
+    }
+  }
 }
 
 void AgentDaemon::post(Outgoing message) {

@@ -78,6 +78,7 @@ class AgentDaemon {
   void finishAdoptedPostCopy(uint64_t requestId, const std::string& migrationId, const std::string& name,
                              const PageRelayHandle& relay, std::chrono::milliseconds timeout,
                              proto::Reply::Builder reply);
+  void adoptTargetRelays();
   void fillPostCopyStatus(proto::PostCopyStatus::Builder out, const std::optional<PageRelayHandle>& relay);
   void finishPostCopy(uint64_t requestId, const std::string& migrationId, const std::string& name,
                       std::chrono::milliseconds timeout,

@@ -99,18 +99,26 @@ void Agent::finishAdoptedLazyCheckpoint(const std::string& ref, pid_t runcPid) {
   logInfo("post-copy of `" + c.config.name + "` complete: every page went");
 }
 
+// The address back and CRIU's lock undone while CRIU still holds the
+// processes stopped: once they run, a read on a socket still in repair mode
+// fails (EPERM) and the program drops the connection.
+void Agent::reclaimNetworkWhileFrozen(Container& c) {
+  try {
+    network_.reattachAddress(c);
+    undoCriuNetworkLock(c);
+  } catch (const std::exception& e) {
+    // Still better running without its network than frozen for good.
+    logError(std::string("`") + c.config.name + "` resumes without its network: " + e.what());
+  }
+}
+
 Container Agent::giveBackAdoptedLazyCheckpoint(const std::string& ref, pid_t runcPid,
                                               const std::function<void()>& failCriu) {
   {
     std::lock_guard lock(mutex_);
     auto c = inspect(ref);
     ErrorContext context("giving `" + c.config.name + "` back (a post-copy an earlier run of this agent started)");
-    try {
-      network_.reattachAddress(c);
-      undoCriuNetworkLock(c);
-    } catch (const std::exception& e) {
-      logError(std::string("`") + c.config.name + "` resumes without its network: " + e.what());
-    }
+    reclaimNetworkWhileFrozen(c);
     failCriu();
   }
   waitForAdoptedRunc(runcPid, "after its page server failed");
@@ -128,16 +136,7 @@ Container Agent::abortLazyCheckpoint(const std::string& ref, LazyDump& dump, Fd 
     std::lock_guard lock(mutex_);
     auto c = inspect(ref);
     ErrorContext context("giving `" + c.config.name + "` back after a post-copy that did not complete");
-    // While CRIU still holds the processes stopped: once they run, a read on
-    // a socket still in repair mode fails (EPERM) and the program drops the
-    // connection.
-    try {
-      network_.reattachAddress(c);
-      undoCriuNetworkLock(c);
-    } catch (const std::exception& e) {
-      // Still better running without its network than frozen for good.
-      logError(std::string("`") + c.config.name + "` resumes without its network: " + e.what());
-    }
+    reclaimNetworkWhileFrozen(c);
     dump.networkReleased = true;
     if (failCriu) {
       failCriu();

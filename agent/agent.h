@@ -198,6 +198,8 @@ class Agent {
   void releaseCheckpointFiles(const Container& container);
   void recordCheckpoint(Container& container, const CheckpointRequest& request);
   void markCheckpointed(Container& container);
+  // Post-copy given back: address and CRIU network lock, under mutex_.
+  void reclaimNetworkWhileFrozen(Container& c);
   void pruneCgroupParents();
 
   AgentOptions options_;

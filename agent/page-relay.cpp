@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "agent/page-answerer.h"
 #include "agent/page-server-protocol.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -349,7 +350,7 @@ class TargetRelay : Relay {
       }
       if (readable(fds[2].revents)) fromLazyPages();
       if (peer_ && (peerPending || readable(fds[3].revents))) fromPeer();
-      status_.outstanding = static_cast<uint32_t>(answers_.pending().size());
+      status_.outstanding = static_cast<uint32_t>(pages_.outstanding());
       publish();
     }
   }
@@ -412,25 +413,33 @@ class TargetRelay : Relay {
     }
   }
 
-  // A new connection: every unanswered request goes again; of the first,
-  // whose answer may have been passed on in part, those bytes are skipped.
+  // A new connection: every unanswered request goes again (PageAnswerer).
   void askAgain() {
-    auto& pending = answers_.pending();
-    skip_ = pending.empty() ? 0 : pending.front().received;
-    for (auto& p : pending) {
-      p.received = 0;
-      p.header.clear();
-      p.total = p.request.command() == PageCommand::Close ? 4 : 0;
+    pages_.reconnected();
+    if (pages_.outstanding() > 0) {
+      logInfo("page relay " + spec_.migrationId + ": asking again for " + std::to_string(pages_.outstanding()) +
+              " page request(s)");
     }
+    sendToSource();
+  }
+
+  // What lazy-pages' requests left for the source; nothing while cut (the
+  // next connection asks again for everything unanswered).
+  void sendToSource() {
+    std::string out = pages_.takeForSource();
+    if (!peer_ || out.empty()) return;
     try {
-      for (auto& p : pending) peer_->write(p.request.raw.data(), p.request.raw.size());
+      peer_->write(out.data(), out.size());
     } catch (const std::exception& e) {
       dropPeer(e.what());
     }
-    if (!pending.empty()) {
-      logInfo("page relay " + spec_.migrationId + ": asked again for " + std::to_string(pending.size()) +
-              " page request(s)");
-    }
+  }
+
+  void sendToLazyPages() {
+    std::string out = pages_.takeForLazyPages();
+    if (out.empty() || !lazyConn_) return;
+    writeAll(lazyConn_.get(), out.data(), out.size(), "lazy-pages");
+    status_.bytesPages += out.size();
   }
 
   void fromLazyPages() {
@@ -442,25 +451,18 @@ class TargetRelay : Relay {
       lazyClosed_ = true;
       return;
     }
-    std::vector<PageRequest> requests;
     try {
-      requests = requests_.feed(buffer_.data(), static_cast<size_t>(n));
+      for (auto& request : requests_.feed(buffer_.data(), static_cast<size_t>(n))) {
+        pages_.fromLazyPages(std::move(request));
+      }
+      sendToLazyPages();
     } catch (const std::exception& e) {
       logError("page relay " + spec_.migrationId + ": lazy-pages: " + e.what());
       lazyClosed_ = true;
       ::shutdown(lazyConn_.get(), SHUT_RDWR);
       return;
     }
-    for (auto& request : requests) {
-      if (peer_) {
-        try {
-          peer_->write(request.raw.data(), request.raw.size());
-        } catch (const std::exception& e) {
-          dropPeer(e.what());
-        }
-      }
-      answers_.expect(std::move(request));
-    }
+    sendToSource();
   }
 
   void fromPeer() {
@@ -472,19 +474,12 @@ class TargetRelay : Relay {
       return;
     }
     if (n == 0) {
-      dropPeer(closeAnswered_ ? "the source closed after the last page" : "the source closed the channel");
+      dropPeer(pages_.closeAnswered() ? "the source closed after the last page" : "the source closed the channel");
       return;
     }
     try {
-      answers_.feed(buffer_.data(), n, [&](const PageAnswerTracker::Pending& p, const char* data, size_t size) {
-        size_t skipped = static_cast<size_t>(std::min<uint64_t>(skip_, size));
-        skip_ -= skipped;
-        if (size > skipped && lazyConn_) {
-          writeAll(lazyConn_.get(), data + skipped, size - skipped, "lazy-pages");
-          status_.bytesPages += size - skipped;
-        }
-        if (p.request.command() == PageCommand::Close && p.received == p.total) closeAnswered_ = true;
-      });
+      pages_.fromSource(buffer_.data(), n);
+      sendToLazyPages();
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::InvalidInput) {
         dropPeer(std::string("the source answered out of protocol: ") + e.what());
@@ -496,7 +491,9 @@ class TargetRelay : Relay {
   }
 
   int lazyPagesEnded(int code) {
-    if (code == 0 && closeAnswered_) {
+    if (code == 0 && pages_.closeAnswered()) {
+      logInfo("page relay " + spec_.migrationId + ": every page in, " + std::to_string(pages_.pagesFromCache()) +
+              " of them read ahead");
       if (peer_) {
         try {
           peer_->shutdownWrite();
@@ -518,7 +515,7 @@ class TargetRelay : Relay {
     bool frozen = freezeContainer();
     status_.containerFrozen = frozen;
     setState(RelayState::Failed, "criu lazy-pages exited with status " + std::to_string(code) + " with " +
-                                     std::to_string(answers_.pending().size()) + " page request(s) unanswered" +
+                                     std::to_string(pages_.outstanding()) + " page request(s) unanswered" +
                                      (frozen ? "; the container is frozen" : "; freezing the container failed") +
                                      " (" + (dir_ / "lazy-pages.out").string() + ")");
     while (!stopAsked) std::this_thread::sleep_for(kPollSlice);
@@ -548,14 +545,12 @@ class TargetRelay : Relay {
   Fd lazyPidfd_;
   Fd lazyConn_;
   bool lazyClosed_ = false;
-  bool closeAnswered_ = false;
   uint64_t connected_ = 0;
-  uint64_t skip_ = 0;
   Clock::time_point lastScan_{};
   std::set<int> held_;
   std::vector<Fd> uffds_;
   PageRequestSplitter requests_;
-  PageAnswerTracker answers_;
+  PageAnswerer pages_;
 };
 
 }  // namespace

@@ -41,6 +41,33 @@ PageCommand PageRequest::command() const {
 
 uint64_t PageRequest::pages() const { return pageCount(raw); }
 
+uint64_t PageRequest::vaddr() const {
+  uint64_t v;
+  std::memcpy(&v, raw.data() + 16, sizeof v);
+  return v;
+}
+
+uint64_t PageRequest::dstId() const {
+  uint64_t v;
+  std::memcpy(&v, raw.data() + 24, sizeof v);
+  return v;
+}
+
+PageRequest PageRequest::withPages(uint64_t pages) const {
+  PageRequest out{raw};
+  std::memcpy(out.raw.data() + 8, &pages, sizeof pages);
+  return out;
+}
+
+std::string pageAnswerHeader(const std::string& command, uint64_t pages, uint64_t vaddr, uint64_t dstId) {
+  std::string raw(kPageRequestBytes, '\0');
+  std::memcpy(raw.data(), command.data(), std::min<size_t>(4, command.size()));
+  std::memcpy(raw.data() + 8, &pages, sizeof pages);
+  std::memcpy(raw.data() + 16, &vaddr, sizeof vaddr);
+  std::memcpy(raw.data() + 24, &dstId, sizeof dstId);
+  return raw;
+}
+
 std::vector<PageRequest> PageRequestSplitter::feed(const char* data, size_t size) {
   partial_.append(data, size);
   std::vector<PageRequest> out;

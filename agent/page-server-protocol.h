@@ -36,7 +36,15 @@ struct PageRequest {
   std::string raw;  // the request as sent, kPageRequestBytes
   PageCommand command() const;
   uint64_t pages() const;
+  uint64_t vaddr() const;
+  uint64_t dstId() const;
+  // The same request (or answer header) for another number of pages.
+  PageRequest withPages(uint64_t pages) const;
 };
+
+// An answer header: `command` (an answer's first 4 bytes) for `pages` pages at
+// `vaddr` of `dstId`.
+std::string pageAnswerHeader(const std::string& command, uint64_t pages, uint64_t vaddr, uint64_t dstId);
 
 // Cuts a byte stream into whole requests.
 class PageRequestSplitter {

@@ -136,7 +136,7 @@ PagesStats PostCopySource::waitForPages(milliseconds timeout, const std::functio
   {
     std::unique_lock lock(mutex_);
     for (;;) {
-      if (cv_.wait_for(lock, milliseconds(200), [&] { return finished_ || error_; })) break;
+      if (cv_.wait_for(lock, milliseconds(200), [&] { return finished_ || error_ || left_; })) break;
       if (last_.state == RelayState::Cut && last_.cutSinceMs > 0 &&
           wallMs() - last_.cutSinceMs > kPageChannelCutBudget.count()) {
         // Reported, not given up: the relay keeps reconnecting.
@@ -151,6 +151,10 @@ PagesStats PostCopySource::waitForPages(milliseconds timeout, const std::functio
       lock.unlock();
       onProgress(sent);
       lock.lock();
+    }
+    if (left_ && !finished_) {
+      // The coordinator asks the next run of this agent, which adopts the relay.
+      fail(ErrorKind::Disconnected, "the agent is stopping; the page relay of `" + containerName_ + "` goes on");
     }
     // Reported as `failed`, never `disconnected`: that kind is the
     // coordinator's cue that this agent is away and the question is to be

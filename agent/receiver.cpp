@@ -189,39 +189,36 @@ void Receiver::startPageThread() {
   launch(pageThread_, [this] { watchRelay(); });
 }
 
-// Until the relay has every page (or cannot go on). Stopping this thread
-// leaves the relay alone: it holds the container's memory, which only goes
-// once the container is gone (abortReceive kills it first).
-void Receiver::watchRelay() {
-  std::string failure;
+void Receiver::watchRelay() { end(followTargetRelay(agent_, *relay_, containerId_, spec_.containerName, stop_)); }
+
+// Until the relay has every page (or cannot go on). Stopping leaves the
+// relay alone: it holds the container's memory, which only goes once the
+// container is gone (abortReceive kills it first).
+std::string followTargetRelay(Agent& agent, const PageRelayHandle& relay, const std::string& containerRef,
+                              const std::string& name, const std::atomic<bool>& stop) {
   for (;;) {
-    if (stop_) {
-      failure = "stopped";
-      break;
-    }
-    auto s = relay_->status();
-    if (s.state == RelayState::Done) {
-      relay_->reap();
-      logInfo("post-copy of `" + spec_.containerName + "` complete: " + std::to_string(s.bytesPages >> 20) +
-              " MiB of pages received");
-      break;
-    }
+    if (stop) return "stopped";
+    auto s = relay.status();
     if (s.state == RelayState::Failed) {
-      failure = "page relay: " + s.error;
-      logError("post-copy of `" + spec_.containerName + "`: " + failure);
+      std::string failure = "page relay: " + s.error;
+      logError("post-copy of `" + name + "`: " + failure);
+      return failure;
+    }
+    if (s.state == RelayState::Done) {
+      relay.reap();
+      logInfo("post-copy of `" + name + "` complete: " + std::to_string(s.bytesPages >> 20) + " MiB of pages received");
       break;
     }
     std::this_thread::sleep_for(kRelayWatchEvery);
   }
-  if (failure.empty()) {
-    try {
-      if (agent_.findIfExists(containerId_)) agent_.releaseCheckpoint(containerId_);
-      relay_->remove();
-    } catch (const std::exception& e) {
-      logWarn("post-copy of `" + spec_.containerName + "`: " + e.what());
-    }
+  try {
+    // The checkpoint was kept for lazy-pages until the last page.
+    if (agent.findIfExists(containerRef)) agent.releaseCheckpoint(containerRef);
+    relay.remove();
+  } catch (const std::exception& e) {
+    logWarn("post-copy of `" + name + "`: " + e.what());
   }
-  end(failure);
+  return "";
 }
 
 void Receiver::waitForBundle(milliseconds timeout) {

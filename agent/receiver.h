@@ -65,6 +65,13 @@ struct Restored {
   std::string sha256;  // of the bundle received
 };
 
+// The target side of a post-copy once the container runs: waits for its page
+// relay to end; after the last page, drops the checkpoint lazy-pages read
+// and the relay's directory. Returns why it ended early ("" after the last
+// page). Also how a restarted agent follows a relay its predecessor started.
+std::string followTargetRelay(Agent& agent, const PageRelayHandle& relay, const std::string& containerRef,
+                              const std::string& name, const std::atomic<bool>& stop);
+
 class Receiver {
  public:
   // Called exactly once when the receiver is over: `failure` empty if its

@@ -770,33 +770,24 @@ TEST_CASE("post-copy: restarted in `restoring`, the target's relay decides: pres
   CHECK(contains(cluster.seenNames("host1"), "finishPostCopy") == targetHasRelay);
 }
 
-TEST_CASE("post-copy: the target lost while pages go pauses after the grace instead of rolling back") {
+TEST_CASE("post-copy: the target's agent lost while pages go is no reason to stop: the source's last page commits") {
   Cluster cluster(200ms);
   cluster.agent("host1").addContainer("web", "running");
-  // finishPostCopy does not answer while host2 is gone: the pages wait for it.
-  cluster.agent("host1").dropRequests("finishPostCopy");
   cluster.start();
   cluster.agent("host2").setHandler("restore", [&](proto::Request::Reader, proto::Reply::Builder reply) {
-    // Answers the restore, then goes silent: no more heartbeats.
+    // Answers the restore, then goes silent: no more heartbeats. Its page
+    // relay goes on without it, and the source says when the last page went.
     reply.initRestored().getStats().setSha256("aa");
     cluster.agent("host2").setSilent(true);
     return true;
   });
 
   std::string id = cluster.coordinator->startMigration(postCopyMove("web", "host2"));
-  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::Paused; }));
-  auto paused = cluster.journal->get(id);
-  INFO(paused.error);
-  CHECK(paused.error.find("host2") != std::string::npos);
-  CHECK(paused.errorKind == "disconnected");
+  REQUIRE(waitFor([&] {
+    auto state = cluster.journal->get(id).state;
+    return state == MigrationState::Committed || state == MigrationState::Succeeded;
+  }, 20s));
+  CHECK(cluster.journal->owners()["web"] == "host2");
   CHECK_FALSE(anyOf(cluster.seenNames("host1"), {"rollbackSource"}));
-  // Keeping the source needs the target's abort: it waits for host2 in
-  // `rolling-back`, the source still frozen.
-  cluster.agent("host1").setRelay(RelayState::CUT);
-  cluster.coordinator->abandonMigration(id, KeepSide::Source);
-  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::RollingBack; }));
-  CHECK_FALSE(contains(cluster.seenNames("host1"), "rollbackSource"));
-  cluster.agent("host2").setSilent(false);
-  REQUIRE(waitFor([&] { return cluster.journal->get(id).state == MigrationState::Abandoned; }, 20s));
-  checkTargetAbortedFirst(cluster);
+  CHECK(contains(cluster.seenNames("host1"), "finishPostCopy"));
 }

@@ -501,16 +501,14 @@ void Migration::awaitPages() {
   // An agent away for a moment (restarting) is no reason to pause: the
   // container runs on the target and the source's CRIU keeps serving. Ask
   // again within the grace; the source reports a broken transfer as
-  // `failed`. Past the grace the caller pauses.
+  // `failed`. Past the grace the caller pauses. The target's agent being
+  // down is no reason either: the pages go between the two page relays,
+  // which outlive their agents, and the source says when the last went.
   auto deadline = Clock::now() + ctx_.timeouts.finishPostCopy;
   std::optional<Clock::time_point> awaySince;
   std::optional<ReplyMessage> answer;
   while (!answer) {
     try {
-      if (!ctx_.registry.isUp(record_.target)) {
-        fail(ErrorKind::Disconnected, "target host `" + record_.target + "` is down while it runs on pages from " +
-                                          record_.source);
-      }
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       answer = request(
           record_.source, "finishPostCopy", std::max(left, std::chrono::milliseconds(1)),
@@ -518,8 +516,7 @@ void Migration::awaitPages() {
             auto finish = r.initFinishPostCopy();
             finish.setMigrationId(record_.id);
             finish.setContainerName(record_.container);
-          },
-          record_.target);
+          });
     } catch (const Error& e) {
       if (e.kind() != ErrorKind::Disconnected || leaving_) throw;
       auto now = Clock::now();
@@ -627,10 +624,16 @@ bool Migration::whilePaused() {
     }
     nextProbe = Clock::now() + ctx_.timeouts.recoveryInterval;
     // An agent that is away cannot say anything; the pause's reason stands.
-    if (!ctx_.registry.isUp(record_.source) || !ctx_.registry.isUp(record_.target)) continue;
+    // Only the source's word is needed to finish: every page went.
+    if (!ctx_.registry.isUp(record_.source)) continue;
     RecoveryDecision decision;
     try {
       auto source = relayStatus(record_.source);
+      if (source.state == RelayState::DONE) {
+        resume();
+        return true;
+      }
+      if (!ctx_.registry.isUp(record_.target)) continue;
       auto target = relayStatus(record_.target);
       decision = decideRecovery(source, target, target.state == RelayState::ABSENT && targetRunsContainer());
       if (decision.step == RecoveryStep::Reconnect) reconnectRelays();

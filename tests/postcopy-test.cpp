@@ -3,7 +3,11 @@
 // writing and acknowledging pages while a client in the lab's client netns
 // checks every reply (tests/support/page-check-client.h), across the move.
 // These are the fault-free runs; the fault tests build on the same client.
+#include <signal.h>
+
 #include <catch2/catch.hpp>
+#include <functional>
+#include <thread>
 
 #include "tests/support/harness.h"
 #include "tests/support/page-check-client.h"
@@ -30,7 +34,45 @@ json entryOf(ClusterGuard& cluster, const std::string& name) {
 
 bool isFinal(const json& status) {
   std::string s = status.value("state", "");
-  return s == "succeeded" || s == "rolled-back" || s == "failed" || s == "cancelled";
+  return s == "succeeded" || s == "rolled-back" || s == "failed" || s == "cancelled" || s == "abandoned";
+}
+
+// A pagecheck container of `mib` MiB on host1, ready; returns its address.
+std::string runPagecheck(ClusterGuard& cluster, uint64_t mib) {
+  cluster.migrate({"run", "--on", "host1", "--name", "pc", "test", "/usr/local/bin/pagecheck", std::to_string(kPort),
+                   std::to_string(mib), std::to_string(kSeed)});
+  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "pc"}).find("ready ") != std::string::npos; }, 60s));
+  return entryOf(cluster, "pc")["ip"];
+}
+
+// After the move: a few seconds more of checked steps on host2 (past any
+// retransmission backoff), then nothing lost behind them either: the
+// counter is every acknowledged write, every page written holds its last
+// version, and the payload finds every one of its pages consistent with its
+// header. The container runs once, on host2, at its address, never started
+// again.
+void checkAfterMove(ClusterGuard& cluster, PageCheckClient& client, uint64_t stepsBefore, const std::string& ip) {
+  auto end = std::chrono::steady_clock::now();
+  CHECK(waitUntil([&] {
+    return client.summary().steps >= stepsBefore + 500 && std::chrono::steady_clock::now() - end >= 3s;
+  }, 120s));
+  auto summary = client.stop();
+  INFO(summary.describe());
+  CHECK(summary.ok());
+  CHECK(summary.longestReplyMs < 60000);
+  CHECK(client.verifyCount());
+  CHECK(client.verifyWritten());
+  CHECK(client.scan() == std::optional<uint64_t>(0));
+  INFO(client.summary().describe());
+  CHECK(client.summary().ok());
+
+  auto after = entryOf(cluster, "pc");
+  CHECK(after["host"] == "host2");
+  CHECK(after["ip"] == ip);
+  CHECK(cluster.agentJson("host1", {"ps"}).empty());
+  auto log = cluster.migrate({"logs", "pc"});
+  CHECK(occurrences(log, "ready ") == 1);
+  CHECK(occurrences(log, "client connected") == 1);
 }
 
 }  // namespace
@@ -41,11 +83,7 @@ TEST_CASE("a client writing and reading pages throughout a migration sees every 
   bool postCopy = GENERATE(false, true);
   INFO("postcopy: " << postCopy);
   ClusterGuard cluster(2);
-  cluster.migrate({"run", "--on", "host1", "--name", "pc", "test", "/usr/local/bin/pagecheck", std::to_string(kPort),
-                   std::to_string(kMib), std::to_string(kSeed)});
-  REQUIRE(waitUntil([&] { return cluster.migrate({"logs", "pc"}).find("ready ") != std::string::npos; }, 60s));
-  std::string ip = entryOf(cluster, "pc")["ip"];
-
+  std::string ip = runPagecheck(cluster, kMib);
   PageCheckClient client({.mib = kMib, .seed = kSeed});
   client.connect(ip, kPort, "/run/netns/client");
   client.start();
@@ -73,28 +111,86 @@ TEST_CASE("a client writing and reading pages throughout a migration sees every 
     CHECK(stepsAtPages.has_value());
   }
 
-  // A few seconds more on host2, past any retransmission backoff of the move.
-  auto end = std::chrono::steady_clock::now();
-  CHECK(waitUntil([&] {
-    return client.summary().steps >= atEnd.steps + 500 && std::chrono::steady_clock::now() - end >= 3s;
-  }, 60s));
-  auto summary = client.stop();
-  INFO(summary.describe());
-  CHECK(summary.ok());
-  CHECK(summary.longestReplyMs < 60000);
-  // Nothing lost behind the steps either: the counter is every acknowledged
-  // write, every page written holds its last version, and the payload finds
-  // every one of its pages consistent with its header.
-  CHECK(client.verifyCount());
-  CHECK(client.verifyWritten());
-  CHECK(client.scan() == std::optional<uint64_t>(0));
-  INFO(client.summary().describe());
-  CHECK(client.summary().ok());
+  checkAfterMove(cluster, client, atEnd.steps, ip);
+}
 
-  auto after = entryOf(cluster, "pc");
-  CHECK(after["host"] == "host2");
-  CHECK(after["ip"] == ip);
-  auto log = cluster.migrate({"logs", "pc"});
-  CHECK(occurrences(log, "ready ") == 1);
-  CHECK(occurrences(log, "client connected") == 1);
+namespace {
+
+// One fault in the pages phase of a post-copy move, and what ends it.
+struct PagesFault {
+  const char* name;
+  std::function<void(ClusterGuard&)> inflict;
+  std::function<void(ClusterGuard&)> repair;
+};
+
+// Everything between host1 and host2 dropped in host2's netns; the
+// coordinator still reaches both.
+void cutHosts(bool on) {
+  auto r = LabGuard::exec("host2", {"nft", on ? "add table inet cut; "
+                                                "add chain inet cut in { type filter hook input priority 0; }; "
+                                                "add chain inet cut out { type filter hook output priority 0; }; "
+                                                "add rule inet cut in ip saddr 198.19.0.11 drop; "
+                                                "add rule inet cut out ip daddr 198.19.0.11 drop"
+                                              : "delete table inet cut"});
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+}
+
+}  // namespace
+
+TEST_CASE("post-copy survives a fault in the pages phase, with no acknowledged write lost and no wrong byte read: "
+          "the target agent or the source agent SIGKILLed, the coordinator SIGKILLed, the page link cut past TCP's "
+          "retries") {
+  REQUIRE_PRIVILEGES();
+  PagesFault fault = GENERATE(
+      PagesFault{"target agent SIGKILLed",
+                 [](ClusterGuard& c) { ::kill(c.agentPid("host2"), SIGKILL); },
+                 [](ClusterGuard& c) { c.startAgent("host2"); }},
+      PagesFault{"source agent SIGKILLed",
+                 [](ClusterGuard& c) { ::kill(c.agentPid("host1"), SIGKILL); },
+                 [](ClusterGuard& c) { c.startAgent("host1"); }},
+      PagesFault{"coordinator SIGKILLed",
+                 [](ClusterGuard& c) { ::kill(c.coordinatorPid(), SIGKILL); },
+                 [](ClusterGuard& c) { c.startCoordinator(); }},
+      // Longer than the relays' 20 s write timeout: the connection dies and
+      // the relays make a new one, asking again for what was unanswered.
+      PagesFault{"page link cut for 26 s",
+                 [](ClusterGuard&) {
+                   cutHosts(true);
+                   std::this_thread::sleep_for(26s);
+                 },
+                 [](ClusterGuard&) { cutHosts(false); }});
+  INFO("fault: " << fault.name);
+  constexpr uint64_t kBig = 512;
+  ClusterGuard cluster(2);
+  std::string ip = runPagecheck(cluster, kBig);
+  PageCheckClient client({.mib = kBig, .seed = kSeed});
+  client.connect(ip, kPort, "/run/netns/client");
+  client.start();
+  REQUIRE(waitUntil([&] { return client.summary().steps >= 200; }, 30s));
+
+  std::string id = cluster.migrateJson({"pc", "--to", "host2", "--tcp-established", "--postcopy", "--detach"}).at("id");
+  REQUIRE(waitUntil([&] { return cluster.migrateJson({"status", id}).value("phase", "") == "pages"; }, 60s, 20ms));
+  uint64_t stepsAtFault = client.summary().steps;
+  fault.inflict(cluster);
+  fault.repair(cluster);
+
+  json final;
+  REQUIRE(waitUntil([&] {
+    try {
+      final = cluster.migrateJson({"status", id});
+    } catch (const std::exception&) {
+      return false;  // the coordinator is starting again
+    }
+    return isFinal(final);
+  }, 240s, 200ms));
+  INFO(final.dump(2));
+  CHECK(final["state"] == "succeeded");
+  CHECK(final["stats"]["bytesPages"].get<uint64_t>() >= (kBig << 20));
+  if (std::string(fault.name).find("cut") != std::string::npos) {
+    CHECK(final["stats"]["pageChannelReconnects"].get<int>() >= 1);
+  }
+
+  // The client kept going on host2 throughout, each reply checked.
+  checkAfterMove(cluster, client, stepsAtFault, ip);
 }
