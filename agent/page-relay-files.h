@@ -5,6 +5,7 @@
 //   spec.json    the agent's orders, written once before the relay starts (0600: the key)
 //   status.json  the relay's state, replaced atomically on every change
 //   key          a fresh one-time key (resumePostCopy), then SIGUSR1
+//   restored     target: the restore returned, the container runs
 //   relay.log    its messages
 //
 // Signals: SIGUSR1 re-reads `key` (the source reconnects at once); SIGTERM

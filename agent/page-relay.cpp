@@ -219,6 +219,13 @@ class SourceRelay : Relay {
       return std::nullopt;
     }
     if (n == 0) {
+      // A clean close means every page went only once CRIU answered
+      // lazy-pages' CLOSE; else it would be CRIU's cue to kill the
+      // container, the only whole copy of its memory.
+      if (!closeAnswered_) {
+        dropPeer("the target closed the channel before lazy-pages' CLOSE");
+        return std::nullopt;
+      }
       // The target's relay closed cleanly: lazy-pages has every page. CRIU
       // answered its CLOSE and waits for our end of file to finish.
       ::shutdown(criu_.get(), SHUT_WR);
@@ -261,6 +268,7 @@ class SourceRelay : Relay {
     try {
       answers_.feed(buffer_.data(), static_cast<size_t>(n), [&](const PageAnswerTracker::Pending& p, const char* data,
                                                                size_t size) {
+        if (p.request.command() == PageCommand::Close && p.received == p.total) closeAnswered_ = true;
         if (!peer_ || !cut.empty() || p.tag != generation_) return;
         try {
           peer_->write(data, size);
@@ -303,6 +311,7 @@ class SourceRelay : Relay {
   }
 
   Fd criu_;
+  bool closeAnswered_ = false;
   uint64_t generation_ = 0;
   PageRequestSplitter requests_;
   PageAnswerTracker answers_;
@@ -328,6 +337,10 @@ class TargetRelay : Relay {
       }
       holdUserfaultfds();
       if (auto code = lazyPages_->poll()) return lazyPagesEnded(*code);
+      // Restored (the agent says so), then all gone: its pages will never be
+      // asked for. Not before: mid-restore the cgroup may not hold them yet.
+      if (!restored_ && fs::exists(dir_ / "restored")) restored_ = true;
+      if (restored_ && !containerPopulated()) return processesGone();
       bool peerPending = peer_ && peer_->pending() > 0;
       pollfd fds[4] = {{listener_->fd(), POLLIN, 0},
                        {lazyConn_ ? -1 : local.fd(), POLLIN, 0},
@@ -509,17 +522,45 @@ class TargetRelay : Relay {
       setState(RelayState::Done);
       return 0;
     }
+    if (restored_ && !containerPopulated()) return processesGone();
     // The restored processes may still fault on a page that never came:
     // freeze them before anything else. The faults stay blocked meanwhile
     // on the userfaultfds held here.
     bool frozen = freezeContainer();
     status_.containerFrozen = frozen;
-    setState(RelayState::Failed, "criu lazy-pages exited with status " + std::to_string(code) + " with " +
-                                     std::to_string(pages_.outstanding()) + " page request(s) unanswered" +
-                                     (frozen ? "; the container is frozen" : "; freezing the container failed") +
-                                     " (" + (dir_ / "lazy-pages.out").string() + ")");
+    return giveUp("criu lazy-pages exited with status " + std::to_string(code) + " with " +
+                  std::to_string(pages_.outstanding()) + " page request(s) unanswered" +
+                  (frozen ? "; the container is frozen" : "; freezing the container failed") + " (" +
+                  (dir_ / "lazy-pages.out").string() + ")");
+  }
+
+  int processesGone() {
+    return giveUp("the container's processes on this host are gone (killed, or exited) before every page arrived (" +
+                  std::to_string(pages_.outstanding()) + " page request(s) unanswered); the source's copy is the "
+                  "only whole one");
+  }
+
+  // Cannot go on: the source is told by a channel that stays cut (never a
+  // clean close, which would tell it every page went), and the relay waits
+  // for the agent, holding what it holds.
+  int giveUp(const std::string& why) {
+    if (peer_) {
+      ::shutdown(peer_->fd(), SHUT_RDWR);
+      peer_.reset();
+    }
+    listener_.reset();
+    setState(RelayState::Failed, why);
     while (!stopAsked) std::this_thread::sleep_for(kPollSlice);
     return 2;
+  }
+
+  // Whether the container still has processes (cgroup v2 `populated`); a
+  // cgroup that cannot be read counts as populated (nothing is concluded).
+  bool containerPopulated() const {
+    if (spec_.cgroup.empty()) return true;
+    auto events = readFileIfExists(fs::path(spec_.cgroup) / "cgroup.events");
+    if (!events) return !fs::exists(spec_.cgroup) ? false : true;
+    return events->find("populated 0") == std::string::npos;
   }
 
   bool freezeContainer() {
@@ -545,6 +586,7 @@ class TargetRelay : Relay {
   Fd lazyPidfd_;
   Fd lazyConn_;
   bool lazyClosed_ = false;
+  bool restored_ = false;  // the agent's restore returned (file `restored`)
   uint64_t connected_ = 0;
   Clock::time_point lastScan_{};
   std::set<int> held_;

@@ -5,6 +5,7 @@
 
 #include "agent/criu-stats.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/stream.h"
 #include "net/data-listener.h"
@@ -250,6 +251,7 @@ Restored Receiver::restore(const RestoreAsk& ask, milliseconds bundleWait) {
     throw;
   }
   if (ask.postCopy) {
+    writeFileAtomic(relay_->dir() / "restored", "", 0600);
     // From here on a page that did not come from the source must never be
     // read: the relay holds the userfaultfds too (page-relay.h).
     if (!relay_->waitFor(kUffdHoldWait, [](const PageRelayStatus& s) { return s.uffdsHeld > 0; })) {

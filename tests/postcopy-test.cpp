@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 #include <functional>
+#include <set>
 #include <thread>
 
 #include "tests/support/harness.h"
@@ -193,4 +194,62 @@ TEST_CASE("post-copy survives a fault in the pages phase, with no acknowledged w
 
   // The client kept going on host2 throughout, each reply checked.
   checkAfterMove(cluster, client, stepsAtFault, ip);
+}
+
+TEST_CASE("post-copy: the restored processes killed on host2 mid-pages: the move pauses saying so, the source stays "
+          "frozen, and abandon --keep source brings it back once, its memory whole") {
+  REQUIRE_PRIVILEGES();
+  constexpr uint64_t kBig = 512;
+  ClusterGuard cluster(2);
+  std::string ip = runPagecheck(cluster, kBig);
+  PageCheckClient client({.mib = kBig, .seed = kSeed});
+  client.connect(ip, kPort, "/run/netns/client");
+  client.start();
+  REQUIRE(waitUntil([&] { return client.summary().steps >= 200; }, 30s));
+  std::string id = cluster.migrateJson({"pc", "--to", "host2", "--tcp-established", "--postcopy", "--detach"}).at("id");
+  REQUIRE(waitUntil([&] { return cluster.migrateJson({"status", id}).value("phase", "") == "pages"; }, 60s, 20ms));
+  int pid = cluster.agentJson("host2", {"inspect", "pc"})["state"]["pid"];
+  REQUIRE(pid > 0);
+  ::kill(pid, SIGKILL);
+  client.abort();  // its connection went with the processes
+
+  // Nothing rolls back by itself: host2's copy ran and answered writes.
+  json paused;
+  REQUIRE(waitUntil([&] {
+    paused = cluster.migrateJson({"status", id});
+    return paused["state"] == "paused" && paused["error"].get<std::string>().find("processes") != std::string::npos;
+  }, 120s));
+  INFO(paused.dump(2));
+  CHECK(paused["error"].get<std::string>().find("host2") != std::string::npos);
+  // Both hosts still show their copy: host1's frozen, host2's stopped.
+  std::set<std::string> hosts;
+  for (auto& c : cluster.migrateJson({"ps"})) {
+    if (c["name"] == "pc") hosts.insert(c["host"].get<std::string>());
+  }
+  CHECK(hosts.count("host1") == 1);
+
+  auto abandoned = cluster.migrateJson({"abandon", id, "--keep", "source"});
+  INFO(abandoned.dump(2));
+  CHECK(abandoned["stats"]["kept"] == "source");
+  CHECK(abandoned["stats"]["lost"].get<std::string>().rfind("writes made on host2 in the ", 0) == 0);
+  json final;
+  REQUIRE(waitUntil([&] {
+    final = cluster.migrateJson({"status", id});
+    return final["state"] == "abandoned";
+  }, 120s));
+  REQUIRE(waitUntil([&] {
+    auto e = entryOf(cluster, "pc");
+    return e["host"] == "host1" && e["state"] == "running";
+  }, 60s));
+  CHECK(cluster.agentJson("host2", {"ps"}).empty());
+  // The same process, resumed from its freeze: every page consistent, its
+  // counter at most what the client saw acknowledged (the writes on host2
+  // are the ones the abandon said are lost).
+  PageCheckClient after({.mib = kBig, .seed = kSeed});
+  after.connect(ip, kPort, "/run/netns/client");
+  CHECK(after.scan() == std::optional<uint64_t>(0));
+  auto count = after.rawRequest("C");
+  REQUIRE(count.has_value());
+  CHECK(std::stoull(count->substr(count->find(' ') + 1)) <= client.summary().acknowledged);
+  CHECK(occurrences(cluster.migrate({"logs", "pc"}), "ready ") == 1);
 }
