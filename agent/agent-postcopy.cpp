@@ -162,8 +162,7 @@ PageRelaySpec Agent::lazyPagesRelaySpec(const std::string& ref) {
   spec.containerName = c.config.name;
   spec.lazyPagesArgs = runtime_.lazyPagesCommand(c.paths);
   spec.lazyPagesSocket = Runtime::lazyPagesSocket(c.paths).string();
-  spec.cgroup = (std::filesystem::path("/sys/fs/cgroup") / std::filesystem::path(cgroupsPath(c.config.id)).relative_path())
-                    .string();
+  spec.cgroup = cgroupsPath(c.config.id);
   return spec;
 }
 

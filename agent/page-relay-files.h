@@ -40,7 +40,7 @@ struct PageRelaySpec {
   // `criu lazy-pages`, with "@PORT@" for the loopback port it fetches from.
   std::vector<std::string> lazyPagesArgs;
   std::string lazyPagesSocket;  // exists once lazy-pages is ready for restore
-  std::string cgroup;           // the container's cgroup dir, frozen if its pages cannot come
+  std::string cgroup;           // the container's cgroupsPath, frozen if its pages cannot come
 };
 
 enum class RelayState { Starting, Flowing, Cut, Done, Failed };

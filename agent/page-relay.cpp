@@ -14,8 +14,10 @@
 #include <set>
 #include <thread>
 
+#include "agent/container-cgroup.h"
 #include "agent/page-answerer.h"
 #include "agent/page-server-protocol.h"
+#include "agent/userfaultfd-copies.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -380,32 +382,20 @@ class TargetRelay : Relay {
     options.stdoutFd = out.get();
     options.stderrFd = out.get();
     lazyPages_.emplace(options);
-    lazyPidfd_ = Fd(SYSCALL(sys::pidfdOpen(lazyPages_->pid()), "pidfd_open"));
     status_.lazyPagesPid = lazyPages_->pid();
     publish(true);
   }
 
   // Every userfaultfd lazy-pages received from the restored processes, held
-  // here too: a userfaultfd whose last holder closes it stops blocking
-  // faults, and the page then reads as zeros. Holding a copy keeps those
-  // faults waiting, whatever happens to lazy-pages.
+  // here too (userfaultfd-copies.h). A scan of lazy-pages' fds is cheap but
+  // not free: not for every chunk.
   void holdUserfaultfds() {
-    // A scan of lazy-pages' fds is cheap but not free: not for every chunk.
     auto now = Clock::now();
     if (now - lastScan_ < kScanEvery) return;
     lastScan_ = now;
-    std::error_code ec;
-    fs::path fdDir = fs::path("/proc") / std::to_string(lazyPages_->pid()) / "fd";
-    for (auto& entry : fs::directory_iterator(fdDir, ec)) {
-      int number = std::atoi(entry.path().filename().c_str());
-      if (held_.count(number)) continue;
-      auto target = fs::read_symlink(entry.path(), ec);
-      if (ec || target.string() != "anon_inode:[userfaultfd]") continue;
-      int copy = sys::pidfdGetfd(lazyPidfd_.get(), number);
-      if (copy < 0) continue;
-      held_.insert(number);
-      uffds_.emplace_back(copy);
-      status_.uffdsHeld = static_cast<uint32_t>(uffds_.size());
+    uint32_t held = static_cast<uint32_t>(uffds_.takeFrom(lazyPages_->pid()));
+    if (held != status_.uffdsHeld) {
+      status_.uffdsHeld = held;
       publish(true);
     }
   }
@@ -554,23 +544,10 @@ class TargetRelay : Relay {
     return 2;
   }
 
-  // Whether the container still has processes (cgroup v2 `populated`); a
-  // cgroup that cannot be read counts as populated (nothing is concluded).
-  bool containerPopulated() const {
-    if (spec_.cgroup.empty()) return true;
-    auto events = readFileIfExists(fs::path(spec_.cgroup) / "cgroup.events");
-    if (!events) return !fs::exists(spec_.cgroup) ? false : true;
-    return events->find("populated 0") == std::string::npos;
-  }
+  // Whether the container still has processes, in any hierarchy.
+  bool containerPopulated() const { return spec_.cgroup.empty() || !cgroupMembers(spec_.cgroup).empty(); }
 
-  bool freezeContainer() {
-    if (spec_.cgroup.empty()) return false;
-    FILE* f = std::fopen((fs::path(spec_.cgroup) / "cgroup.freeze").c_str(), "w");
-    if (!f) return false;
-    bool ok = std::fputs("1", f) >= 0;
-    ok = std::fclose(f) == 0 && ok;
-    return ok;
-  }
+  bool freezeContainer() { return freezeCgroup(spec_.cgroup); }
 
   int stop() {
     if (lazyPages_ && !lazyPages_->poll()) {
@@ -583,14 +560,12 @@ class TargetRelay : Relay {
 
   std::optional<DataListener> listener_;
   std::optional<Subprocess> lazyPages_;
-  Fd lazyPidfd_;
   Fd lazyConn_;
   bool lazyClosed_ = false;
   bool restored_ = false;  // the agent's restore returned (file `restored`)
   uint64_t connected_ = 0;
   Clock::time_point lastScan_{};
-  std::set<int> held_;
-  std::vector<Fd> uffds_;
+  UserfaultfdCopies uffds_;
   PageRequestSplitter requests_;
   PageAnswerer pages_;
 };

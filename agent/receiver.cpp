@@ -3,7 +3,9 @@
 #include <signal.h>
 #include <sys/socket.h>
 
+#include "agent/container-cgroup.h"
 #include "agent/criu-stats.h"
+#include "agent/userfaultfd-copies.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -197,9 +199,22 @@ void Receiver::watchRelay() { end(followTargetRelay(agent_, *relay_, containerId
 // container is gone (abortReceive kills it first).
 std::string followTargetRelay(Agent& agent, const PageRelayHandle& relay, const std::string& containerRef,
                               const std::string& name, const std::atomic<bool>& stop) {
+  // The second holder of lazy-pages' userfaultfds (the relay is the first):
+  // if the relay dies, lazy-pages loses its page source and exits, and the
+  // faults would then read zeros; these copies keep them waiting while the
+  // container is frozen.
+  UserfaultfdCopies copies;
+  std::string cgroup = readRelaySpec(relay.dir()).cgroup;
   for (;;) {
     if (stop) return "stopped";
     auto s = relay.status();
+    if (s.lazyPagesPid > 0 && s.state != RelayState::Done) copies.takeFrom(s.lazyPagesPid);
+    if (s.state == RelayState::Failed && !relay.alive() && copies.size() > 0 && !s.containerFrozen) {
+      bool frozen = freezeCgroup(cgroup);
+      std::string failure = "page relay: " + s.error + (frozen ? "; the container is frozen" : "; freezing it failed");
+      logError("post-copy of `" + name + "`: " + failure);
+      return failure;
+    }
     if (s.state == RelayState::Failed) {
       std::string failure = "page relay: " + s.error;
       logError("post-copy of `" + name + "`: " + failure);

@@ -1,5 +1,7 @@
 #include "agent/runtime.h"
 
+#include "agent/container-cgroup.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -66,29 +68,6 @@ std::chrono::seconds restoreDeadline(uint64_t imageBytes) {
 }
 
 namespace {
-
-// The pids in the container's cgroup, in every hierarchy (cgroup v1 has one
-// per controller, v2 one): `cgroupsPath` is the agent's own /migrate/... path.
-std::vector<fs::path> cgroupDirs(const std::string& cgroupsPath) {
-  fs::path relative = fs::path(cgroupsPath).relative_path();
-  std::vector<fs::path> dirs = {fs::path("/sys/fs/cgroup") / relative};
-  std::error_code ec;
-  for (auto& hierarchy : fs::directory_iterator("/sys/fs/cgroup", ec)) dirs.push_back(hierarchy.path() / relative);
-  return dirs;
-}
-
-std::vector<pid_t> cgroupMembers(const std::string& cgroupsPath) {
-  std::vector<pid_t> pids;
-  for (auto& dir : cgroupDirs(cgroupsPath)) {
-    auto text = readFileTailIfExists(dir / "cgroup.procs", 1 << 20);
-    if (!text) continue;
-    std::istringstream lines(*text);
-    for (long pid; lines >> pid;) {
-      if (pid > 1) pids.push_back(static_cast<pid_t>(pid));
-    }
-  }
-  return pids;
-}
 
 bool isAgentCgroup(const std::string& cgroupsPath) {
   fs::path path(cgroupsPath);

@@ -1,0 +1,55 @@
+#include "agent/container-cgroup.h"
+
+#include <cstdio>
+#include <sstream>
+
+#include "common/files.h"
+
+namespace migrate {
+
+namespace fs = std::filesystem;
+
+std::vector<fs::path> cgroupDirs(const std::string& cgroupsPath) {
+  fs::path relative = fs::path(cgroupsPath).relative_path();
+  std::vector<fs::path> dirs = {fs::path("/sys/fs/cgroup") / relative};
+  std::error_code ec;
+  for (auto& hierarchy : fs::directory_iterator("/sys/fs/cgroup", ec)) dirs.push_back(hierarchy.path() / relative);
+  return dirs;
+}
+
+std::vector<pid_t> cgroupMembers(const std::string& cgroupsPath) {
+  std::vector<pid_t> pids;
+  for (auto& dir : cgroupDirs(cgroupsPath)) {
+    auto text = readFileTailIfExists(dir / "cgroup.procs", 1 << 20);
+    if (!text) continue;
+    std::istringstream lines(*text);
+    for (long pid; lines >> pid;) {
+      if (pid > 1) pids.push_back(static_cast<pid_t>(pid));
+    }
+  }
+  return pids;
+}
+
+namespace {
+
+// A cgroup file takes a plain write (no temporary file and rename).
+bool writeCgroupFile(const fs::path& file, const char* value) {
+  FILE* f = std::fopen(file.c_str(), "w");
+  if (!f) return false;
+  bool ok = std::fputs(value, f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
+}  // namespace
+
+bool freezeCgroup(const std::string& cgroupsPath) {
+  bool frozen = false;
+  for (auto& dir : cgroupDirs(cgroupsPath)) {
+    std::error_code ec;
+    if (fs::exists(dir / "cgroup.freeze", ec)) frozen = writeCgroupFile(dir / "cgroup.freeze", "1") || frozen;
+    if (fs::exists(dir / "freezer.state", ec)) frozen = writeCgroupFile(dir / "freezer.state", "FROZEN") || frozen;
+  }
+  return frozen;
+}
+
+}  // namespace migrate
