@@ -125,7 +125,8 @@ void AgentDaemon::adoptTargetRelays() {
       logInfo("migration " + migrationId + ": following the page relay (pid " + std::to_string(relay->pid()) +
               ") of `" + spec.containerName + "` that an earlier run started");
       workers_.start([this, relay = *relay, name = spec.containerName] {
-        followTargetRelay(agent_, relay, name, name, stopping_);
+        UserfaultfdCopies copies;
+        followTargetRelay(agent_, relay, name, name, stopping_, copies);
       });
     } catch (const std::exception& e) {
       logWarn("migration " + migrationId + ": page relay: " + e.what());

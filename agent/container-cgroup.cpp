@@ -52,4 +52,14 @@ bool freezeCgroup(const std::string& cgroupsPath) {
   return frozen;
 }
 
+bool cgroupFrozen(const std::string& cgroupsPath) {
+  for (auto& dir : cgroupDirs(cgroupsPath)) {
+    if (auto state = readFileIfExists(dir / "freezer.state"); state && state->rfind("FROZEN", 0) == 0) return true;
+    if (auto events = readFileIfExists(dir / "cgroup.events"); events && events->find("frozen 1") != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace migrate

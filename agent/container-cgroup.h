@@ -19,5 +19,9 @@ std::vector<pid_t> cgroupMembers(const std::string& cgroupsPath);
 // Freezes every process in it (v2 `cgroup.freeze`, v1 freezer
 // `freezer.state`); false if neither could be written.
 bool freezeCgroup(const std::string& cgroupsPath);
+// Whether every process in it is frozen now (v1 `FROZEN`, v2 `frozen 1`):
+// writing the freeze only starts it, and a process already running goes on
+// until it next enters the kernel.
+bool cgroupFrozen(const std::string& cgroupsPath);
 
 }  // namespace migrate

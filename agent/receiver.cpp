@@ -192,18 +192,15 @@ void Receiver::startPageThread() {
   launch(pageThread_, [this] { watchRelay(); });
 }
 
-void Receiver::watchRelay() { end(followTargetRelay(agent_, *relay_, containerId_, spec_.containerName, stop_)); }
+void Receiver::watchRelay() {
+  end(followTargetRelay(agent_, *relay_, containerId_, spec_.containerName, stop_, uffdCopies_));
+}
 
 // Until the relay has every page (or cannot go on). Stopping leaves the
 // relay alone: it holds the container's memory, which only goes once the
 // container is gone (abortReceive kills it first).
 std::string followTargetRelay(Agent& agent, const PageRelayHandle& relay, const std::string& containerRef,
-                              const std::string& name, const std::atomic<bool>& stop) {
-  // The second holder of lazy-pages' userfaultfds (the relay is the first):
-  // if the relay dies, lazy-pages loses its page source and exits, and the
-  // faults would then read zeros; these copies keep them waiting while the
-  // container is frozen.
-  UserfaultfdCopies copies;
+                              const std::string& name, const std::atomic<bool>& stop, UserfaultfdCopies& copies) {
   std::string cgroup = readRelaySpec(relay.dir()).cgroup;
   for (;;) {
     if (stop) return "stopped";
@@ -213,6 +210,14 @@ std::string followTargetRelay(Agent& agent, const PageRelayHandle& relay, const 
       bool frozen = freezeCgroup(cgroup);
       std::string failure = "page relay: " + s.error + (frozen ? "; the container is frozen" : "; freezing it failed");
       logError("post-copy of `" + name + "`: " + failure);
+      // Let go of the copies only once nothing of it can run: a process
+      // still running when the freeze was asked (not yet frozen) would fault
+      // on a zero page the moment the last copy went. Until then, and until
+      // the container is gone (abortReceive) or we stop, hold on.
+      while (!stop && !cgroupMembers(cgroup).empty()) std::this_thread::sleep_for(kRelayWatchEvery);
+      if (stop) {
+        for (int i = 0; i < 50 && !cgroupFrozen(cgroup); ++i) std::this_thread::sleep_for(milliseconds(100));
+      }
       return failure;
     }
     if (s.state == RelayState::Failed) {
@@ -272,6 +277,8 @@ Restored Receiver::restore(const RestoreAsk& ask, milliseconds bundleWait) {
     if (!relay_->waitFor(kUffdHoldWait, [](const PageRelayStatus& s) { return s.uffdsHeld > 0; })) {
       logWarn("post-copy of `" + spec_.containerName + "`: the relay holds no userfaultfd yet");
     }
+    // ... and so does this agent, before the container is reported running.
+    if (auto s = relay_->status(); s.lazyPagesPid > 0) uffdCopies_.takeFrom(s.lazyPagesPid);
   }
   if (auto criu = readCriuRestoreStats(out.container.paths.criuWork() / "stats-restore")) {
     for (auto [key, phase] : {std::pair{"forkingTime", "criu-forking"}, std::pair{"restoreTime", "criu-restore"}}) {

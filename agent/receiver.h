@@ -31,6 +31,7 @@
 #include "agent/id-mapping.h"
 #include "agent/page-relay-handle.h"
 #include "agent/progress-report.h"
+#include "agent/userfaultfd-copies.h"
 #include "common/subprocess.h"
 #include "net/tls-stream.h"
 
@@ -69,8 +70,13 @@ struct Restored {
 // relay to end; after the last page, drops the checkpoint lazy-pages read
 // and the relay's directory. Returns why it ended early ("" after the last
 // page). Also how a restarted agent follows a relay its predecessor started.
+//
+// `copies` is the second holder of lazy-pages' userfaultfds (the relay is
+// the first): if the relay dies, lazy-pages loses its page source and exits,
+// and the faults would then read zeros; the copies keep them waiting, the
+// container is frozen, and they go only with the container.
 std::string followTargetRelay(Agent& agent, const PageRelayHandle& relay, const std::string& containerRef,
-                              const std::string& name, const std::atomic<bool>& stop);
+                              const std::string& name, const std::atomic<bool>& stop, UserfaultfdCopies& copies);
 
 class Receiver {
  public:
@@ -136,6 +142,7 @@ class Receiver {
   // Written by the receive thread before done_; then the page thread's alone.
   std::shared_ptr<DataListener> pageListener_;  // until the relay has it
   std::optional<PageRelayHandle> relay_;
+  UserfaultfdCopies uffdCopies_;  // restore() takes them first, then the page thread
 
   std::thread receiveThread_;
   std::thread pageThread_;

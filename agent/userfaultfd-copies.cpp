@@ -11,6 +11,7 @@ namespace migrate {
 namespace fs = std::filesystem;
 
 size_t UserfaultfdCopies::takeFrom(pid_t pid) {
+  std::lock_guard lock(mutex_);
   if (pid != pid_) {
     pid_ = pid;
     held_.clear();

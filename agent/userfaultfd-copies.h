@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <mutex>
 #include <set>
 #include <vector>
 
@@ -18,14 +19,19 @@
 
 namespace migrate {
 
+// Any thread.
 class UserfaultfdCopies {
  public:
   // Takes a copy (pidfd_getfd) of each userfaultfd of `pid` not yet held.
   // Returns how many are held in all. Quiet if `pid` is gone.
   size_t takeFrom(pid_t pid);
-  size_t size() const { return copies_.size(); }
+  size_t size() const {
+    std::lock_guard lock(mutex_);
+    return copies_.size();
+  }
 
  private:
+  mutable std::mutex mutex_;
   pid_t pid_ = 0;
   Fd pidfd_;
   std::set<int> held_;  // fd numbers in `pid_`

@@ -12,7 +12,6 @@
 #include "common/error.h"
 #include "common/hash-stream.h"
 #include "net/data-listener.h"
-#include "net/tls-pump.h"
 
 using namespace migrate;
 using namespace std::chrono_literals;
@@ -248,57 +247,6 @@ TEST_CASE("tls: 512 MiB loopback throughput", "[.][benchmark]") {
   CHECK(received.digest == sent.digest);
   std::cout << "tls: 512 MiB over loopback in " << sent.seconds << " s = " << (total / 1e6) / sent.seconds
             << " MB/s (including noise generation and SHA-256 on both sides)\n";
-}
-
-TEST_CASE("pumpTls: two local sockets talk both ways through one TLS stream, and EOF crosses", "[tls]") {
-  // source app <-> [pump A] <== TLS ==> [pump B] <-> target app, as the page
-  // server and the lazy-pages daemon do in a post-copy migration.
-  int a[2], b[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, a) == 0);
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, b) == 0);
-  Fd sourceApp(a[0]), sourcePumpEnd(a[1]), targetApp(b[0]), targetPumpEnd(b[1]);
-  DataListener listener("127.0.0.1");
-  std::atomic<bool> stop{false};
-  PumpCounters toTarget;
-  auto targetSide = std::async(std::launch::async, [&] {
-    auto tls = TlsStream::accept(listener.acceptOne(5s), "m-pump", keyOf(3), kTestIoTimeout);
-    pumpTls(tls, targetPumpEnd.get(), stop, &toTarget);
-  });
-  auto sourceSide = std::async(std::launch::async, [&] {
-    auto tls = TlsStream::connect(connectTcp("127.0.0.1", listener.port(), 5s), "m-pump", keyOf(3), kTestIoTimeout);
-    pumpTls(tls, sourcePumpEnd.get(), stop);
-  });
-  // A request one way, 8 MiB of answer the other way (more than any socket buffer).
-  REQUIRE(::write(targetApp.get(), "GET", 3) == 3);
-  char request[3];
-  REQUIRE(::read(sourceApp.get(), request, 3) == 3);
-  CHECK(std::string(request, 3) == "GET");
-  std::vector<uint8_t> pages(8 << 20);
-  NoiseSource().fill(pages);
-  auto writer = std::async(std::launch::async, [&] {
-    for (size_t done = 0; done < pages.size();) {
-      ssize_t n = ::write(sourceApp.get(), pages.data() + done, pages.size() - done);
-      REQUIRE(n > 0);
-      done += static_cast<size_t>(n);
-    }
-    ::shutdown(sourceApp.get(), SHUT_WR);
-  });
-  std::vector<uint8_t> got;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = ::read(targetApp.get(), buf, sizeof buf);
-    REQUIRE(n >= 0);
-    if (n == 0) break;  // the source app's EOF arrived as EOF
-    got.insert(got.end(), buf, buf + n);
-  }
-  writer.get();
-  CHECK(got == pages);
-  CHECK(toTarget.fromTls == pages.size());
-  CHECK(toTarget.toTls == 3);
-  ::shutdown(targetApp.get(), SHUT_WR);  // the other direction ends too: both pumps return
-  targetSide.get();
-  sourceSide.get();
-  CHECK(::read(sourceApp.get(), buf, sizeof buf) == 0);
 }
 
 TEST_CASE("DataListener: an accept that can be stopped gives up on stop, on timeout, and takes a sender", "[tls]") {
