@@ -61,7 +61,7 @@ void checkAfterMove(ClusterGuard& cluster, PageCheckClient& client, uint64_t ste
   auto summary = client.stop();
   INFO(summary.describe());
   CHECK(summary.ok());
-  CHECK(summary.longestReplyMs < 60000);
+  CHECK(summary.longestReplyMs < 180000);
   CHECK(client.verifyCount());
   CHECK(client.verifyWritten());
   CHECK(client.scan() == std::optional<uint64_t>(0));
@@ -188,7 +188,9 @@ void survivesPagesFault(const PagesFault& fault) {
   constexpr uint64_t kBig = 512;
   ClusterGuard cluster(2);
   std::string ip = runPagecheck(cluster, kBig);
-  PageCheckClient client({.mib = kBig, .seed = kSeed});
+  // A reply waits as long as its page does: through a 60 s cut and the
+  // reconnect after it. Slow is allowed; wrong or lost is not.
+  PageCheckClient client({.mib = kBig, .seed = kSeed, .replyTimeout = std::chrono::seconds(180)});
   client.connect(ip, kPort, "/run/netns/client");
   client.start();
   REQUIRE(waitUntil([&] { return client.summary().steps >= 200; }, 30s));
