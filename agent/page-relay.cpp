@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstring>
 #include <optional>
-#include <set>
 #include <thread>
 
 #include "agent/container-cgroup.h"

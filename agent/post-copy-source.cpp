@@ -183,7 +183,6 @@ void PostCopySource::giveBack() {
     });
     return;
   }
-  stop_ = true;
   {
     std::lock_guard lock(mutex_);
     resume_ = true;  // nothing happens if every page went already

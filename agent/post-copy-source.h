@@ -89,7 +89,6 @@ class PostCopySource {
   LazyDump dump_;
   std::optional<PageRelayHandle> relay_;  // set by start()
   Fd criuCopy_;                           // the thread's
-  std::atomic<bool> stop_{false};
   std::chrono::steady_clock::time_point start_;
   std::thread thread_;
   bool started_ = false;  // set by start(), before anyone else sees us

@@ -32,7 +32,6 @@
 #include "agent/page-relay-handle.h"
 #include "agent/progress-report.h"
 #include "agent/userfaultfd-copies.h"
-#include "common/subprocess.h"
 #include "net/tls-stream.h"
 
 namespace migrate {
