@@ -60,6 +60,10 @@ std::string Agent::cgroupsPath(const std::string& id) const {
   return "/migrate/" + options_.hostName + "/" + id;
 }
 
+std::string Agent::relayCgroupPath(const std::string& migrationId) const {
+  return "/migrate-relays/" + options_.hostName + "/" + migrationId;
+}
+
 Container Agent::load(const fs::path& dir) {
   auto j = json::parse(readFile(dir / "container.json"));
   return Container{ContainerConfig::fromJson(j.at("config")), ContainerState::fromJson(j.at("state")),

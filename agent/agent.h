@@ -157,6 +157,8 @@ class Agent {
   // daemon for restoring `ref` with lazyPages (its command, socket, and the
   // cgroup it freezes if the pages cannot come).
   PageRelaySpec lazyPagesRelaySpec(const std::string& ref);
+  // The cgroup a migration's page relay lives in (`/migrate-relays/HOST/ID`).
+  std::string relayCgroupPath(const std::string& migrationId) const;
   // Deletes the checkpoint a restore kept (keepCheckpoint, or post-copy
   // until the last page arrived).
   void releaseCheckpoint(const std::string& ref);

@@ -1,5 +1,7 @@
 #include "agent/container-cgroup.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <sstream>
 
@@ -40,6 +42,20 @@ bool writeCgroupFile(const fs::path& file, const char* value) {
   return std::fclose(f) == 0 && ok;
 }
 
+// The mounted hierarchies: /sys/fs/cgroup itself when it is v2, else each
+// directory under it that is a cgroup root (v1 controllers, a v2 `unified`);
+// the symlinks v1 adds for joint controllers (cpu -> cpu,cpuacct) skipped.
+std::vector<fs::path> hierarchies() {
+  std::error_code ec;
+  if (fs::exists("/sys/fs/cgroup/cgroup.procs", ec)) return {"/sys/fs/cgroup"};
+  std::vector<fs::path> roots;
+  for (auto& entry : fs::directory_iterator("/sys/fs/cgroup", ec)) {
+    if (entry.is_symlink(ec) || !fs::exists(entry.path() / "cgroup.procs", ec)) continue;
+    roots.push_back(entry.path());
+  }
+  return roots;
+}
+
 }  // namespace
 
 bool freezeCgroup(const std::string& cgroupsPath) {
@@ -50,6 +66,23 @@ bool freezeCgroup(const std::string& cgroupsPath) {
     if (fs::exists(dir / "freezer.state", ec)) frozen = writeCgroupFile(dir / "freezer.state", "FROZEN") || frozen;
   }
   return frozen;
+}
+
+size_t joinCgroup(const std::string& cgroupsPath) {
+  fs::path relative = fs::path(cgroupsPath).relative_path();
+  size_t joined = 0;
+  for (auto& root : hierarchies()) {
+    std::error_code ec;
+    fs::create_directories(root / relative, ec);
+    if (!ec && writeCgroupFile(root / relative / "cgroup.procs", "0")) ++joined;
+  }
+  return joined;
+}
+
+void removeCgroup(const std::string& cgroupsPath) {
+  if (cgroupsPath.empty()) return;
+  fs::path relative = fs::path(cgroupsPath).relative_path();
+  for (auto& root : hierarchies()) ::rmdir((root / relative).c_str());
 }
 
 bool cgroupFrozen(const std::string& cgroupsPath) {

@@ -1,7 +1,7 @@
-// A container's cgroup as the agent makes it (`/migrate/HOST/ID`, runc's
-// cgroupsPath), in whatever hierarchy this host mounts: cgroup v2 alone at
-// /sys/fs/cgroup, or v1 with a directory per controller (this lab's machine:
-// docs/environment.md).
+// A cgroup of the agent's — a container's as runc makes it (`/migrate/HOST/ID`,
+// its cgroupsPath) or a page relay's (`/migrate-relays/HOST/MIGRATION`) — in
+// whatever hierarchy this host mounts: cgroup v2 alone at /sys/fs/cgroup, or
+// v1 with a directory per controller (this lab's machine: docs/environment.md).
 #pragma once
 
 #include <sys/types.h>
@@ -23,5 +23,15 @@ bool freezeCgroup(const std::string& cgroupsPath);
 // writing the freeze only starts it, and a process already running goes on
 // until it next enters the kernel.
 bool cgroupFrozen(const std::string& cgroupsPath);
+
+// Moves the calling process into `cgroupsPath` in every hierarchy mounted
+// here that takes it, making the directories; returns how many took it (a v1
+// cpuset cgroup, for one, refuses a process until its cpus are set, and is
+// left out). The agent's post-copy page relays live in one of their own, so
+// that nothing done to the agent's cgroup (a service manager stopping it
+// with its whole control group) reaches them.
+size_t joinCgroup(const std::string& cgroupsPath);
+// Removes its directories once empty, the leaf only; one still in use stays.
+void removeCgroup(const std::string& cgroupsPath);
 
 }  // namespace migrate

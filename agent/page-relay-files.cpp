@@ -56,6 +56,7 @@ void writeRelaySpec(const fs::path& dir, const PageRelaySpec& s) {
       {"lazyPagesArgs", s.lazyPagesArgs},
       {"lazyPagesSocket", s.lazyPagesSocket},
       {"cgroup", s.cgroup},
+      {"relayCgroup", s.relayCgroup},
   };
   writeFileAtomic(dir / "spec.json", j.dump(2), 0600);
 }
@@ -76,6 +77,7 @@ PageRelaySpec readRelaySpec(const fs::path& dir) {
   s.lazyPagesArgs = j.at("lazyPagesArgs").get<std::vector<std::string>>();
   s.lazyPagesSocket = j.at("lazyPagesSocket").get<std::string>();
   s.cgroup = j.at("cgroup").get<std::string>();
+  s.relayCgroup = j.value("relayCgroup", std::string());
   return s;
 }
 

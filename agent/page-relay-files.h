@@ -41,6 +41,7 @@ struct PageRelaySpec {
   std::vector<std::string> lazyPagesArgs;
   std::string lazyPagesSocket;  // exists once lazy-pages is ready for restore
   std::string cgroup;           // the container's cgroupsPath, frozen if its pages cannot come
+  std::string relayCgroup;      // the relay's own, joined at its start (container-cgroup.h)
 };
 
 enum class RelayState { Starting, Flowing, Cut, Done, Failed };

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include "agent/container-cgroup.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -119,6 +120,13 @@ void PageRelayHandle::reap() const {
   }
 }
 
-void PageRelayHandle::remove() const { removeTree(dir_); }
+void PageRelayHandle::remove() const {
+  try {
+    removeCgroup(readRelaySpec(dir_).relayCgroup);
+  } catch (const std::exception& e) {
+    logDebug(std::string("page relay: ") + e.what());
+  }
+  removeTree(dir_);
+}
 
 }  // namespace migrate

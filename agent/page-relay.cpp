@@ -578,6 +578,10 @@ int runPageRelay(const fs::path& dir) {
   for (int signal : {SIGUSR1, SIGTERM, SIGINT}) ::sigaction(signal, &action, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   PageRelaySpec spec = readRelaySpec(dir);
+  // Before lazy-pages starts: it is born in the relay's cgroup too.
+  if (!spec.relayCgroup.empty() && joinCgroup(spec.relayCgroup) == 0) {
+    logWarn("page relay: could not join cgroup " + spec.relayCgroup + " in any hierarchy; it stays in the agent's");
+  }
   PageRelayStatus failedStatus;
   failedStatus.pid = ::getpid();
   try {

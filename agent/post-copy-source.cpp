@@ -51,6 +51,7 @@ void PostCopySource::start(const std::string& targetAddress, uint16_t targetPort
   spec.targetPort = targetPort;
   spec.criuPort = dump_.pageServerPort;
   spec.runcPid = dump_.runc.pid();
+  spec.relayCgroup = agent_.relayCgroupPath(migrationId_);
   relay_.emplace(PageRelayHandle::start(agent_.options().stateDir, spec));
   start_ = Clock::now();
   thread_ = std::thread([this] { watch(); });

@@ -180,6 +180,7 @@ void Receiver::startPageThread() {
   spec.migrationId = spec_.migrationId;
   spec.psk = spec_.psk;
   spec.listenAddress = pageListener_->address();
+  spec.relayCgroup = agent_.relayCgroupPath(spec_.migrationId);
   relay_.emplace(PageRelayHandle::start(agent_.options().stateDir, spec, pageListener_->fd()));
   pageListener_.reset();
   bool ready = relay_->waitFor(kLazyPagesStartWait, [](const PageRelayStatus& s) { return s.lazyPagesReady; });

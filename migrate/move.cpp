@@ -79,14 +79,13 @@ void runMove(const CommonOptions& common, const MoveVerbOptions& o) {
   }
   if (common.json()) printJson(m);
   else printMigrationReport(m);
-  if (!migrationSucceeded(m) && common.json()) {
-    throw ReportedFailure("migration " + id + " " + m.value("state", ""));
-  }
-  if (!migrationSucceeded(m)) {
-    fail(kindFromName(m.value("errorKind", json("failed")).is_string() ? m["errorKind"].get<std::string>() : "failed"),
-         "migration " + id + " " + m.value("state", "") + ": " +
-             (m["error"].is_string() ? m["error"].get<std::string>() : std::string("no reason given")));
-  }
+  if (migrationSucceeded(m)) return;
+  // The reason goes on the first line in both forms: a reader of a log sees
+  // it without parsing the JSON report.
+  auto why = "migration " + id + " " + m.value("state", "") + ": " +
+             (m["error"].is_string() ? m["error"].get<std::string>() : std::string("no reason given"));
+  if (common.json()) throw ReportedFailure(why);
+  fail(kindFromName(m.value("errorKind", json("failed")).is_string() ? m["errorKind"].get<std::string>() : "failed"), why);
 }
 
 }  // namespace

@@ -189,6 +189,13 @@ cmd_down() {
       fi
     done
     rm -rf "$d/relays"
+    # And whatever ran in their cgroups (the target's `criu lazy-pages`).
+    for g in /sys/fs/cgroup/migrate-relays/"$h"/* /sys/fs/cgroup/*/migrate-relays/"$h"/*; do
+      [ -f "$g/cgroup.procs" ] || continue
+      while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$g/cgroup.procs"
+      for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$g" 2>/dev/null && break; sleep 0.1; done
+    done
+    rmdir /sys/fs/cgroup/migrate-relays/"$h" /sys/fs/cgroup/*/migrate-relays/"$h" 2>/dev/null || true
     # Whatever a killed agent left half-made: its mounts go before the files.
     grep -F " $d/" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   done

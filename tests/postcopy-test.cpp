@@ -138,6 +138,14 @@ void cutHosts(bool on) {
   REQUIRE(r.status == 0);
 }
 
+// Whether `pid` lives in the page relay's own cgroup for migration `id` on
+// `host` (in some hierarchy), not in its agent's: what its agent's service
+// manager does to the agent's cgroup does not reach it.
+bool inRelayCgroup(pid_t pid, const std::string& host, const std::string& id) {
+  auto lines = readFileIfExists("/proc/" + std::to_string(pid) + "/cgroup");
+  return lines && lines->find(":/migrate-relays/" + host + "/" + id + "\n") != std::string::npos;
+}
+
 }  // namespace
 
 // The fault test's body: a pagecheck container of 512 MiB moving post-copy
@@ -198,6 +206,14 @@ void survivesPagesFault(const PagesFault& fault) {
   std::string id = cluster.migrateJson({"pc", "--to", "host2", "--tcp-established", "--postcopy", "--detach"}).at("id");
   REQUIRE(waitUntil([&] { return cluster.migrateJson({"status", id}).value("phase", "") == "pages"; }, 60s, 20ms));
   uint64_t stepsAtFault = client.summary().steps;
+  for (std::string host : {"host1", "host2"}) {
+    auto relayDir = ClusterGuard::agentState(host) / "relays" / id;
+    int relay = std::stoi(readFile(relayDir / "pid"));
+    CHECK(inRelayCgroup(relay, host, id));
+    // host2's lazy-pages was born in it too.
+    int lazyPages = json::parse(readFile(relayDir / "status.json")).value("lazyPagesPid", 0);
+    if (host == "host2") CHECK((lazyPages > 0 && inRelayCgroup(lazyPages, host, id)));
+  }
   fault.inflict(cluster);
   fault.repair(cluster);
 
