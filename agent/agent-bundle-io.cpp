@@ -71,13 +71,11 @@ ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, c
   if (fs::exists(c.paths.criuWork() / "stats-dump")) sources.statsDump = c.paths.criuWork() / "stats-dump";
 
   CountingOutputStream counted(out);
-  Sha256OutputStream hashed(counted);
-  ZstdOutputStream zstd(hashed, options.zstdLevel, options.zstdThreads);
+  ZstdOutputStream zstd(counted, options.zstdLevel, options.zstdThreads);
   CountingOutputStream raw(zstd);
-  writeBundle(sources, raw, options.onProgress);
+  std::string digest = writeBundle(sources, raw, options.onProgress);
   zstd.finish();
-  hashed.finish();
-  return ExportStats{raw.count(), counted.count(), hashed.hexDigest()};
+  return ExportStats{raw.count(), counted.count(), digest};
 }
 
 Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
@@ -111,8 +109,7 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
   // that is read; unmounted before the staging dir goes if we fail.
   MountGuard checkpointMount;
   std::optional<NameReservation> reservation;
-  Sha256InputStream hashed(in);
-  ZstdInputStream zstd(hashed);
+  ZstdInputStream zstd(in);
   ReadSignature signature;
   auto manifest = readBundle(zstd, staging.path(), options_.importLimits, [&](const BundleManifest& m) {
     if (onManifest) onManifest(m.toJson());
@@ -135,12 +132,8 @@ Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,
       checkpointMount = MountGuard(dir);
     }
   }, &signature);
-  // Drain what follows the tar's end-of-archive blocks so the hash covers the
-  // whole stream the sender hashed.
-  char sink[65536];
-  while (zstd.read(sink, sizeof sink) > 0) {
-  }
-  if (sha256) *sha256 = hashed.hexDigest();
+  // readBundle read the stream to its end, and refused a long tail.
+  if (sha256) *sha256 = signature.tarSha256;
   // Before anything of the bundle is used: unsigned, untrusted or altered
   // bundles are refused here, and the staging dir goes with them.
   std::string signer = checkBundleSignature(signature, manifest, request.trust);

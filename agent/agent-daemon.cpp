@@ -568,7 +568,7 @@ void AgentDaemon::checkpointAndSend(uint64_t requestId, proto::CheckpointAndSend
   s.setStreamNs(stats.streamNs);
   s.setBytesRaw(stats.bundle.bytesRaw);
   s.setBytesWire(stats.bundle.bytesCompressed);
-  s.setSha256(stats.bundle.sha256);
+  s.setSha256(stats.bundle.tarSha256);
   auto phases = s.initPhases(3);
   phases[0].setPhase("connect");
   phases[0].setNanos(stats.connectNs);

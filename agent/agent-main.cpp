@@ -110,7 +110,7 @@ void printOne(const GlobalOptions& g, const json& j, const std::string& text) {
 }
 
 json statsJson(const ExportStats& s) {
-  return {{"bytesRaw", s.bytesRaw}, {"bytesCompressed", s.bytesCompressed}, {"sha256", s.sha256}};
+  return {{"bytesRaw", s.bytesRaw}, {"bytesCompressed", s.bytesCompressed}, {"tarSha256", s.tarSha256}};
 }
 
 json timesJson(const PhaseTimes& t) {
@@ -300,7 +300,7 @@ int main(int argc, char** argv) {
       Fd fd = exportFile == "-" ? Fd(dup(1)) : openOrFail(exportFile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
       FdOutputStream out(fd.get());
       auto stats = agent.exportCheckpoint(ref, out, exportOptions);
-      if (exportFile != "-") printOne(g, statsJson(stats), stats.sha256);
+      if (exportFile != "-") printOne(g, statsJson(stats), stats.tarSha256);
     };
   });
 

@@ -68,7 +68,10 @@ struct ExportOptions {
 struct ExportStats {
   uint64_t bytesRaw = 0;         // tar bytes before compression
   uint64_t bytesCompressed = 0;  // what went to the output
-  std::string sha256;            // of the compressed stream
+  // SHA-256 of the tar, as signed in its signature.json: what the target's
+  // reader computes too, and acknowledges (TLS already authenticates the
+  // compressed bytes on the wire, so they are not hashed a second time).
+  std::string tarSha256;
 };
 
 struct ImportRequest {

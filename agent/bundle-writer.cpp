@@ -308,7 +308,8 @@ class BundleWriter {
 
 }  // namespace
 
-void writeBundle(const BundleSources& sources, OutputStream& out, std::function<void(uint64_t bytesIn)> onProgress) {
+std::string writeBundle(const BundleSources& sources, OutputStream& out,
+                        std::function<void(uint64_t bytesIn)> onProgress) {
   BundleManifest manifest = sources.manifest;
   manifest.formatVersion = kBundleFormatVersion;
   TreeFigures checkpoint = figuresOf(sources.checkpointDir, TreeKind::Checkpoint);
@@ -343,11 +344,10 @@ void writeBundle(const BundleSources& sources, OutputStream& out, std::function<
   }
   if (sources.ctrLog) writer.addFile(bundle::kCtrLog, *sources.ctrLog, bundle::kMaxCtrLogBytes);
   if (sources.statsDump) writer.addFile(bundle::kStatsDump, *sources.statsDump);
-  if (sources.signer) {
-    BundleSignature signature = signBundle(*sources.signer, manifest, writer.tarDigest());
-    writer.addBytes(bundle::kSignature, signature.text());
-  }
+  std::string digest = writer.tarDigest();
+  if (sources.signer) writer.addBytes(bundle::kSignature, signBundle(*sources.signer, manifest, digest).text());
   writer.close();
+  return digest;
 }
 
 }  // namespace migrate

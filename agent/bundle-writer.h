@@ -38,7 +38,9 @@ struct BundleSources {
 // Throws if a source changes while it is written (the container must be
 // checkpointed, i.e. stopped), or if the upper dir holds something a bundle
 // cannot carry (fifo, device node, overlay redirect/metacopy).
-void writeBundle(const BundleSources& sources, OutputStream& out,
+// Returns the SHA-256 (hex) of the tar bytes before signature.json: the
+// digest it signs.
+std::string writeBundle(const BundleSources& sources, OutputStream& out,
                  std::function<void(uint64_t bytesIn)> onProgress = {});
 
 }  // namespace migrate

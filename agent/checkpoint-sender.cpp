@@ -115,8 +115,8 @@ void CheckpointSender::awaitDigest(TlsStream& tls) {
   if (tls.readFully(theirs.data(), theirs.size()) < theirs.size()) {
     fail(ErrorKind::Disconnected, "target closed the stream without acknowledging it");
   }
-  if (theirs != stats_.bundle.sha256) {
-    fail(ErrorKind::Failed, "target received a stream with SHA-256 " + theirs + ", sent " + stats_.bundle.sha256);
+  if (theirs != stats_.bundle.tarSha256) {
+    fail(ErrorKind::Failed, "target read a bundle whose tar has SHA-256 " + theirs + ", sent " + stats_.bundle.tarSha256);
   }
   report(Phase::Stream, stats_.bundle.bytesRaw, total_);  // all of it, and acknowledged
 }

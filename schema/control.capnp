@@ -16,7 +16,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("migrate::proto");
 
-const protocolVersion :UInt32 = 2;
+const protocolVersion :UInt32 = 3;
 # Bumped when a change is not backward compatible; `register` carries it and
 # the coordinator refuses agents speaking another major version.
 # 2: user namespaces (IdMapping in ContainerInfo, RunContainer and
@@ -553,9 +553,10 @@ struct Restore {
   containerName @1 :Text;
 
   expectedSha256 @2 :Text;
-  # Hex SHA-256 of the compressed stream as the source computed it
-  # (checkpointAndSend's stats.sha256); the target refuses to restore a
-  # bundle whose received digest differs. Empty = not checked.
+  # Hex SHA-256 of the bundle's tar before signature.json (the digest the
+  # source signed; checkpointAndSend's stats.sha256); the target refuses to
+  # restore a bundle whose digest, as its reader computed it, differs.
+  # Empty = not checked. (Protocol 2 hashed the compressed stream.)
 
   tcpEstablished @3 :Bool;
   # Restore established TCP connections (must match the dump).
@@ -670,7 +671,8 @@ struct MigrationStats {
   # Bytes after compression, before TLS framing.
 
   sha256 @11 :Text;
-  # Hex SHA-256 of the compressed stream, as computed by the side replying.
+  # Hex SHA-256 of the bundle's tar before signature.json (what the bundle's
+  # signature signs), as computed by the side replying.
 
   phases @12 :List(PhaseTiming);
   # Every named phase in order, including ones without a field above.

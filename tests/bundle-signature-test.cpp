@@ -61,6 +61,7 @@ TEST_CASE("bundle signatures: unknown signer refused until trusted, unsigned onl
   fs::path bundle = scratch.path() / "c.tar.zst";
   fs::path flipped = scratch.path() / "flipped.tar.zst";
   fs::path unsignedBundle = scratch.path() / "unsigned.tar.zst";
+  fs::path trailing = scratch.path() / "trailing.tar.zst";
   fs::path aKey = scratch.path() / "a.pub";
 
   a.agent({"run", "--name", "c", "test", "/usr/local/bin/counter"});
@@ -77,6 +78,7 @@ TEST_CASE("bundle signatures: unknown signer refused until trusted, unsigned onl
     size_t data = headerOf(tar, "checkpoint/pages-1.img") + 512;
     tar[data + 4096 + 17] ^= 0x01;  // one bit of the counter's memory
   });
+  rewriteTar(bundle, trailing, [](std::string& tar) { tar.append(2 << 20, '\0'); });
   rewriteTar(bundle, unsignedBundle, [](std::string& tar) {
     // Cut at the signature entry; end-of-archive blocks instead.
     tar.resize(headerOf(tar, "signature.json"));
@@ -100,6 +102,15 @@ TEST_CASE("bundle signatures: unknown signer refused until trusted, unsigned onl
   CHECK(errorKindOf(altered) == "invalid-input");
   CHECK(altered.err.find("bundle signature: digest mismatch") != std::string::npos);
   CHECK(altered.err.find("flipped byte") != std::string::npos);
+  CHECK(leftovers(b) == "");
+
+  // A signed archive with a stream that goes on after it (2 MiB of zeros):
+  // no reader takes an unbounded tail.
+  auto tail = b.tryAgent({"--output", "json", "restore", "--import", trailing.string(), "--trusted-key", aKey.string()});
+  INFO("tail: " << tail.err);
+  CHECK(tail.status != 0);
+  CHECK(errorKindOf(tail) == "invalid-input");
+  CHECK(tail.err.find("unexpected data after the end of the tar stream") != std::string::npos);
   CHECK(leftovers(b) == "");
 
   // Unsigned: refused, unless --trust-unsigned.
