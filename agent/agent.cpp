@@ -35,7 +35,8 @@ Agent::Agent(AgentOptions options)
       }()),
       images_(options_.stateDir / "images"),
       runtime_(options_.runtime),
-      network_(options_.stateDir, options_.cniConfig) {
+      network_(options_.stateDir, options_.cniConfig),
+      trash_(options_.stateDir / "trash") {
   fs::create_directories(options_.stateDir / "containers");
   // runc reads CRIU options from the file named by the org.criu.config
   // annotation. nftables locks the network during a TCP dump and restore:
@@ -375,7 +376,7 @@ void Agent::remove(const std::string& ref, bool force) {
   cleanupAfterStop(c);
   releaseDirectory(c.paths.checkpoint());
   unmountAllUnder(c.paths.dir);  // the idmapped lower is the shared image: never removed through it
-  removeTree(c.paths.dir);
+  trash_.discard(c.paths.dir);
   logInfo("removed `" + c.config.name + "`");
 }
 

@@ -23,6 +23,7 @@
 #include "agent/network-hook.h"
 #include "agent/page-relay-files.h"
 #include "agent/runtime.h"
+#include "agent/trash.h"
 #include "common/stream.h"
 
 namespace migrate {
@@ -211,6 +212,7 @@ class Agent {
   ImageStore images_;
   Runtime runtime_;
   ContainerNetwork network_;
+  Trash trash_;  // removed containers' directories, deleted off the lock
   // One operation at a time on this host's containers, except the streams:
   // an export or import holds it only to look up and to commit, so that
   // migrations in both directions cannot wait on each other across hosts
