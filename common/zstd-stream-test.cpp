@@ -51,6 +51,39 @@ TEST_CASE("zstd stream round trip, single and multi-threaded") {
   }
 }
 
+TEST_CASE("zstd with worker threads turns to level 1 for data that does not compress, and back for data that does") {
+  constexpr size_t kWindow = ZstdOutputStream::kAdaptWindow;
+  std::string text;
+  // Several windows each: zstd's workers report what they consumed a job or
+  // two behind what was written, and a window may straddle the change.
+  while (text.size() < 5 * kWindow) text += "line " + std::to_string(text.size()) + " of a log that compresses\n";
+  std::string noise = randomBytes(5 * kWindow, 7);
+  StringOutputStream sink;
+  ZstdOutputStream z(sink, 3, 2);
+  auto feed = [&](const std::string& data) {
+    for (size_t pos = 0; pos < data.size(); pos += 1 << 20) z.write(data.data() + pos, std::min<size_t>(1 << 20, data.size() - pos));
+  };
+  feed(text);
+  CHECK(z.level() == 3);
+  feed(noise);
+  CHECK(z.level() == ZstdOutputStream::kIncompressibleLevel);
+  feed(text);
+  CHECK(z.level() == 3);
+  CHECK(z.levelChanges() == 2);
+  z.finish();
+  CHECK(decompress(sink.data()) == text + noise + text);
+  // The text still compressed: the whole is the noise and a little more.
+  CHECK(sink.data().size() < noise.size() + text.size() / 4);
+
+  // Single-threaded, the level stays (libzstd would refuse a change mid-frame).
+  StringOutputStream sink1;
+  ZstdOutputStream z1(sink1, 3, 0);
+  z1.write(noise.data(), noise.size());
+  CHECK(z1.level() == 3);
+  z1.finish();
+  CHECK(decompress(sink1.data()) == noise);
+}
+
 TEST_CASE("zstd stream of nothing is one valid empty frame") {
   std::string compressed = compress("", 3, 0, 1);
   CHECK(!compressed.empty());

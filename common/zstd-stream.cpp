@@ -1,5 +1,10 @@
 #include "common/zstd-stream.h"
 
+// ZSTD_getFrameProgression is in zstd's experimental section (stable since
+// 1.3.x, exported by Debian's libzstd.so.1), read again with it enabled.
+#define ZSTD_STATIC_LINKING_ONLY
+#include <zstd.h>
+
 #include <new>
 #include <string>
 
@@ -16,7 +21,12 @@ void checkCompress(size_t ret, const char* what) {
 }  // namespace
 
 ZstdOutputStream::ZstdOutputStream(OutputStream& inner, int level, int threads)
-    : inner_(inner), ctx_(ZSTD_createCCtx()), out_(ZSTD_CStreamOutSize()) {
+    : inner_(inner),
+      ctx_(ZSTD_createCCtx()),
+      out_(ZSTD_CStreamOutSize()),
+      level_(level),
+      adaptive_(threads > 0 && level > kIncompressibleLevel),
+      current_(level) {
   if (!ctx_) throw std::bad_alloc();
   try {
     checkCompress(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, level), "set level");
@@ -48,6 +58,25 @@ void ZstdOutputStream::write(const void* data, size_t size) {
   if (finished_) fail("zstd: write after finish");
   ZSTD_inBuffer in{data, size, 0};
   compress(in, ZSTD_e_continue);
+  if (adaptive_) adaptLevel();
+}
+
+void ZstdOutputStream::adaptLevel() {
+  // What the workers have compressed so far, and made of it: output lags
+  // input by up to a job, so the ratio is taken over what was consumed.
+  ZSTD_frameProgression p = ZSTD_getFrameProgression(ctx_);
+  unsigned long long consumed = p.consumed - windowConsumed_;
+  if (consumed < kAdaptWindow) return;
+  unsigned long long produced = p.produced - windowProduced_;
+  windowConsumed_ = p.consumed;
+  windowProduced_ = p.produced;
+  int next = current_;
+  if (produced * 100 >= consumed * 98) next = kIncompressibleLevel;
+  else if (produced * 100 < consumed * 90) next = level_;
+  if (next == current_) return;
+  checkCompress(ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, next), "change level");
+  current_ = next;
+  ++levelChanges_;
 }
 
 void ZstdOutputStream::finish() {
