@@ -6,13 +6,13 @@
 #include "agent/bundle-writer.h"
 #include "agent/bundle.h"
 #include "agent/capacity.h"
+#include "agent/container-processes.h"
 #include "agent/identifiers.h"
 #include "agent/import-lock.h"
 #include "agent/mount-guard.h"
 #include "agent/storage.h"
 #include "common/error.h"
 #include "common/files.h"
-#include "common/hash-stream.h"
 #include "common/log.h"
 #include "common/timestamp.h"
 #include "common/untrusted-json.h"
@@ -76,6 +76,28 @@ ExportStats Agent::exportCheckpoint(const std::string& ref, OutputStream& out, c
   std::string digest = writeBundle(sources, raw, options.onProgress);
   zstd.finish();
   return ExportStats{raw.count(), counted.count(), digest};
+}
+
+CheckpointSize Agent::measureCheckpoint(const std::string& ref) {
+  auto c = inspect(ref);
+  if (c.state.status != ContainerStatus::Running) {
+    fail(ErrorKind::Conflict, "`" + c.config.name + "` is " + statusName(c.state.status) + ", not running");
+  }
+  CheckpointSize size;
+  size.memoryBytes = migrate::residentBytes(c.state.pid);
+  // The container runs: a file it deletes mid-walk fails the walk; the
+  // walk is then tried again, and an estimate without it is still one.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    try {
+      auto diff = rootfsDiffSize(c.paths.upper());
+      size.rootfsDiffBytes = diff.bytes;
+      size.rootfsDiffEntries = diff.entries;
+      break;
+    } catch (const std::exception& e) {
+      logDebug("measure `" + c.config.name + "`: " + e.what());
+    }
+  }
+  return size;
 }
 
 Container Agent::importCheckpoint(InputStream& in, const ImportRequest& request,

@@ -407,6 +407,17 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
       }, "finish post-copy of `" + name + "`");
       return;
     }
+    case proto::Request::MEASURE_CHECKPOINT: {
+      std::string name = request.getMeasureCheckpoint().getContainerName();
+      spawn(id, [this, name](proto::Reply::Builder reply) {
+        auto size = agent_.measureCheckpoint(name);
+        auto out = reply.initCheckpointSize();
+        out.setMemoryBytes(size.memoryBytes);
+        out.setRootfsDiffBytes(size.rootfsDiffBytes);
+        out.setRootfsDiffEntries(size.rootfsDiffEntries);
+      }, "measure `" + name + "`");
+      return;
+    }
     case proto::Request::POST_COPY_STATUS: {
       std::string migrationId = request.getPostCopyStatus().getMigrationId();
       spawn(id, [this, migrationId](proto::Reply::Builder reply) {

@@ -75,6 +75,12 @@ struct ExportStats {
   std::string tarSha256;
 };
 
+struct CheckpointSize {
+  uint64_t memoryBytes = 0;
+  uint64_t rootfsDiffBytes = 0;
+  uint64_t rootfsDiffEntries = 0;
+};
+
 struct ImportRequest {
   std::optional<std::string> name;  // a new name: also a new id and no static IP (as libpod)
   std::string migrationId;          // the migration bringing it here, so an abort finds it again
@@ -157,6 +163,10 @@ class Agent {
   // Memory its processes hold (anonymous + shared, resident): how much a
   // post-copy has to move.
   uint64_t residentBytes(const std::string& ref);
+  // What a checkpoint of running `ref` would move now: its resident memory
+  // and its writable layer as a bundle carries it (a downtime budget's
+  // estimate, coordinator/downtime-estimate.h).
+  CheckpointSize measureCheckpoint(const std::string& ref);
   // Post-copy, target side: what the page relay needs to run the lazy-pages
   // daemon for restoring `ref` with lazyPages (its command, socket, and the
   // cgroup it freezes if the pages cannot come).

@@ -308,6 +308,11 @@ class BundleWriter {
 
 }  // namespace
 
+RootfsDiffSize rootfsDiffSize(const fs::path& upperDir) {
+  TreeFigures figures = figuresOf(upperDir, TreeKind::Upper);
+  return RootfsDiffSize{figures.bytes, figures.entries};
+}
+
 std::string writeBundle(const BundleSources& sources, OutputStream& out,
                         std::function<void(uint64_t bytesIn)> onProgress) {
   BundleManifest manifest = sources.manifest;

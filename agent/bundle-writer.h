@@ -41,6 +41,14 @@ struct BundleSources {
 // Returns the SHA-256 (hex) of the tar bytes before signature.json: the
 // digest it signs.
 std::string writeBundle(const BundleSources& sources, OutputStream& out,
-                 std::function<void(uint64_t bytesIn)> onProgress = {});
+                        std::function<void(uint64_t bytesIn)> onProgress = {});
+
+// What a bundle would carry of an overlay upper dir, as its manifest
+// declares it (rootfsDiffBytes, rootfsDiffEntries).
+struct RootfsDiffSize {
+  uint64_t bytes = 0;
+  uint64_t entries = 0;
+};
+RootfsDiffSize rootfsDiffSize(const fs::path& upperDir);
 
 }  // namespace migrate

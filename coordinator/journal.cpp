@@ -187,6 +187,11 @@ void Journal::setStats(const std::string& id, const json& stats) {
          [&](Statement& s) { s.bind(1, stats.dump()).bind(2, nowEpochMs()).bind(3, id); });
 }
 
+void Journal::setOptions(const std::string& id, const json& options) {
+  update(id, "UPDATE migrations SET options = ?1, updated_at = ?2 WHERE id = ?3",
+         [&](Statement& s) { s.bind(1, options.dump()).bind(2, nowEpochMs()).bind(3, id); });
+}
+
 void Journal::recordCommit(const std::string& id, const std::string& container, const std::string& target) {
   std::lock_guard lock(mutex_);
   exec("BEGIN IMMEDIATE");

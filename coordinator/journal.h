@@ -77,6 +77,9 @@ class Journal {
   // Sets state and error together; an empty `error` clears error and kind.
   void setFailure(const std::string& id, MigrationState state, const std::string& error, ErrorKind kind);
   void setStats(const std::string& id, const nlohmann::json& stats);
+  // A migration's mode chosen after it started (a downtime budget's switch
+  // to post-copy).
+  void setOptions(const std::string& id, const nlohmann::json& options);
   // The commit point: owner := target and state := committed, in one transaction.
   void recordCommit(const std::string& id, const std::string& container, const std::string& target);
 

@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/timestamp.h"
 #include "common/untrusted-json.h"
+#include "coordinator/downtime-estimate.h"
 
 namespace migrate {
 
@@ -80,7 +81,9 @@ std::string newMigrationId() {
 }
 
 json MigrationOptions::toJson() const {
-  return {{"tcpEstablished", tcpEstablished}, {"leaveRunning", leaveRunning}, {"postCopy", postCopy}};
+  json j = {{"tcpEstablished", tcpEstablished}, {"leaveRunning", leaveRunning}, {"postCopy", postCopy}};
+  if (maxDowntimeMs) j["maxDowntimeMs"] = maxDowntimeMs;
+  return j;
 }
 
 MigrationOptions MigrationOptions::fromJson(const json& j) {
@@ -88,6 +91,7 @@ MigrationOptions MigrationOptions::fromJson(const json& j) {
   o.tcpEstablished = jsonField(j, "tcpEstablished", o.tcpEstablished);
   o.leaveRunning = jsonField(j, "leaveRunning", o.leaveRunning);
   o.postCopy = jsonField(j, "postCopy", o.postCopy);
+  o.maxDowntimeMs = jsonField(j, "maxDowntimeMs", o.maxDowntimeMs);
   return o;
 }
 
@@ -123,6 +127,11 @@ RecoveryAction recoveryActionFor(const MigrationRecord& record, const std::optio
 
 json migrationToJson(const MigrationRecord& r, const std::optional<LiveProgress>& live) {
   json stats = r.stats.is_object() ? r.stats : json::object();
+  // Whether the budget held, once the downtime is known.
+  if (auto budget = stats.find("downtimeBudget"); budget != stats.end() && budget->is_object() &&
+                                                  stats.contains("downtimeMs")) {
+    (*budget)["met"] = stats.value("downtimeMs", 0.0) <= budget->value("budgetMs", 0.0);
+  }
   // The journal keeps epoch milliseconds; readers get the time as well.
   for (auto [ms, at] : {std::pair{"switchoverAtMs", "switchoverAt"}, std::pair{"pausedAtMs", "pausedAt"}}) {
     if (auto it = stats.find(ms); it != stats.end() && it->is_number_integer()) stats[at] = isoTime(it->get<int64_t>());
@@ -252,6 +261,7 @@ void Migration::precheck() {
   ensureImageOnTarget();
   checkCpuCompatible();
   checkCapacity();
+  if (options_.maxDowntimeMs) applyDowntimeBudget();
 
   std::lock_guard lock(mutex_);
   record_.stats["versions"] = {
@@ -390,6 +400,49 @@ void Migration::checkCapacity() {
     fail(ErrorKind::Overloaded, "target " + record_.target + " has only " +
                                     std::to_string(target.diskAvailableBytes >> 20) + " MiB of disk available");
   }
+}
+
+// The budget's choice is made once, here, and journalled with the options:
+// a coordinator started again goes on in the mode chosen.
+void Migration::applyDowntimeBudget() {
+  json budget = {{"budgetMs", options_.maxDowntimeMs}};
+  bool switching = false;
+  if (options_.postCopy) {
+    budget["mode"] = "post-copy";
+    budget["reason"] = "post-copy was asked for";
+  } else {
+    auto reply = request(record_.source, "measureCheckpoint", ctx_.timeouts.request, [&](proto::Request::Builder r) {
+      r.initMeasureCheckpoint().setContainerName(record_.container);
+    });
+    if (!reply.get().isCheckpointSize()) fail("source " + record_.source + " answered measureCheckpoint without a size");
+    auto size = reply.get().getCheckpointSize();
+    CheckpointMeasure measure{size.getMemoryBytes(), size.getRootfsDiffBytes(), size.getRootfsDiffEntries()};
+    auto estimate = estimateStopAndCopy(measure, ctx_.journal.history(200), record_.source, record_.target);
+    switching = estimate.ms > double(options_.maxDowntimeMs);
+    budget["stopAndCopyEstimateMs"] = estimate.ms;
+    budget["basis"] = estimate.basis;
+    budget["memoryBytes"] = measure.memoryBytes;
+    budget["rootfsDiffBytes"] = measure.rootfsDiffBytes;
+    budget["rootfsDiffEntries"] = measure.rootfsDiffEntries;
+    budget["mode"] = switching ? "post-copy" : "stop-and-copy";
+    budget["reason"] = std::string(switching ? "stop-and-copy estimated over the budget: " :
+                                               "stop-and-copy estimated within the budget: ") +
+                       std::to_string(std::llround(estimate.ms)) + " ms against " +
+                       std::to_string(options_.maxDowntimeMs) + " ms";
+    if (switching) {
+      options_.postCopy = true;
+      std::lock_guard lock(mutex_);
+      record_.options = options_.toJson();
+    }
+    logInfo("migration " + record_.id + ": " + budget["reason"].get<std::string>() + " (" + estimate.basis + ")" +
+            (switching ? "; moving post-copy" : ""));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    record_.stats["downtimeBudget"] = budget;
+  }
+  if (switching) ctx_.journal.setOptions(record_.id, options_.toJson());
+  saveStats();
 }
 
 void Migration::prepareTarget() {

@@ -58,6 +58,9 @@ struct MigrationOptions {
   // downtime whatever the memory size; until the last page went, losing the
   // source host loses the container.
   bool postCopy = false;
+  // A downtime budget: when a stop-and-copy is estimated to miss it, the
+  // move goes post-copy instead (coordinator/downtime-estimate.h); 0: none.
+  uint64_t maxDowntimeMs = 0;
 
   nlohmann::json toJson() const;
   // The one reading of options, for a request body (POST /v1/migrations,
@@ -185,6 +188,7 @@ class Migration {
   void ensureImageOnTarget();
   void checkCpuCompatible();
   void checkCapacity();
+  void applyDowntimeBudget();
   void finishCommit();
   // The cause of a failed step, with what the other side reported about it.
   std::pair<std::string, ErrorKind> rootCause(const std::exception& e);

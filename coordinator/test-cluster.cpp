@@ -33,6 +33,7 @@ std::string requestName(proto::Request::Reader request) {
     case proto::Request::FINISH_POST_COPY: return "finishPostCopy";
     case proto::Request::POST_COPY_STATUS: return "postCopyStatus";
     case proto::Request::RESUME_POST_COPY: return "resumePostCopy";
+    case proto::Request::MEASURE_CHECKPOINT: return "measureCheckpoint";
   }
   return "unknown";
 }

@@ -169,11 +169,13 @@ json removeContainer(Client& client, const std::string& name, bool force) {
 }
 
 json startMigration(Client& client, const MoveOptions& o) {
-  return client.post("/v1/migrations", {{"container", o.container},
-                                        {"target", o.target},
-                                        {"tcpEstablished", o.tcpEstablished},
-                                        {"leaveRunning", o.leaveRunning},
-                                        {"postCopy", o.postCopy}});
+  json body = {{"container", o.container},
+               {"target", o.target},
+               {"tcpEstablished", o.tcpEstablished},
+               {"leaveRunning", o.leaveRunning},
+               {"postCopy", o.postCopy}};
+  if (o.maxDowntimeMs) body["maxDowntimeMs"] = o.maxDowntimeMs;
+  return client.post("/v1/migrations", body);
 }
 
 json migrationStatus(Client& client, const std::string& id) { return client.get("/v1/migrations/" + pathSegment(id)); }

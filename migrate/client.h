@@ -51,6 +51,7 @@ struct MoveOptions {
   bool tcpEstablished = true;
   bool leaveRunning = false;
   bool postCopy = false;
+  uint64_t maxDowntimeMs = 0;  // 0: no budget
 };
 
 struct EvacuateOptions {

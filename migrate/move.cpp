@@ -5,6 +5,7 @@
 #include <memory>
 #include <thread>
 
+#include "common/duration.h"
 #include "common/error.h"
 #include "migrate/verbs.h"
 
@@ -101,6 +102,10 @@ void addMoveVerb(CLI::App& app, CommonOptions& common) {
   cmd->add_flag("--postcopy", o->move.postCopy,
                 "Post-copy: run on the target first, memory follows on demand (downtime independent of memory "
                 "size; the source host must stay up until the last page went)");
+  cmd->add_option_function<std::string>(
+      "--max-downtime", [o](const std::string& text) { o->move.maxDowntimeMs = parseDurationMs(text); },
+      "Downtime budget (500ms, 2s): estimate stop-and-copy's downtime first and move post-copy when it would "
+      "be missed (stats.downtimeBudget says what was estimated and chosen)");
   cmd->add_flag("--detach", o->detach, "Print the migration id and return at once");
   cmd->callback([&common, o] { runMove(common, *o); });
 }

@@ -77,6 +77,13 @@ void printMigrationReport(const json& m) {
     std::cout << "  downtime        " << humanMs(number(stats, "downtimeMs")) << " (frozen on " << m.value("source", "?")
               << " until running on " << m.value("target", "?") << ")\n";
   }
+  if (stats.contains("downtimeBudget") && stats["downtimeBudget"].is_object()) {
+    const json& budget = stats["downtimeBudget"];
+    std::cout << "  budget          " << humanMs(number(budget, "budgetMs")) << ", moved "
+              << budget.value("mode", "?") << ": " << budget.value("reason", "") << "\n";
+    if (budget.contains("basis")) std::cout << "                  (" << budget.value("basis", "") << ")\n";
+    if (budget.contains("met")) std::cout << "                  " << (budget["met"].get<bool>() ? "met" : "missed") << "\n";
+  }
   if (stats.contains("bytesWire")) {
     char ratio[32];
     std::snprintf(ratio, sizeof ratio, "%.2fx", number(stats, "compressionRatio"));

@@ -347,7 +347,24 @@ struct Request {
     # (target: for the next connection its relay accepts; source: its relay
     # reconnects with it at once). The relays then ask again for every page
     # request still unanswered. Reply: `postCopy`.
+
+    measureCheckpoint @24 :MeasureCheckpoint;
+    # Source, before a migration with a downtime budget: what a checkpoint
+    # of the running container would move now. Reply: `checkpointSize`.
   }
+}
+
+struct MeasureCheckpoint {
+  containerName @0 :Text;
+}
+
+struct CheckpointSize {
+  memoryBytes @0 :UInt64;
+  # Resident anonymous and shared memory of its processes (RssAnon +
+  # RssShmem): what CRIU dumps.
+  rootfsDiffBytes @1 :UInt64;
+  rootfsDiffEntries @2 :UInt64;
+  # Its writable layer, as the bundle would carry it.
 }
 
 struct PostCopyRef {
@@ -718,5 +735,6 @@ struct Reply {
     restored @11 :RestoreResult;
     hostInfo @12 :Register;
     postCopy @13 :PostCopyStatus;
+    checkpointSize @14 :CheckpointSize;
   }
 }

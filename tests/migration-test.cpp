@@ -568,6 +568,55 @@ TEST_CASE("post-copy: the container runs on host2 before its memory arrived, and
   checkConnectionKept(cluster, "hog", tcp);
 }
 
+TEST_CASE("a downtime budget: a move estimated over it goes post-copy saying so, one within it stays stop-and-copy, "
+          "and the next estimate uses the measured pair") {
+  REQUIRE_PRIVILEGES();
+  ClusterGuard cluster(2);
+  cluster.migrate({"run", "--on", "host1", "--name", "hog", "test", "/usr/local/bin/memhog", "64", "random"});
+  REQUIRE(waitUntil([&] { return verifiedRounds(cluster, "hog") >= 2; }, 30s));
+
+  // 64 MiB cannot stop and copy in 1 ms: it goes post-copy.
+  auto tight = cluster.migrateJson({"hog", "--to", "host2", "--max-downtime", "1ms"});
+  INFO(tight.dump(2));
+  CHECK(tight["state"] == "succeeded");
+  json budget = tight["stats"]["downtimeBudget"];
+  CHECK(budget["budgetMs"] == 1);
+  CHECK(budget["mode"] == "post-copy");
+  CHECK(budget["reason"].get<std::string>().find("estimated over the budget") != std::string::npos);
+  CHECK(budget["memoryBytes"].get<uint64_t>() >= (64u << 20));
+  CHECK(budget["stopAndCopyEstimateMs"].get<double>() > 1);
+  CHECK(budget["basis"].get<std::string>().find("no stop-and-copy between host1 and host2 on record") !=
+        std::string::npos);
+  CHECK(budget["met"] == false);
+  CHECK(tight["options"]["postCopy"] == true);  // journalled with the choice
+  CHECK(tight["stats"]["bytesPages"].get<uint64_t>() >= (64u << 20));
+  checkMemoryVerifies(cluster, "hog", 1, 30s);
+
+  // Ten minutes is plenty: stop-and-copy, no page channel.
+  auto loose = cluster.migrateJson({"hog", "--to", "host1", "--max-downtime", "10m"});
+  INFO(loose.dump(2));
+  CHECK(loose["state"] == "succeeded");
+  CHECK(loose["stats"]["downtimeBudget"]["mode"] == "stop-and-copy");
+  CHECK(loose["stats"]["downtimeBudget"]["met"] == true);
+  CHECK(loose["options"]["postCopy"] == false);
+  CHECK_FALSE(loose["stats"].contains("bytesPages"));
+  checkMemoryVerifies(cluster, "hog", 1, 30s);
+
+  // The next estimate takes its rate from that move; the human report says
+  // what was chosen and why.
+  std::string report = cluster.migrate({"hog", "--to", "host2", "--max-downtime", "1ms"});
+  INFO(report);
+  CHECK(report.find("moved post-copy: stop-and-copy estimated over the budget") != std::string::npos);
+  CHECK(report.find("measured by " + loose["id"].get<std::string>()) != std::string::npos);
+  checkMemoryVerifies(cluster, "hog", 1, 30s);
+
+  // A budget that is not a duration is refused before anything starts.
+  auto bad = cluster.tryMigrate({"hog", "--to", "host1", "--max-downtime", "soon"});
+  CHECK(bad.status != 0);
+  CHECK(bad.err.find("duration `soon`") != std::string::npos);
+  CHECK(entries(cluster, "hog")[0]["host"] == "host2");
+}
+
 TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on host1, memory and TCP connection intact") {
   REQUIRE_PRIVILEGES();
   ClusterGuard cluster(2);

@@ -1,0 +1,25 @@
+#include "common/duration.h"
+
+#include <catch2/catch.hpp>
+
+#include "common/error.h"
+
+using namespace migrate;
+
+TEST_CASE("durations parse as operators type them, and anything else is refused naming it") {
+  CHECK(parseDurationMs("500ms") == 500);
+  CHECK(parseDurationMs("500") == 500);
+  CHECK(parseDurationMs("2s") == 2000);
+  CHECK(parseDurationMs("1.5s") == 1500);
+  CHECK(parseDurationMs("1m") == 60000);
+  for (const char* bad : {"", "ms", "fast", "0", "0.1ms", "-3s", "2h", "5 s", "nan", "25m0"}) {
+    INFO(bad);
+    try {
+      parseDurationMs(bad);
+      FAIL("accepted");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::InvalidInput);
+      CHECK(std::string(e.what()).find("`" + std::string(bad) + "`") != std::string::npos);
+    }
+  }
+}
