@@ -142,3 +142,35 @@ TEST_CASE("a request past what is kept gets the kept part, and CLOSE is answered
   CHECK(a.takeForLazyPages() == std::string(4, '\0'));
   CHECK(a.closeAnswered());
 }
+
+TEST_CASE("faults in order are read ahead, the next ones answered here; a fault out of order goes alone") {
+  PageAnswerer a;
+  uint64_t end = kBase + 4096 * kPageBytes;
+  auto answerAll = [&] {
+    auto sent = a.takeForSource();
+    auto answers = serve(sent, end);
+    a.fromSource(answers.data(), answers.size());
+    return sent;
+  };
+  a.fromLazyPages(get(1, kBase + 100 * kPageBytes));  // a first fault: alone
+  CHECK(PageRequest{answerAll()}.pages() == 1);
+  a.fromLazyPages(get(1, kBase + 101 * kPageBytes));  // the next page: read ahead
+  CHECK(PageRequest{answerAll()}.pages() == kFaultReadAheadPages);
+  for (uint64_t p = 102; p < 101 + kFaultReadAheadPages; ++p) a.fromLazyPages(get(1, kBase + p * kPageBytes));
+  CHECK(a.takeForSource().empty());  // all answered from what was kept
+  CHECK(a.pagesFromCache() == kFaultReadAheadPages - 1);
+  auto got = parse(a.takeForLazyPages());
+  REQUIRE(got.size() == 1 + kFaultReadAheadPages);
+  for (auto& answer : got) CHECK((answer.pages == 1 && answer.intact));
+  CHECK(got.back().vaddr == kBase + (100 + kFaultReadAheadPages) * kPageBytes);
+
+  // The next in order after the kept ones is read ahead again; one out of
+  // order, or another process's, goes alone.
+  a.fromLazyPages(get(1, kBase + (101 + kFaultReadAheadPages) * kPageBytes));
+  CHECK(PageRequest{answerAll()}.pages() == kFaultReadAheadPages);
+  a.fromLazyPages(get(1, kBase + 3000 * kPageBytes));
+  CHECK(PageRequest{answerAll()}.pages() == 1);
+  a.fromLazyPages(get(1, kBase + 3001 * kPageBytes, 2));
+  CHECK(PageRequest{answerAll()}.pages() == 1);
+  CHECK(a.outstanding() == 0);
+}

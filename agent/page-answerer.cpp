@@ -10,13 +10,20 @@ void PageAnswerer::fromLazyPages(PageRequest request) {
   Ask ask;
   ask.request = request;
   if (request.command() == PageCommand::Get) {
+    bool inOrder = false;
+    if (request.pages() == 1) {
+      auto last = lastFault_.find(request.dstId());
+      inOrder = last != lastFault_.end() && last->second + kPageBytes == request.vaddr();
+      lastFault_[request.dstId()] = request.vaddr();
+    }
     if (answerFromCache(request, &ask.localAnswer)) {
       asks_.push_back(std::move(ask));
       flush();
       return;
     }
-    // A background chunk: ask for more than that while at it.
+    // A background chunk, or a fault in order: ask for more while at it.
     if (request.pages() > 1) request = request.withPages(std::max(request.pages(), kReadAheadPages));
+    else if (inOrder) request = request.withPages(kFaultReadAheadPages);
   }
   ask.remote = true;
   toSource_ += request.raw;

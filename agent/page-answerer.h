@@ -9,7 +9,12 @@
 // (more than one page) goes to the source enlarged to kReadAhead; lazy-pages
 // gets what it asked for, and the rest waits here for its next request,
 // answered without a round trip. A single-page request (a fault) goes as it
-// is, so that its answer is not held up behind a larger one.
+// is, so that its answer is not held up behind a larger one — unless it
+// follows the previous fault of the same process page by page: a program
+// reading its memory in order (a scan, a copy, memhog's check) would take a
+// round trip per 4 KiB, 31 s for 1 GiB here. Such a fault goes as
+// kFaultReadAheadPages (the rest kept, as above), so the faults after it
+// are answered here.
 //
 // Answers go to lazy-pages in the order of its requests, whether they come
 // from the source or from here. After a cut, reconnected() puts every
@@ -30,6 +35,8 @@ namespace migrate {
 
 // Pages asked for beyond a background request (1 MiB in all).
 constexpr uint64_t kReadAheadPages = 256;
+// Pages asked for a fault that follows the previous one in order (256 KiB).
+constexpr uint64_t kFaultReadAheadPages = 64;
 // Pages kept for later at most (64 MiB); past it the oldest go.
 constexpr size_t kMaxCachedPages = 16384;
 
@@ -79,6 +86,7 @@ class PageAnswerer {
   std::string toLazyPages_;
   std::string toSource_;
   std::string answerCommand_;  // the command word of the source's answers
+  std::map<uint64_t, uint64_t> lastFault_;  // dst_id -> vaddr of its last single-page request
   bool closeAnswered_ = false;
   uint64_t pagesFromCache_ = 0;
 };
