@@ -43,6 +43,10 @@ constexpr milliseconds kConnectTimeout{3000};
 constexpr milliseconds kPollSlice{200};
 constexpr milliseconds kPublishEvery{250};
 constexpr milliseconds kScanEvery{20};
+// How often the target relay looks at the container's cgroup (a read of
+// cgroup.procs in every hierarchy, a dozen files here): not on every chunk,
+// which held the pages phase of 1 GiB at 31 s instead of 11.
+constexpr milliseconds kWatchEvery{200};
 
 std::atomic<bool> rekeyAsked{false};
 std::atomic<bool> stopAsked{false};
@@ -340,8 +344,11 @@ class TargetRelay : Relay {
       if (auto code = lazyPages_->poll()) return lazyPagesEnded(*code);
       // Restored (the agent says so), then all gone: its pages will never be
       // asked for. Not before: mid-restore the cgroup may not hold them yet.
-      if (!restored_ && fs::exists(dir_ / "restored")) restored_ = true;
-      if (restored_ && !containerPopulated()) return processesGone();
+      if (Clock::now() - lastWatch_ >= kWatchEvery) {
+        lastWatch_ = Clock::now();
+        if (!restored_ && fs::exists(dir_ / "restored")) restored_ = true;
+        if (restored_ && !containerPopulated()) return processesGone();
+      }
       bool peerPending = peer_ && peer_->pending() > 0;
       pollfd fds[4] = {{listener_->fd(), POLLIN, 0},
                        {lazyConn_ ? -1 : local.fd(), POLLIN, 0},
@@ -564,6 +571,7 @@ class TargetRelay : Relay {
   bool restored_ = false;  // the agent's restore returned (file `restored`)
   uint64_t connected_ = 0;
   Clock::time_point lastScan_{};
+  Clock::time_point lastWatch_{};
   UserfaultfdCopies uffds_;
   PageRequestSplitter requests_;
   PageAnswerer pages_;
