@@ -85,6 +85,11 @@ CheckpointSize Agent::measureCheckpoint(const std::string& ref) {
   }
   CheckpointSize size;
   size.memoryBytes = migrate::residentBytes(c.state.pid);
+  try {
+    checkLazyPagesSupported();
+  } catch (const std::exception& e) {
+    size.postCopyRefusal = e.what();
+  }
   // The container runs: a file it deletes mid-walk fails the walk; the
   // walk is then tried again, and an estimate without it is still one.
   for (int attempt = 0; attempt < 3; ++attempt) {

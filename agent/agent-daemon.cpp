@@ -415,6 +415,7 @@ void AgentDaemon::dispatch(proto::Request::Reader request) {
         out.setMemoryBytes(size.memoryBytes);
         out.setRootfsDiffBytes(size.rootfsDiffBytes);
         out.setRootfsDiffEntries(size.rootfsDiffEntries);
+        out.setPostCopyRefusal(size.postCopyRefusal);
       }, "measure `" + name + "`");
       return;
     }

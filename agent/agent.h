@@ -79,6 +79,7 @@ struct CheckpointSize {
   uint64_t memoryBytes = 0;
   uint64_t rootfsDiffBytes = 0;
   uint64_t rootfsDiffEntries = 0;
+  std::string postCopyRefusal;  // empty: this host can serve it post-copy
 };
 
 struct ImportRequest {

@@ -1,9 +1,11 @@
 #include "agent/container-cgroup.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <sstream>
+#include <thread>
 
 #include "common/files.h"
 
@@ -79,10 +81,21 @@ size_t joinCgroup(const std::string& cgroupsPath) {
   return joined;
 }
 
-void removeCgroup(const std::string& cgroupsPath) {
-  if (cgroupsPath.empty()) return;
+bool removeCgroup(const std::string& cgroupsPath, std::chrono::milliseconds wait) {
+  if (cgroupsPath.empty()) return true;
   fs::path relative = fs::path(cgroupsPath).relative_path();
-  for (auto& root : hierarchies()) ::rmdir((root / relative).c_str());
+  auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    for (pid_t pid : cgroupMembers(cgroupsPath)) ::kill(pid, SIGKILL);
+    bool left = false;
+    for (auto& root : hierarchies()) {
+      std::error_code ec;
+      if (::rmdir((root / relative).c_str()) != 0 && fs::exists(root / relative, ec)) left = true;
+    }
+    if (!left) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 bool cgroupFrozen(const std::string& cgroupsPath) {

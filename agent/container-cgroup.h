@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -31,7 +32,9 @@ bool cgroupFrozen(const std::string& cgroupsPath);
 // that nothing done to the agent's cgroup (a service manager stopping it
 // with its whole control group) reaches them.
 size_t joinCgroup(const std::string& cgroupsPath);
-// Removes its directories once empty, the leaf only; one still in use stays.
-void removeCgroup(const std::string& cgroupsPath);
+// SIGKILLs whatever still runs in it and removes its directories (the leaf
+// only), trying again while the killed processes leave, for up to `wait`;
+// false if one is still there then.
+bool removeCgroup(const std::string& cgroupsPath, std::chrono::milliseconds wait);
 
 }  // namespace migrate

@@ -121,11 +121,17 @@ void PageRelayHandle::reap() const {
 }
 
 void PageRelayHandle::remove() const {
+  // The relay may still be on its way out, and a lazy-pages it left behind
+  // is in its cgroup: both go with it.
   try {
-    removeCgroup(readRelaySpec(dir_).relayCgroup);
+    std::string cgroup = readRelaySpec(dir_).relayCgroup;
+    if (!removeCgroup(cgroup, std::chrono::seconds(2))) {
+      logWarn("page relay: cgroup " + cgroup + " still has processes; left in place");
+    }
   } catch (const std::exception& e) {
-    logDebug(std::string("page relay: ") + e.what());
+    logWarn(std::string("page relay: ") + e.what());
   }
+  reap();
   removeTree(dir_);
 }
 

@@ -42,9 +42,14 @@ TEST_CASE("a discarded directory is gone from its place at once and deleted from
     }
     CHECK(emptyDir(state.path() / "trash"));
   }
-  // What a killed agent left there goes with the next one; the destructor
-  // waits for it.
-  makeTree(state.path() / "trash" / "left.123", 50);
-  { Trash trash(state.path() / "trash"); }
+  // What a killed agent left there goes with the next one that holds the
+  // trash (the daemon); a one-shot command beside it leaves it alone.
+  {
+    Trash daemon(state.path() / "trash");
+    makeTree(state.path() / "trash" / "left.123", 50);
+    { Trash oneShot(state.path() / "trash"); }
+    CHECK(fs::exists(state.path() / "trash" / "left.123"));
+  }
+  { Trash next(state.path() / "trash"); }  // the destructor waits for it
   CHECK(emptyDir(state.path() / "trash"));
 }

@@ -1,5 +1,8 @@
 #include "agent/trash.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -15,7 +18,10 @@ namespace fs = std::filesystem;
 
 Trash::Trash(fs::path dir) : dir_(std::move(dir)) {
   fs::create_directories(dir_);
-  for (auto& leftover : fs::directory_iterator(dir_)) queue_.push_back(leftover.path());
+  lock_ = Fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (lock_ && ::flock(lock_.get(), LOCK_EX | LOCK_NB) == 0) {
+    for (auto& leftover : fs::directory_iterator(dir_)) queue_.push_back(leftover.path());
+  }
   worker_ = std::thread([this] { run(); });
 }
 

@@ -4,7 +4,9 @@
 // A container whose writable layer holds 20000 files took 2.6-3.3 s to
 // delete on this machine's ext4, inside the agent's lock and on the
 // migration's commit (docs/benchmarks.md). Whatever a killed agent left in
-// the trash is deleted by the next one.
+// the trash is deleted by the next one that holds the trash's lock (a
+// flock on the directory: the daemon, not a one-shot `migrate-agent ps`
+// beside it, which deletes only what it discarded itself).
 #pragma once
 
 #include <condition_variable>
@@ -12,6 +14,8 @@
 #include <filesystem>
 #include <mutex>
 #include <thread>
+
+#include "common/fd.h"
 
 namespace migrate {
 
@@ -31,6 +35,7 @@ class Trash {
   void run();
 
   const std::filesystem::path dir_;
+  Fd lock_;  // the directory, flocked when this one sweeps what others left
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::filesystem::path> queue_;

@@ -75,7 +75,7 @@ TEST_CASE("zstd with worker threads turns to level 1 for data that does not comp
   // The text still compressed: the whole is the noise and a little more.
   CHECK(sink.data().size() < noise.size() + text.size() / 4);
 
-  // Single-threaded, the level stays (libzstd would refuse a change mid-frame).
+  // Single-threaded, the level stays (libzstd would apply it only to the next frame).
   StringOutputStream sink1;
   ZstdOutputStream z1(sink1, 3, 0);
   z1.write(noise.data(), noise.size());

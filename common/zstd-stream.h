@@ -1,5 +1,5 @@
 // zstd compression as stream decorators (KJ's GzipOutputStream/GzipInputStream).
-// The bundle travels as tar -> ZstdOutputStream -> hash -> TLS; the target
+// The bundle travels as tar -> ZstdOutputStream -> TLS; the target
 // unwinds the same chain with ZstdInputStream while the bytes arrive.
 #pragma once
 
@@ -18,8 +18,9 @@ namespace migrate {
 // 0.39 s at level 1 throughout; docs/benchmarks.md). Each window
 // of kAdaptWindow bytes that came out at least 98 % of its size turns the
 // next ones to level 1; a window that comes out under 90 % turns them back.
-// libzstd takes a new level within a frame only in its multi-threaded
-// mode, for the next job; single-threaded keeps the level it was given.
+// libzstd applies a new level within a frame only in its multi-threaded
+// mode, from the next job (single-threaded, only from the next frame), so
+// single-threaded keeps the level it was given.
 class ZstdOutputStream final : public OutputStream {
  public:
   static constexpr size_t kAdaptWindow = 16 << 20;

@@ -288,6 +288,21 @@ TEST_CASE("migration: options read alike from a request body and from the journa
     CHECK(e.kind() == ErrorKind::InvalidInput);
     CHECK_THAT(e.what(), Catch::Contains("leaveRunning"));
   }
+
+  // A downtime budget: whole milliseconds, 1 ms to 24 h, kept through the journal.
+  CHECK(MigrationOptions::fromJson(json::parse(R"({"maxDowntimeMs": 500})")).maxDowntimeMs == 500);
+  CHECK(MigrationOptions::fromJson(MigrationOptions::fromJson({{"maxDowntimeMs", 500}}).toJson()).maxDowntimeMs == 500);
+  CHECK_FALSE(MigrationOptions::fromJson(json::object()).toJson().contains("maxDowntimeMs"));
+  for (const char* bad : {"-1", "0", "1.5", "\"500ms\"", "86400001"}) {
+    INFO(bad);
+    try {
+      MigrationOptions::fromJson(json::parse(std::string(R"({"maxDowntimeMs": )") + bad + "}"));
+      FAIL("accepted");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::InvalidInput);
+      CHECK_THAT(e.what(), Catch::Contains("maxDowntimeMs"));
+    }
+  }
 }
 
 TEST_CASE("migration: a restarted coordinator finishes committed migrations and rolls back the rest") {

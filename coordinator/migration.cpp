@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/timestamp.h"
 #include "common/untrusted-json.h"
+#include "common/duration.h"
 #include "coordinator/downtime-estimate.h"
 
 namespace migrate {
@@ -91,7 +92,15 @@ MigrationOptions MigrationOptions::fromJson(const json& j) {
   o.tcpEstablished = jsonField(j, "tcpEstablished", o.tcpEstablished);
   o.leaveRunning = jsonField(j, "leaveRunning", o.leaveRunning);
   o.postCopy = jsonField(j, "postCopy", o.postCopy);
-  o.maxDowntimeMs = jsonField(j, "maxDowntimeMs", o.maxDowntimeMs);
+  if (auto budget = j.find("maxDowntimeMs"); budget != j.end() && !budget->is_null()) {
+    // A whole number of milliseconds, as the CLI sends (common/duration.h).
+    bool whole = budget->is_number_unsigned() || (budget->is_number_integer() && budget->get<int64_t>() >= 0);
+    if (!whole || budget->get<uint64_t>() < 1 || budget->get<uint64_t>() > kMaxDurationMs) {
+      fail(ErrorKind::InvalidInput, "maxDowntimeMs: give whole milliseconds from 1 to " +
+                                        std::to_string(kMaxDurationMs) + ", not " + budget->dump());
+    }
+    o.maxDowntimeMs = budget->get<uint64_t>();
+  }
   return o;
 }
 
@@ -418,17 +427,25 @@ void Migration::applyDowntimeBudget() {
     auto size = reply.get().getCheckpointSize();
     CheckpointMeasure measure{size.getMemoryBytes(), size.getRootfsDiffBytes(), size.getRootfsDiffEntries()};
     auto estimate = estimateStopAndCopy(measure, ctx_.journal.history(200), record_.source, record_.target);
-    switching = estimate.ms > double(options_.maxDowntimeMs);
+    bool over = estimate.ms > double(options_.maxDowntimeMs);
+    // Post-copy only where it can run; else the budget is expected to be
+    // missed, and the move goes as it would have without one.
+    std::string refusal = size.getPostCopyRefusal().cStr();
+    std::string cannot = options_.leaveRunning ? "post-copy cannot leave the source running"
+                         : refusal.empty()     ? ""
+                                               : record_.source + ": " + refusal;
+    switching = over && cannot.empty();
     budget["stopAndCopyEstimateMs"] = estimate.ms;
     budget["basis"] = estimate.basis;
     budget["memoryBytes"] = measure.memoryBytes;
     budget["rootfsDiffBytes"] = measure.rootfsDiffBytes;
     budget["rootfsDiffEntries"] = measure.rootfsDiffEntries;
     budget["mode"] = switching ? "post-copy" : "stop-and-copy";
-    budget["reason"] = std::string(switching ? "stop-and-copy estimated over the budget: " :
-                                               "stop-and-copy estimated within the budget: ") +
+    budget["reason"] = std::string(over ? "stop-and-copy estimated over the budget: " :
+                                          "stop-and-copy estimated within the budget: ") +
                        std::to_string(std::llround(estimate.ms)) + " ms against " +
-                       std::to_string(options_.maxDowntimeMs) + " ms";
+                       std::to_string(options_.maxDowntimeMs) + " ms" +
+                       (over && !cannot.empty() ? "; staying stop-and-copy (" + cannot + ")" : "");
     if (switching) {
       options_.postCopy = true;
       std::lock_guard lock(mutex_);

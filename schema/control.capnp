@@ -22,6 +22,9 @@ const protocolVersion :UInt32 = 3;
 # 2: user namespaces (IdMapping in ContainerInfo, RunContainer and
 # ExpectedManifest): a coordinator of 1 sends no mapping, whose migrations a
 # target of 2 would refuse at the bundle's manifest, after the source froze.
+# 3: the acknowledged bundle digest (stats.sha256, Restore.expectedSha256) is
+# the signed tar digest, no longer the compressed stream's: mixed sides would
+# disagree on every migration. Also measureCheckpoint (downtime budgets).
 
 struct Message {
   union {
@@ -365,6 +368,9 @@ struct CheckpointSize {
   rootfsDiffBytes @1 :UInt64;
   rootfsDiffEntries @2 :UInt64;
   # Its writable layer, as the bundle would carry it.
+  postCopyRefusal @3 :Text;
+  # Why this host could not serve the container's memory post-copy (a
+  # sysctl, say); empty when it can.
 }
 
 struct PostCopyRef {

@@ -615,6 +615,16 @@ TEST_CASE("a downtime budget: a move estimated over it goes post-copy saying so,
   CHECK(bad.status != 0);
   CHECK(bad.err.find("duration `soon`") != std::string::npos);
   CHECK(entries(cluster, "hog")[0]["host"] == "host2");
+
+  // Over the budget, but post-copy cannot leave the source running: the
+  // copy goes stop-and-copy, and says the budget will be missed.
+  auto copy = cluster.migrateJson({"hog", "--to", "host1", "--max-downtime", "1ms", "--leave-running"});
+  INFO(copy.dump(2));
+  CHECK(copy["state"] == "succeeded");
+  CHECK(copy["stats"]["downtimeBudget"]["mode"] == "stop-and-copy");
+  CHECK(copy["stats"]["downtimeBudget"]["reason"].get<std::string>().find(
+            "staying stop-and-copy (post-copy cannot leave the source running)") != std::string::npos);
+  CHECK(copy["stats"]["downtimeBudget"]["met"] == false);
 }
 
 TEST_CASE("post-copy: a restore failure on host2 resumes the frozen container on host1, memory and TCP connection intact") {
