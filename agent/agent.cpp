@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "agent/bundle.h"
+#include "agent/container-cgroup.h"
 #include "agent/criu-image-check.h"
 #include "agent/identifiers.h"
 #include "agent/oci-spec.h"
@@ -323,9 +324,8 @@ void Agent::cleanupAfterStop(Container& c) {
 // runc removes a container's own cgroups but not the parents we put it under
 // (/migrate/<host>); remove those once they are empty, in every hierarchy.
 void Agent::pruneCgroupParents() {
-  std::error_code ec;
-  for (auto& controller : fs::directory_iterator("/sys/fs/cgroup", ec)) {
-    for (auto dir : {controller.path() / "migrate" / options_.hostName, controller.path() / "migrate"}) {
+  for (auto& parent : {"/migrate/" + options_.hostName, std::string("/migrate")}) {
+    for (auto& dir : cgroupDirs(parent)) {
       ::rmdir(dir.c_str());  // fails while in use (EBUSY, ENOTEMPTY): then it stays, rightly
     }
   }

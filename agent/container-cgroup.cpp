@@ -13,11 +13,28 @@ namespace migrate {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The mounted hierarchies: /sys/fs/cgroup itself when it is v2, else each
+// directory under it that is a cgroup root (v1 controllers, a v2 `unified`);
+// the symlinks v1 adds for joint controllers (cpu -> cpu,cpuacct) skipped.
+std::vector<fs::path> hierarchies() {
+  std::error_code ec;
+  if (fs::exists("/sys/fs/cgroup/cgroup.procs", ec)) return {"/sys/fs/cgroup"};
+  std::vector<fs::path> roots;
+  for (auto& entry : fs::directory_iterator("/sys/fs/cgroup", ec)) {
+    if (entry.is_symlink(ec) || !fs::exists(entry.path() / "cgroup.procs", ec)) continue;
+    roots.push_back(entry.path());
+  }
+  return roots;
+}
+
+}  // namespace
+
 std::vector<fs::path> cgroupDirs(const std::string& cgroupsPath) {
   fs::path relative = fs::path(cgroupsPath).relative_path();
-  std::vector<fs::path> dirs = {fs::path("/sys/fs/cgroup") / relative};
-  std::error_code ec;
-  for (auto& hierarchy : fs::directory_iterator("/sys/fs/cgroup", ec)) dirs.push_back(hierarchy.path() / relative);
+  std::vector<fs::path> dirs;
+  for (auto& root : hierarchies()) dirs.push_back(root / relative);
   return dirs;
 }
 
@@ -44,20 +61,6 @@ bool writeCgroupFile(const fs::path& file, const char* value) {
   return std::fclose(f) == 0 && ok;
 }
 
-// The mounted hierarchies: /sys/fs/cgroup itself when it is v2, else each
-// directory under it that is a cgroup root (v1 controllers, a v2 `unified`);
-// the symlinks v1 adds for joint controllers (cpu -> cpu,cpuacct) skipped.
-std::vector<fs::path> hierarchies() {
-  std::error_code ec;
-  if (fs::exists("/sys/fs/cgroup/cgroup.procs", ec)) return {"/sys/fs/cgroup"};
-  std::vector<fs::path> roots;
-  for (auto& entry : fs::directory_iterator("/sys/fs/cgroup", ec)) {
-    if (entry.is_symlink(ec) || !fs::exists(entry.path() / "cgroup.procs", ec)) continue;
-    roots.push_back(entry.path());
-  }
-  return roots;
-}
-
 }  // namespace
 
 bool freezeCgroup(const std::string& cgroupsPath) {
@@ -71,26 +74,24 @@ bool freezeCgroup(const std::string& cgroupsPath) {
 }
 
 size_t joinCgroup(const std::string& cgroupsPath) {
-  fs::path relative = fs::path(cgroupsPath).relative_path();
   size_t joined = 0;
-  for (auto& root : hierarchies()) {
+  for (auto& dir : cgroupDirs(cgroupsPath)) {
     std::error_code ec;
-    fs::create_directories(root / relative, ec);
-    if (!ec && writeCgroupFile(root / relative / "cgroup.procs", "0")) ++joined;
+    fs::create_directories(dir, ec);
+    if (!ec && writeCgroupFile(dir / "cgroup.procs", "0")) ++joined;
   }
   return joined;
 }
 
 bool removeCgroup(const std::string& cgroupsPath, std::chrono::milliseconds wait) {
   if (cgroupsPath.empty()) return true;
-  fs::path relative = fs::path(cgroupsPath).relative_path();
   auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     for (pid_t pid : cgroupMembers(cgroupsPath)) ::kill(pid, SIGKILL);
     bool left = false;
-    for (auto& root : hierarchies()) {
+    for (auto& dir : cgroupDirs(cgroupsPath)) {
       std::error_code ec;
-      if (::rmdir((root / relative).c_str()) != 0 && fs::exists(root / relative, ec)) left = true;
+      if (::rmdir(dir.c_str()) != 0 && fs::exists(dir, ec)) left = true;
     }
     if (!left) return true;
     if (std::chrono::steady_clock::now() >= deadline) return false;

@@ -13,7 +13,7 @@
 
 namespace migrate {
 
-// Its directory in every hierarchy (only some of them exist).
+// Its directory in every mounted hierarchy (only some of them exist).
 std::vector<std::filesystem::path> cgroupDirs(const std::string& cgroupsPath);
 // The pids in it, in any hierarchy.
 std::vector<pid_t> cgroupMembers(const std::string& cgroupsPath);

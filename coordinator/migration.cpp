@@ -7,10 +7,10 @@
 #include <ctime>
 
 #include "agent/id-mapping-proto.h"
+#include "common/duration.h"
 #include "common/log.h"
 #include "common/timestamp.h"
 #include "common/untrusted-json.h"
-#include "common/duration.h"
 #include "coordinator/downtime-estimate.h"
 
 namespace migrate {
