@@ -47,6 +47,11 @@ constexpr milliseconds kScanEvery{20};
 // cgroup.procs in every hierarchy, a dozen files here): not on every chunk,
 // which held the pages phase of 1 GiB at 31 s instead of 11.
 constexpr milliseconds kWatchEvery{200};
+// Killed processes leave their cgroup only once the last of them is reaped:
+// lazy-pages, which ends as soon as their userfaultfds close, can be quicker
+// (seen under load). How long an ended lazy-pages waits for that before it
+// counts as a failure of its own.
+constexpr milliseconds kDyingGrace{5000};
 
 std::atomic<bool> rekeyAsked{false};
 std::atomic<bool> stopAsked{false};
@@ -518,7 +523,10 @@ class TargetRelay : Relay {
       setState(RelayState::Done);
       return 0;
     }
-    if (restored_ && !containerPopulated()) return processesGone();
+    // Its processes going is a common reason for lazy-pages to end: wait for
+    // them to be gone. Meanwhile a fault on a page that never came stays
+    // blocked on the userfaultfds held here.
+    if (restored_ && dyingWithin(kDyingGrace)) return processesGone();
     // The restored processes may still fault on a page that never came:
     // freeze them before anything else. The faults stay blocked meanwhile
     // on the userfaultfds held here.
@@ -552,6 +560,17 @@ class TargetRelay : Relay {
 
   // Whether the container still has processes, in any hierarchy.
   bool containerPopulated() const { return spec_.cgroup.empty() || !cgroupMembers(spec_.cgroup).empty(); }
+
+  // Whether the container's processes are all gone within `grace`.
+  bool dyingWithin(milliseconds grace) const {
+    if (spec_.cgroup.empty()) return false;
+    auto deadline = Clock::now() + grace;
+    while (containerPopulated()) {
+      if (Clock::now() >= deadline || stopAsked) return false;
+      std::this_thread::sleep_for(kScanEvery);
+    }
+    return true;
+  }
 
   bool freezeContainer() { return freezeCgroup(spec_.cgroup); }
 

@@ -279,11 +279,12 @@ TEST_CASE("post-copy: the restored processes, or host2's page relay, killed mid-
 
   // Nothing rolls back by itself: host2's copy ran and answered writes.
   json paused;
-  REQUIRE(waitUntil([&] {
+  bool isPaused = waitUntil([&] {
     paused = cluster.migrateJson({"status", id});
     return paused["state"] == "paused" && paused["error"].get<std::string>().find(expected) != std::string::npos;
-  }, 120s));
+  }, 120s);
   INFO(paused.dump(2));
+  REQUIRE(isPaused);
   CHECK(paused["error"].get<std::string>().find("host2") != std::string::npos);
   // Both hosts still show their copy: host1's frozen, host2's stopped.
   std::set<std::string> hosts;
