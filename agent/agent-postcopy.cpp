@@ -162,6 +162,7 @@ PageRelaySpec Agent::lazyPagesRelaySpec(const std::string& ref) {
   spec.containerName = c.config.name;
   spec.lazyPagesArgs = runtime_.lazyPagesCommand(c.paths);
   spec.lazyPagesSocket = Runtime::lazyPagesSocket(c.paths).string();
+  spec.imagesDir = c.paths.checkpoint().string();
   spec.cgroup = cgroupsPath(c.config.id);
   return spec;
 }

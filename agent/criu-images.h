@@ -41,6 +41,7 @@ constexpr uint32_t kMntsMagic = 0x55563928;
 constexpr uint32_t kCgroupMagic = 0x59383330;
 constexpr uint32_t kSeccompMagic = 0x64413049;
 constexpr uint32_t kUsernsMagic = 0x55474906;
+constexpr uint32_t kPagemapMagic = 0x56084025;
 }  // namespace criu
 
 // One image file, read entry by entry. Every size is bounded by the bytes

@@ -55,6 +55,7 @@ void writeRelaySpec(const fs::path& dir, const PageRelaySpec& s) {
       {"listenAddress", s.listenAddress},
       {"lazyPagesArgs", s.lazyPagesArgs},
       {"lazyPagesSocket", s.lazyPagesSocket},
+      {"imagesDir", s.imagesDir},
       {"cgroup", s.cgroup},
       {"relayCgroup", s.relayCgroup},
   };
@@ -76,6 +77,7 @@ PageRelaySpec readRelaySpec(const fs::path& dir) {
   s.listenAddress = j.at("listenAddress").get<std::string>();
   s.lazyPagesArgs = j.at("lazyPagesArgs").get<std::vector<std::string>>();
   s.lazyPagesSocket = j.at("lazyPagesSocket").get<std::string>();
+  s.imagesDir = j.value("imagesDir", std::string());
   s.cgroup = j.at("cgroup").get<std::string>();
   s.relayCgroup = j.value("relayCgroup", std::string());
   return s;

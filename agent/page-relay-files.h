@@ -40,6 +40,7 @@ struct PageRelaySpec {
   // `criu lazy-pages`, with "@PORT@" for the loopback port it fetches from.
   std::vector<std::string> lazyPagesArgs;
   std::string lazyPagesSocket;  // exists once lazy-pages is ready for restore
+  std::string imagesDir;        // the checkpoint's images: which pages the source holds
   std::string cgroup;           // the container's cgroupsPath, frozen if its pages cannot come
   std::string relayCgroup;      // the relay's own, joined at its start (container-cgroup.h)
 };

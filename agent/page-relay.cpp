@@ -5,15 +5,20 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "agent/container-cgroup.h"
+#include "agent/criu-pagemap.h"
 #include "agent/page-answerer.h"
 #include "agent/page-server-protocol.h"
 #include "agent/userfaultfd-copies.h"
@@ -47,6 +52,10 @@ constexpr milliseconds kScanEvery{20};
 // cgroup.procs in every hierarchy, a dozen files here): not on every chunk,
 // which held the pages phase of 1 GiB at 31 s instead of 11.
 constexpr milliseconds kWatchEvery{200};
+// A frame of bulk answers (page-server-protocol.h: PageChannel), and how
+// much unsent data the source's socket holds at most.
+constexpr size_t kBulkFrameBytes = 64 << 10;
+constexpr int kNotSentLowWater = 128 << 10;
 // Killed processes leave their cgroup only once the last of them is reaped:
 // lazy-pages, which ends as soon as their userfaultfds close, can be quicker
 // (seen under load). How long an ended lazy-pages waits for that before it
@@ -185,11 +194,13 @@ class SourceRelay : Relay {
         connectPeer();
       }
       bool peerPending = peer_ && peer_->pending() > 0;
+      bool bulkPending = peer_ && !out_[1].empty();
       pollfd fds[2] = {{criu_.get(), POLLIN, 0}, {peer_ ? peer_->fd() : -1, POLLIN, 0}};
       if (!peerPending) {
-        int n = ::poll(fds, 2, static_cast<int>(kPollSlice.count()));
+        // With answers to send, only a look: they go out between reads.
+        int n = ::poll(fds, 2, bulkPending ? 0 : static_cast<int>(kPollSlice.count()));
         if (n < 0 && errno != EINTR) fail(std::string("poll: ") + strerror(errno));
-        if (n <= 0) {
+        if (n <= 0 && !bulkPending) {
           publish();
           continue;
         }
@@ -200,6 +211,7 @@ class SourceRelay : Relay {
       if (readable(fds[0].revents)) {
         if (auto code = fromCriu()) return *code;
       }
+      toPeer();
       publish();
     }
   }
@@ -209,9 +221,12 @@ class SourceRelay : Relay {
     try {
       Fd sock = connectTcp(spec_.targetAddress, spec_.targetPort, kConnectTimeout);
       tunePeerSocket(sock.get());
+      ::setsockopt(sock.get(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &kNotSentLowWater, sizeof kNotSentLowWater);
       peer_.emplace(TlsStream::connect(std::move(sock), spec_.migrationId, spec_.psk, peerOptions()));
       if (generation_++ > 0) ++status_.reconnects;
       requests_ = PageRequestSplitter();
+      out_[0].clear();
+      out_[1].clear();
       setState(RelayState::Flowing);
     } catch (const std::exception& e) {
       if (status_.state != RelayState::Cut) setState(RelayState::Cut, std::string("connecting: ") + e.what());
@@ -250,8 +265,10 @@ class SourceRelay : Relay {
     }
     try {
       for (auto& request : requests_.feed(buffer_.data(), n)) {
-        writeAll(criu_.get(), request.raw.data(), request.raw.size(), "CRIU's page server");
-        answers_.expect(std::move(request), generation_);
+        uint64_t tag = generation_ << 1 | (request.channel() == PageChannel::Bulk ? 1 : 0);
+        PageRequest forCriu = request.onChannel(PageChannel::Urgent);
+        writeAll(criu_.get(), forCriu.raw.data(), forCriu.raw.size(), "CRIU's page server");
+        answers_.expect(std::move(forCriu), tag);
       }
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::InvalidInput) {
@@ -274,25 +291,45 @@ class SourceRelay : Relay {
                                           : std::string("reading CRIU's page server: ") + strerror(errno));
       return 2;
     }
-    std::string cut;
     try {
       answers_.feed(buffer_.data(), static_cast<size_t>(n), [&](const PageAnswerTracker::Pending& p, const char* data,
                                                                size_t size) {
         if (p.request.command() == PageCommand::Close && p.received == p.total) closeAnswered_ = true;
-        if (!peer_ || !cut.empty() || p.tag != generation_) return;
-        try {
-          peer_->write(data, size);
-          status_.bytesPages += size;
-        } catch (const std::exception& e) {
-          cut = e.what();
-        }
+        if (!peer_ || p.tag >> 1 != generation_) return;
+        out_[p.tag & 1].append(data, size);
       });
     } catch (const Error& e) {
       setState(RelayState::Failed, std::string("CRIU's page server answered out of protocol: ") + e.what());
       return 2;
     }
-    if (!cut.empty()) dropPeer(cut);
     return std::nullopt;
+  }
+
+  // Every urgent answer, then one frame of bulk ones: between frames CRIU
+  // is read again, so a fault's answer waits behind one frame at most (and
+  // what the socket holds, kept small: TCP_NOTSENT_LOWAT).
+  void toPeer() {
+    if (!peer_) return;
+    try {
+      sendFrames(PageChannel::Urgent, SIZE_MAX);
+      sendFrames(PageChannel::Bulk, kBulkFrameBytes);
+    } catch (const std::exception& e) {
+      dropPeer(e.what());
+    }
+  }
+
+  void sendFrames(PageChannel channel, size_t most) {
+    std::string& out = out_[channel == PageChannel::Bulk ? 1 : 0];
+    size_t sent = 0;
+    while (sent < out.size() && sent < most) {
+      size_t n = std::min({out.size() - sent, kBulkFrameBytes, most - sent});
+      std::string frame = pageFrameHeader(channel, n);
+      frame.append(out, sent, n);
+      peer_->write(frame.data(), frame.size());
+      status_.bytesPages += n;
+      sent += n;
+    }
+    out.erase(0, sent);
   }
 
   // After our end of file CRIU closes its side; wait for that a moment so
@@ -321,6 +358,7 @@ class SourceRelay : Relay {
   }
 
   Fd criu_;
+  std::string out_[2];  // answers for the peer, by channel (PageChannel)
   bool closeAnswered_ = false;
   uint64_t generation_ = 0;
   PageRequestSplitter requests_;
@@ -394,6 +432,13 @@ class TargetRelay : Relay {
     options.stderrFd = out.get();
     lazyPages_.emplace(options);
     status_.lazyPagesPid = lazyPages_->pid();
+    // Once the restore is done lazy-pages polls without sleeping, one whole
+    // CPU, while it waits for answers (uffd.c: handle_requests, timeout 0):
+    // at the lowest priority it takes what the restored program, its
+    // clients and this relay leave, which is what it waits on anyway.
+    if (::setpriority(PRIO_PROCESS, static_cast<id_t>(lazyPages_->pid()), 19) != 0) {
+      logWarn("page relay " + spec_.migrationId + ": setpriority of lazy-pages: " + strerror(errno));
+    }
     publish(true);
   }
 
@@ -420,6 +465,7 @@ class TargetRelay : Relay {
       if (peer_) dropPeer("the source connected again");
       if (connected_++ > 0) ++status_.reconnects;
       peer_.emplace(std::move(stream));
+      frames_ = PageFrameSplitter();
       askAgain();
       setState(RelayState::Flowing);
     } catch (const std::exception& e) {
@@ -465,6 +511,7 @@ class TargetRelay : Relay {
       lazyClosed_ = true;
       return;
     }
+    knowLazyPages();
     try {
       for (auto& request : requests_.feed(buffer_.data(), static_cast<size_t>(n))) {
         pages_.fromLazyPages(std::move(request));
@@ -477,6 +524,17 @@ class TargetRelay : Relay {
       return;
     }
     sendToSource();
+  }
+
+  // Once, at lazy-pages' first request (the restore has the images then):
+  // which pages the source holds, so that they can be asked for ahead.
+  void knowLazyPages() {
+    if (std::exchange(lazyPagesKnown_, true) || spec_.imagesDir.empty()) return;
+    try {
+      pages_.knowLazyPages(readLazyPages(spec_.imagesDir));
+    } catch (const std::exception& e) {
+      logWarn("page relay " + spec_.migrationId + ": no asking ahead: " + e.what());
+    }
   }
 
   void fromPeer() {
@@ -492,7 +550,9 @@ class TargetRelay : Relay {
       return;
     }
     try {
-      pages_.fromSource(buffer_.data(), n);
+      frames_.feed(buffer_.data(), n, [&](PageChannel channel, const char* data, size_t size) {
+        pages_.fromSource(channel, data, size);
+      });
       sendToLazyPages();
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::InvalidInput) {
@@ -507,7 +567,8 @@ class TargetRelay : Relay {
   int lazyPagesEnded(int code) {
     if (code == 0 && pages_.closeAnswered()) {
       logInfo("page relay " + spec_.migrationId + ": every page in, " + std::to_string(pages_.pagesFromCache()) +
-              " of them read ahead");
+              " of them kept here before lazy-pages asked, " + std::to_string(pages_.pagesAskedAhead()) +
+              " asked for ahead of it");
       if (peer_) {
         try {
           peer_->shutdownWrite();
@@ -588,11 +649,13 @@ class TargetRelay : Relay {
   Fd lazyConn_;
   bool lazyClosed_ = false;
   bool restored_ = false;  // the agent's restore returned (file `restored`)
+  bool lazyPagesKnown_ = false;
   uint64_t connected_ = 0;
   Clock::time_point lastScan_{};
   Clock::time_point lastWatch_{};
   UserfaultfdCopies uffds_;
   PageRequestSplitter requests_;
+  PageFrameSplitter frames_;
   PageAnswerer pages_;
 };
 

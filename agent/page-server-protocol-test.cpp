@@ -74,3 +74,41 @@ TEST_CASE("an answer with more pages than asked, or nothing asked, is out of pro
   PageAnswerTracker idle;
   CHECK_THROWS_AS(idle.feed("x", 1, [](auto&, auto, auto) {}), Error);
 }
+
+TEST_CASE("a request's channel rides in its padding and is cleared for CRIU") {
+  PageRequest r{request(7, 3)};
+  CHECK(r.channel() == PageChannel::Urgent);
+  PageRequest bulk = r.onChannel(PageChannel::Bulk);
+  CHECK(bulk.channel() == PageChannel::Bulk);
+  CHECK((bulk.pages() == 3 && bulk.vaddr() == r.vaddr() && bulk.dstId() == r.dstId()));
+  CHECK(bulk.onChannel(PageChannel::Urgent).raw == r.raw);  // CRIU's bytes again
+}
+
+TEST_CASE("the source relay's frames are cut apart however they arrive, and a bad frame header is refused") {
+  std::string stream = pageFrameHeader(PageChannel::Bulk, 6) + "bbbbbb" + pageFrameHeader(PageChannel::Urgent, 3) +
+                       "uuu" + pageFrameHeader(PageChannel::Bulk, 2) + "BB";
+  for (size_t step : {size_t(1), size_t(2), size_t(5), size_t(7), stream.size()}) {
+    PageFrameSplitter frames;
+    std::map<PageChannel, std::string> got;
+    for (size_t at = 0; at < stream.size(); at += step) {
+      frames.feed(stream.data() + at, std::min(step, stream.size() - at),
+                  [&](PageChannel c, const char* data, size_t n) { got[c].append(data, n); });
+    }
+    CHECK(got[PageChannel::Bulk] == "bbbbbbBB");
+    CHECK(got[PageChannel::Urgent] == "uuu");
+  }
+  auto refused = [](std::string header) {
+    PageFrameSplitter frames;
+    try {
+      frames.feed(header.data(), header.size(), [](PageChannel, const char*, size_t) {});
+    } catch (const Error& e) {
+      return e.kind() == ErrorKind::InvalidInput;
+    }
+    return false;
+  };
+  std::string badChannel = pageFrameHeader(PageChannel::Bulk, 1);
+  badChannel[0] = 2;
+  CHECK(refused(badChannel));
+  CHECK(refused(pageFrameHeader(PageChannel::Urgent, 0)));
+  CHECK(refused(pageFrameHeader(PageChannel::Urgent, kMaxPageFrameBytes + 1)));
+}

@@ -15,6 +15,7 @@ constexpr uint32_t kCmdClose = 0x1023;
 constexpr uint32_t kCmdForceClose = 0x1024;
 constexpr uint32_t kCmdMask = 0xffff;  // the upper 16 bits carry flags
 constexpr size_t kCloseAnswerBytes = 4;
+constexpr size_t kChannelByte = 4;  // the padding after cmd
 
 uint32_t commandBits(const std::string& raw) {
   uint32_t cmd;
@@ -56,6 +57,60 @@ uint64_t PageRequest::dstId() const {
 PageRequest PageRequest::withPages(uint64_t pages) const {
   PageRequest out{raw};
   std::memcpy(out.raw.data() + 8, &pages, sizeof pages);
+  return out;
+}
+
+PageChannel PageRequest::channel() const {
+  return raw[kChannelByte] == static_cast<char>(PageChannel::Bulk) ? PageChannel::Bulk : PageChannel::Urgent;
+}
+
+PageRequest PageRequest::onChannel(PageChannel channel) const {
+  PageRequest out{raw};
+  std::memset(out.raw.data() + kChannelByte, 0, 4);
+  out.raw[kChannelByte] = static_cast<char>(channel);
+  return out;
+}
+
+std::string pageFrameHeader(PageChannel channel, size_t length) {
+  std::string header(kPageFrameHeaderBytes, '\0');
+  header[0] = static_cast<char>(channel);
+  uint32_t n = static_cast<uint32_t>(length);
+  std::memcpy(header.data() + 1, &n, sizeof n);
+  return header;
+}
+
+void PageFrameSplitter::feed(const char* data, size_t size,
+                             const std::function<void(PageChannel, const char*, size_t)>& sink) {
+  while (size > 0) {
+    if (left_ == 0) {
+      size_t take = std::min(size, kPageFrameHeaderBytes - header_.size());
+      header_.append(data, take);
+      data += take;
+      size -= take;
+      if (header_.size() < kPageFrameHeaderBytes) return;
+      uint8_t channel = static_cast<uint8_t>(header_[0]);
+      uint32_t length;
+      std::memcpy(&length, header_.data() + 1, sizeof length);
+      header_.clear();
+      if (channel > static_cast<uint8_t>(PageChannel::Bulk) || length == 0 || length > kMaxPageFrameBytes) {
+        fail(ErrorKind::InvalidInput, "page frame of channel " + std::to_string(channel) + " with " +
+                                          std::to_string(length) + " bytes");
+      }
+      channel_ = static_cast<PageChannel>(channel);
+      left_ = length;
+      continue;
+    }
+    size_t take = std::min(size, left_);
+    sink(channel_, data, take);
+    left_ -= take;
+    data += take;
+    size -= take;
+  }
+}
+
+PageRequest PageRequest::at(uint64_t vaddr, uint64_t pages) const {
+  PageRequest out = withPages(pages);
+  std::memcpy(out.raw.data() + 16, &vaddr, sizeof vaddr);
   return out;
 }
 

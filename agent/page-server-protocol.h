@@ -32,14 +32,53 @@ constexpr uint64_t kMaxPagesPerRequest = 1 << 18;
 
 enum class PageCommand { Get, Close, Other };
 
+// Pages of one process: `pages` from `vaddr`.
+struct PageRange {
+  uint64_t vaddr = 0;
+  uint64_t pages = 0;
+  uint64_t end() const { return vaddr + pages * kPageBytes; }
+};
+
+// Between the two relays (not CRIU's): a request says which of two
+// channels its answer comes back on, and the source's relay sends the
+// answers as frames of either, the urgent ones first. A fault's answer then
+// never waits behind pages asked for ahead (QEMU's postcopy-preempt, on one
+// connection). The channel rides in the request's padding (the 4 bytes
+// after cmd), cleared before CRIU sees it.
+enum class PageChannel : uint8_t { Urgent = 0, Bulk = 1 };
+
+// A frame: u8 channel, u32 length (little endian), `length` bytes of answers.
+constexpr size_t kPageFrameHeaderBytes = 5;
+constexpr size_t kMaxPageFrameBytes = 1 << 20;
+std::string pageFrameHeader(PageChannel channel, size_t length);
+
+// Cuts the source relay's frames apart as they arrive.
+class PageFrameSplitter {
+ public:
+  // `sink(channel, data, size)` gets each run of a frame's bytes. Throws
+  // Error(InvalidInput) on a frame header that is not one.
+  void feed(const char* data, size_t size, const std::function<void(PageChannel, const char*, size_t)>& sink);
+
+ private:
+  std::string header_;
+  PageChannel channel_ = PageChannel::Urgent;
+  size_t left_ = 0;  // bytes of the current frame still to come
+};
+
 struct PageRequest {
   std::string raw;  // the request as sent, kPageRequestBytes
   PageCommand command() const;
   uint64_t pages() const;
   uint64_t vaddr() const;
+  // lazy-pages' GET: the process's pid in the images (pagemap-<pid>.img),
+  // as CRIU's page server looks it up (pstree_item_by_virt).
   uint64_t dstId() const;
   // The same request (or answer header) for another number of pages.
   PageRequest withPages(uint64_t pages) const;
+  // The same request for other pages of the same process.
+  PageRequest at(uint64_t vaddr, uint64_t pages) const;
+  PageChannel channel() const;
+  PageRequest onChannel(PageChannel channel) const;  // PageChannel::Urgent: as CRIU's
 };
 
 // An answer header: `command` (an answer's first 4 bytes) for `pages` pages at

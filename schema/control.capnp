@@ -16,7 +16,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("migrate::proto");
 
-const protocolVersion :UInt32 = 3;
+const protocolVersion :UInt32 = 4;
 # Bumped when a change is not backward compatible; `register` carries it and
 # the coordinator refuses agents speaking another major version.
 # 2: user namespaces (IdMapping in ContainerInfo, RunContainer and
@@ -25,6 +25,9 @@ const protocolVersion :UInt32 = 3;
 # 3: the acknowledged bundle digest (stats.sha256, Restore.expectedSha256) is
 # the signed tar digest, no longer the compressed stream's: mixed sides would
 # disagree on every migration. Also measureCheckpoint (downtime budgets).
+# 4: the page relays' channel carries framed answers on two channels (urgent,
+# bulk: agent/page-server-protocol.h); a relay of 3 would read frames as
+# answers.
 
 struct Message {
   union {
