@@ -235,7 +235,7 @@ TEST_CASE("with the source's lazy pages known, all of them are asked for ahead i
   uint64_t id = 1;
   // Two lazy ranges with a hole between them.
   std::vector<PageRange> ranges = {{kBase, 1500}, {kBase + 4000 * kPageBytes, 10000}};
-  a.knowLazyPages({{id, ranges}});
+  REQUIRE(a.knowLazyPages({{id, ranges}}, 1 << 20));
   a.fromLazyPages(get(16, kBase, id));
   auto sent = requestsIn(a.takeForSource());
   // lazy-pages' own, as it is, then the chunks after it, kAheadInFlightPages in all.
@@ -300,10 +300,20 @@ TEST_CASE("with the source's lazy pages known, all of them are asked for ahead i
   CHECK(a.outstanding() == 0);
 }
 
+TEST_CASE("lazy pages past what the host has free are not asked for ahead") {
+  PageAnswerer a;
+  CHECK_FALSE(a.knowLazyPages({{1, {{kBase, 5000}}}, {2, {{kBase, 5000}}}}, 9999));
+  a.fromLazyPages(get(16, kBase, 1));
+  auto sent = requestsIn(a.takeForSource());
+  REQUIRE(sent.size() == 1);  // lazy-pages' own, enlarged as without knowledge
+  CHECK(sent[0].pages() == kReadAheadPages);
+  CHECK(a.pagesAskedAhead() == 0);
+}
+
 TEST_CASE("nothing is asked for ahead once lazy-pages sent CLOSE") {
   PageAnswerer a;
   std::vector<PageRange> ranges = {{kBase, 8192}};
-  a.knowLazyPages({{1, ranges}});
+  REQUIRE(a.knowLazyPages({{1, ranges}}, 1 << 20));
   a.fromLazyPages(get(16, kBase, 1));
   auto sent = a.takeForSource();
   a.fromLazyPages(closeRequest());
@@ -341,7 +351,7 @@ TEST_CASE("a request for pages already asked for waits for that answer instead o
 TEST_CASE("asked ahead and answered short, the rest is asked again, and a request inside it waits for that") {
   PageAnswerer a;
   std::vector<PageRange> ranges = {{kBase, 8192}};
-  a.knowLazyPages({{7, ranges}});
+  REQUIRE(a.knowLazyPages({{7, ranges}}, 1 << 20));
   a.fromLazyPages(get(16, kBase, 7));
   auto sent = a.takeForSource();
   REQUIRE(requestsIn(sent).size() == 1 + kAheadInFlightPages / kAheadChunkPages);  // its own, and chunks ahead
@@ -370,7 +380,7 @@ TEST_CASE("asked ahead and answered short, the rest is asked again, and a reques
 TEST_CASE("after a cut, what was asked ahead is asked again whole and lazy-pages sees each byte once") {
   PageAnswerer a;
   std::vector<PageRange> ranges = {{kBase, 8192}};
-  a.knowLazyPages({{1, ranges}});
+  REQUIRE(a.knowLazyPages({{1, ranges}}, 1 << 20));
   a.fromLazyPages(get(16, kBase, 1));
   auto sent = a.takeForSource();
   auto answers = serveOnly(sent, ranges);

@@ -6,12 +6,15 @@
 
 namespace migrate {
 
-void PageAnswerer::knowLazyPages(std::map<uint64_t, std::vector<PageRange>> pages) {
-  lazy_ = std::move(pages);
-  lazyPages_ = 0;
-  for (auto& [id, ranges] : lazy_) {
-    for (auto& range : ranges) lazyPages_ += range.pages;
+bool PageAnswerer::knowLazyPages(std::map<uint64_t, std::vector<PageRange>> pages, uint64_t mostPages) {
+  uint64_t total = 0;
+  for (auto& [id, ranges] : pages) {
+    for (auto& range : ranges) total += range.pages;
   }
+  if (total > mostPages) return false;
+  lazy_ = std::move(pages);
+  lazyPages_ = total;
+  return true;
 }
 
 void PageAnswerer::fromLazyPages(PageRequest request) {

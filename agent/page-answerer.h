@@ -66,7 +66,9 @@ class PageAnswerer {
   // The pages the source holds, by dst_id (the pid), sorted: what may
   // be asked for ahead of lazy-pages. Without it only lazy-pages' own
   // requests are enlarged.
-  void knowLazyPages(std::map<uint64_t, std::vector<PageRange>> pages);
+  // Refused (false, nothing asked ahead) past `mostPages`: what is asked
+  // ahead is kept here until taken, as much as the source declared.
+  bool knowLazyPages(std::map<uint64_t, std::vector<PageRange>> pages, uint64_t mostPages);
 
   // A request from lazy-pages.
   void fromLazyPages(PageRequest request);

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/capacity.h"
 #include "agent/container-cgroup.h"
 #include "agent/criu-pagemap.h"
 #include "agent/page-answerer.h"
@@ -531,7 +532,12 @@ class TargetRelay : Relay {
   void knowLazyPages() {
     if (std::exchange(lazyPagesKnown_, true) || spec_.imagesDir.empty()) return;
     try {
-      pages_.knowLazyPages(readLazyPages(spec_.imagesDir));
+      // All of it may be here at once: no more than this host has free.
+      uint64_t free = HostCapacity::measure(spec_.imagesDir).memAvailable / kPageBytes;
+      if (!pages_.knowLazyPages(readLazyPages(spec_.imagesDir), free)) {
+        logWarn("page relay " + spec_.migrationId + ": no asking ahead: the checkpoint's lazy pages exceed the " +
+                std::to_string(free >> 8) + " MiB available here");
+      }
     } catch (const std::exception& e) {
       logWarn("page relay " + spec_.migrationId + ": no asking ahead: " + e.what());
     }
