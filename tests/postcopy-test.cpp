@@ -293,6 +293,13 @@ TEST_CASE("post-copy: the restored processes, or host2's page relay, killed mid-
   }
   CHECK(hosts.count("host1") == 1);
 
+  // Keeping host2's copy is refused: it never got every page.
+  auto refused = cluster.tryMigrate({"abandon", id, "--keep", "target"});
+  INFO(refused.err);
+  CHECK(refused.status != 0);
+  CHECK(refused.err.find("would run it on memory it never received") != std::string::npos);
+  CHECK(cluster.migrateJson({"status", id})["state"] == "paused");
+
   auto abandoned = cluster.migrateJson({"abandon", id, "--keep", "source"});
   INFO(abandoned.dump(2));
   CHECK(abandoned["stats"]["kept"] == "source");
