@@ -33,6 +33,8 @@ void PageAnswerer::fromLazyPages(PageRequest request) {
     }
   } else if (request.command() == PageCommand::Close) {
     closeSent_ = true;
+  } else {
+    fail(ErrorKind::InvalidInput, "a request lazy-pages does not send");
   }
   ask.request = std::move(request);
   asks_.push_back(std::move(ask));

@@ -266,6 +266,7 @@ class SourceRelay : Relay {
     }
     try {
       for (auto& request : requests_.feed(buffer_.data(), n)) {
+        if (request.command() == PageCommand::GaveUp) return targetGaveUp();
         uint64_t tag = generation_ << 1 | (request.channel() == PageChannel::Bulk ? 1 : 0);
         PageRequest forCriu = request.onChannel(PageChannel::Urgent);
         writeAll(criu_.get(), forCriu.raw.data(), forCriu.raw.size(), "CRIU's page server");
@@ -304,6 +305,16 @@ class SourceRelay : Relay {
       return 2;
     }
     return std::nullopt;
+  }
+
+  // The target's relay cannot go on: said at once (the source agent reports
+  // it), CRIU kept as it is until the agent decides (SIGTERM: give back).
+  int targetGaveUp() {
+    dropPeer("the target's relay gave up");
+    setState(RelayState::Failed, "the target's page relay gave up (its status says why); the container stays "
+                                 "frozen here");
+    while (!stopAsked) std::this_thread::sleep_for(kPollSlice);
+    return giveBack();
   }
 
   // Every urgent answer, then one frame of bulk ones: between frames CRIU
@@ -616,6 +627,12 @@ class TargetRelay : Relay {
   // for the agent, holding what it holds.
   int giveUp(const std::string& why) {
     if (peer_) {
+      try {
+        auto notice = relayGaveUpNotice();
+        peer_->write(notice.raw.data(), notice.raw.size());
+      } catch (const std::exception&) {
+        // The source learns it from the cut, later.
+      }
       ::shutdown(peer_->fd(), SHUT_RDWR);
       peer_.reset();
     }

@@ -112,3 +112,12 @@ TEST_CASE("the source relay's frames are cut apart however they arrive, and a ba
   CHECK(refused(pageFrameHeader(PageChannel::Urgent, 0)));
   CHECK(refused(pageFrameHeader(PageChannel::Urgent, kMaxPageFrameBytes + 1)));
 }
+
+TEST_CASE("the target relay's give-up notice is a request of its own, never one of CRIU's") {
+  PageRequestSplitter splitter;
+  auto notice = relayGaveUpNotice();
+  auto got = splitter.feed(notice.raw.data(), notice.raw.size());
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].command() == PageCommand::GaveUp);
+  CHECK(PageRequest{request(7, 1)}.command() == PageCommand::Get);
+}

@@ -13,6 +13,7 @@ namespace {
 constexpr uint32_t kCmdGet = 7;
 constexpr uint32_t kCmdClose = 0x1023;
 constexpr uint32_t kCmdForceClose = 0x1024;
+constexpr uint32_t kCmdRelayGaveUp = 0x7e01;  // ours: CRIU's commands are 1-8 and 0x1023-0x1024
 constexpr uint32_t kCmdMask = 0xffff;  // the upper 16 bits carry flags
 constexpr size_t kCloseAnswerBytes = 4;
 constexpr size_t kChannelByte = 4;  // the padding after cmd
@@ -36,6 +37,7 @@ PageCommand PageRequest::command() const {
     case kCmdGet: return PageCommand::Get;
     case kCmdClose:
     case kCmdForceClose: return PageCommand::Close;
+    case kCmdRelayGaveUp: return PageCommand::GaveUp;
     default: return PageCommand::Other;
   }
 }
@@ -69,6 +71,12 @@ PageRequest PageRequest::onChannel(PageChannel channel) const {
   std::memset(out.raw.data() + kChannelByte, 0, 4);
   out.raw[kChannelByte] = static_cast<char>(channel);
   return out;
+}
+
+PageRequest relayGaveUpNotice() {
+  std::string raw(kPageRequestBytes, '\0');
+  std::memcpy(raw.data(), &kCmdRelayGaveUp, sizeof kCmdRelayGaveUp);
+  return PageRequest{raw};
 }
 
 std::string pageFrameHeader(PageChannel channel, size_t length) {

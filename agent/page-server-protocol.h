@@ -30,7 +30,10 @@ constexpr uint64_t kPageBytes = 4096;
 // A GET larger than this is not CRIU's (it asks for at most a few MiB).
 constexpr uint64_t kMaxPagesPerRequest = 1 << 18;
 
-enum class PageCommand { Get, Close, Other };
+// GaveUp is the relays' own (never CRIU's): the target's relay cannot go on
+// (lazy-pages or the restored processes are gone) and says so before it
+// cuts the channel, so that the source reports it at once.
+enum class PageCommand { Get, Close, GaveUp, Other };
 
 // Pages of one process: `pages` from `vaddr`.
 struct PageRange {
@@ -80,6 +83,9 @@ struct PageRequest {
   PageChannel channel() const;
   PageRequest onChannel(PageChannel channel) const;  // PageChannel::Urgent: as CRIU's
 };
+
+// The target relay's GaveUp notice.
+PageRequest relayGaveUpNotice();
 
 // An answer header: `command` (an answer's first 4 bytes) for `pages` pages at
 // `vaddr` of `dstId`.

@@ -35,6 +35,9 @@ TEST_CASE("post-copy recovery: the source's `done` commits, a cut reconnects, a 
   auto sourceFailed = decide(S::FAILED, S::FLOWING);
   CHECK(sourceFailed.step == RecoveryStep::StayPaused);
   CHECK(sourceFailed.reason == "host1: page relay failed: criu page server exited 1");
+  auto bothFailed = decide(S::FAILED, S::FAILED);
+  CHECK(bothFailed.step == RecoveryStep::StayPaused);
+  CHECK(bothFailed.reason == "host2: page relay failed: lazy-pages killed by signal 9");
   auto targetHasAll = decide(S::FAILED, S::DONE);
   CHECK(targetHasAll.step == RecoveryStep::StayPaused);
   CHECK(targetHasAll.reason.find("`abandon --keep target` commits") != std::string::npos);

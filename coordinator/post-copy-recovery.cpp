@@ -45,6 +45,8 @@ RecoveryDecision decideRecovery(const RelayReport& source, const RelayReport& ta
       return {RecoveryStep::StayPaused, target.host + " has every page but " + failure(source) +
                                             "; `abandon --keep target` commits the move"};
     }
+    // Both: the target's is the cause (its relay tells the source it gave up).
+    if (target.state == S::FAILED) return {RecoveryStep::StayPaused, failure(target)};
     return {RecoveryStep::StayPaused, failure(source)};
   }
   // A dead lazy-pages or relay on the target: its processes wait (frozen)
