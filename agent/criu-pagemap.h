@@ -16,9 +16,6 @@
 
 namespace migrate {
 
-// pid (as in the images) -> its lazy pages, sorted, not overlapping.
-using LazyPages = std::map<uint64_t, std::vector<PageRange>>;
-
 // Throws Error(InvalidInput) on an image CRIU would not have written.
 LazyPages readLazyPages(const std::filesystem::path& checkpointDir);
 

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <vector>
 
 #include "common/error.h"
@@ -394,4 +395,77 @@ TEST_CASE("after a cut, what was asked ahead is asked again whole and lazy-pages
   auto got = parse(a.takeForLazyPages());
   REQUIRE(got.size() == 1);
   CHECK((got[0].pages == 16 && got[0].intact));
+}
+
+TEST_CASE("asking ahead skips what lazy-pages' own requests and faults asked for: no page is asked twice") {
+  PageAnswerer a;
+  std::vector<PageRange> ranges = {{kBase, 2000}};
+  REQUIRE(a.knowLazyPages({{1, ranges}}, 1 << 20));
+  std::map<uint64_t, int> asked;  // page -> times
+  std::deque<PageRequest> pending;
+  auto take = [&] {
+    for (auto& r : requestsIn(a.takeForSource())) {
+      for (uint64_t i = 0; i < r.pages(); ++i) ++asked[r.vaddr() + i * kPageBytes];
+      pending.push_back(r);
+    }
+  };
+  // Faults first (two in order: read ahead), then lazy-pages' background.
+  a.fromLazyPages(get(1, kBase + 1500 * kPageBytes, 1));
+  a.fromLazyPages(get(1, kBase + 1501 * kPageBytes, 1));
+  a.fromLazyPages(get(1, kBase + 300 * kPageBytes, 1));
+  take();
+  a.fromLazyPages(get(16, kBase, 1));
+  take();
+  while (!pending.empty()) {
+    auto answer = serveOnly(pending.front().raw, ranges);
+    pending.pop_front();
+    deliver(a, answer);
+    take();
+  }
+  CHECK(asked.size() == 2000);  // every page once
+  for (auto& [vaddr, times] : asked) {
+    INFO(vaddr);
+    CHECK(times == 1);
+  }
+  auto got = parse(a.takeForLazyPages());
+  REQUIRE(got.size() == 4);
+  for (auto& answer : got) CHECK(answer.intact);
+}
+
+TEST_CASE("after CLOSE a new connection asks again for CLOSE alone, never for pages asked ahead") {
+  PageAnswerer a;
+  std::vector<PageRange> ranges = {{kBase, 8192}};
+  REQUIRE(a.knowLazyPages({{1, ranges}}, 1 << 20));
+  a.fromLazyPages(get(16, kBase, 1));
+  auto sent = a.takeForSource();
+  REQUIRE(requestsIn(sent).size() > 1);
+  deliver(a, serveOnly(requestsIn(sent)[0].raw, ranges));  // lazy-pages' own only; the bulk is on its way
+  parse(a.takeForLazyPages());
+  a.fromLazyPages(closeRequest());
+  auto close = requestsIn(a.takeForSource());
+  REQUIRE(close.size() == 1);
+  a.reconnected();
+  auto again = requestsIn(a.takeForSource());
+  REQUIRE(again.size() == 1);
+  CHECK(again[0].command() == PageCommand::Close);
+  deliver(a, serveOnly(again[0].raw, ranges));
+  CHECK(a.closeAnswered());
+  CHECK(a.takeForLazyPages() == std::string(4, '\0'));
+}
+
+TEST_CASE("an answer for another address is refused and asked for again whole on the next connection") {
+  PageAnswerer a;
+  a.fromLazyPages(get(1, kBase + 10 * kPageBytes));
+  auto sent = a.takeForSource();
+  std::string wrong = pageAnswerHeader(std::string("\x06\0\x02\0", 4), 1, kBase + 11 * kPageBytes, 1) +
+                      page(kBase + 11 * kPageBytes);
+  CHECK_THROWS_AS(a.fromSource(PageChannel::Urgent, wrong.data(), wrong.size()), Error);
+  CHECK(a.takeForLazyPages().empty());
+  a.reconnected();
+  auto again = a.takeForSource();
+  CHECK(again == sent);
+  deliver(a, serve(again, kBase + 4096 * kPageBytes));
+  auto got = parse(a.takeForLazyPages());
+  REQUIRE(got.size() == 1);
+  CHECK((got[0].vaddr == kBase + 10 * kPageBytes && got[0].intact));
 }

@@ -6,14 +6,16 @@
 
 namespace migrate {
 
-bool PageAnswerer::knowLazyPages(std::map<uint64_t, std::vector<PageRange>> pages, uint64_t mostPages) {
-  uint64_t total = 0;
-  for (auto& [id, ranges] : pages) {
-    for (auto& range : ranges) total += range.pages;
-  }
-  if (total > mostPages) return false;
-  lazy_ = std::move(pages);
-  lazyPages_ = total;
+namespace {
+
+size_t index(PageChannel channel) { return channel == PageChannel::Bulk ? 1 : 0; }
+
+}  // namespace
+
+bool PageAnswerer::knowLazyPages(const LazyPages& pages, uint64_t mostPages) {
+  LazyPageSet known(pages);
+  if (known.totalPages() > mostPages) return false;
+  lazy_ = std::move(known);
   return true;
 }
 
@@ -27,9 +29,9 @@ void PageAnswerer::fromLazyPages(PageRequest request) {
         ask.enlarged = kFaultReadAheadPages;
       }
       lastFault_[request.dstId()] = request.vaddr();
-    } else {
+    } else if (!lazy_.knows(request.dstId())) {
       // Where the source's pages are known, asking ahead brings the rest.
-      if (!lazy_.count(request.dstId())) ask.enlarged = std::max(request.pages(), kReadAheadPages);
+      ask.enlarged = std::max(request.pages(), kReadAheadPages);
     }
   } else if (request.command() == PageCommand::Close) {
     closeSent_ = true;
@@ -41,59 +43,75 @@ void PageAnswerer::fromLazyPages(PageRequest request) {
   resolve();
 }
 
-void PageAnswerer::send(PageRequest request, bool ahead) {
-  Channel& c = channels_[ahead ? 1 : 0];
-  request = request.onChannel(ahead ? PageChannel::Bulk : PageChannel::Urgent);
-  toSource_ += request.raw;
-  c.tracker.expect(request);
-  c.sent.push_back({std::move(request), ahead, {}});
+void PageAnswerer::send(const PageRequest& request, PageChannel channel) {
+  Channel& c = channels_[index(channel)];
+  PageRequest sent = request.onChannel(channel);
+  if (sent.command() == PageCommand::Get) lazy_.mark(sent.dstId(), sent.vaddr(), sent.pages(), true);
+  if (channel == PageChannel::Bulk) aheadInFlight_ += sent.pages();
+  toSource_ += sent.raw;
+  c.tracker.expect(sent);
+  c.sent.push_back({std::move(sent), {}});
 }
 
 void PageAnswerer::fromSource(PageChannel channel, const char* data, size_t size) {
-  Channel& c = channels_[channel == PageChannel::Bulk ? 1 : 0];
+  Channel& c = channels_[index(channel)];
   c.tracker.feed(data, size, [&](const PageAnswerTracker::Pending& p, const char* bytes, size_t n) {
     if (c.sent.empty()) fail(ErrorKind::InvalidInput, "page answer from the source with nothing asked");
     Sent& front = c.sent.front();
     front.answer.append(bytes, n);
-    if (p.total != 0 && p.received == p.total) {
-      Sent done = std::move(front);
-      c.sent.pop_front();
-      answered(std::move(done));
-    }
+    if (p.total == 0 || p.received != p.total) return;
+    // Checked before it leaves the queue: a bad answer cuts the connection,
+    // and both queues (this and the tracker's) must still hold it then.
+    check(front);
+    Sent done = std::move(front);
+    c.sent.pop_front();
+    answered(done, channel == PageChannel::Bulk);
   });
 }
 
-void PageAnswerer::answered(Sent sent) {
+void PageAnswerer::check(const Sent& sent) const {
   const PageRequest& asked = sent.request;
-  if (sent.ahead) aheadInFlight_ -= asked.pages();
+  if (asked.command() == PageCommand::Get) {
+    PageRequest header{sent.answer.substr(0, kPageRequestBytes)};
+    if (header.vaddr() != asked.vaddr() || header.dstId() != asked.dstId()) {
+      fail(ErrorKind::InvalidInput, "page answer for another address than was asked");
+    }
+    return;
+  }
+  bool waited = std::any_of(asks_.begin(), asks_.end(), [&](const Ask& a) {
+    return a.sent && !a.ready && a.request.command() == asked.command();
+  });
+  if (!waited) fail(ErrorKind::InvalidInput, "page answer to a request lazy-pages did not send");
+}
+
+void PageAnswerer::answered(const Sent& sent, bool ahead) {
+  const PageRequest& asked = sent.request;
+  if (ahead) aheadInFlight_ -= asked.pages();
   if (asked.command() != PageCommand::Get) {
     // CLOSE's status goes through to the request it answers.
     auto it = std::find_if(asks_.begin(), asks_.end(), [&](const Ask& a) {
       return a.sent && !a.ready && a.request.command() == asked.command();
     });
-    if (it == asks_.end()) fail(ErrorKind::InvalidInput, "page answer to a request lazy-pages did not send");
-    it->answer = std::move(sent.answer);
+    it->answer = sent.answer;
     it->ready = true;
     if (asked.command() == PageCommand::Close) closeAnswered_ = true;
   } else {
-    PageRequest header{sent.answer.substr(0, kPageRequestBytes)};
-    if (header.vaddr() != asked.vaddr() || header.dstId() != asked.dstId()) {
-      fail(ErrorKind::InvalidInput, "page answer for another address than was asked");
-    }
     if (answerCommand_.empty()) answerCommand_ = sent.answer.substr(0, 4);
-    uint64_t n = header.pages();
-    keep(asked.dstId(), asked.vaddr(), sent.answer.data() + kPageRequestBytes, n, sent.ahead);
-    // Asked ahead and answered short (the source's mapping ended inside):
-    // the rest is asked for again.
-    if (sent.ahead && n < asked.pages()) {
-      aheadGaps_.push_back({asked.vaddr() + n * kPageBytes, asked.pages() - n});
+    uint64_t n = PageRequest{sent.answer.substr(0, kPageRequestBytes)}.pages();
+    keep(asked.dstId(), asked.vaddr(), sent.answer.data() + kPageRequestBytes, n);
+    // Answered short: the rest was not asked for after all (asked ahead
+    // again from there).
+    if (n < asked.pages()) {
+      uint64_t rest = asked.vaddr() + n * kPageBytes;
+      lazy_.mark(asked.dstId(), rest, asked.pages() - n, false);
+      if (aheadTemplate_ && aheadTemplate_->dstId() == asked.dstId()) aheadFrom_ = std::min(aheadFrom_, rest);
     }
   }
   resolve();
 }
 
 void PageAnswerer::resolve() {
-  // First what goes ahead (a gap left by a short answer, say): a request
+  // First what goes ahead (the rest of a short answer, say): a request
   // inside it then waits for it instead of asking on its own.
   askAhead();
   for (auto& ask : asks_) {
@@ -102,7 +120,7 @@ void PageAnswerer::resolve() {
     if (r.command() != PageCommand::Get) {
       if (!ask.sent) {
         // After what was asked before it: the source's CLOSE ends its serving.
-        send(r, false);
+        send(r, PageChannel::Urgent);
         ask.sent = true;
       }
       continue;
@@ -113,28 +131,17 @@ void PageAnswerer::resolve() {
       continue;
     }
     if (inFlight(r.dstId(), r.vaddr())) continue;
-    uint64_t pages = withinLazyRange(r.dstId(), r.vaddr(), ask.enlarged);
-    send(r.withPages(pages), false);
+    uint64_t pages = lazy_.clamp(r.dstId(), r.vaddr(), ask.enlarged);
+    send(r.withPages(pages), PageChannel::Urgent);
     ask.sent = true;
     // lazy-pages' background goes on from here: asking ahead follows it.
     if (r.pages() > 1) {
       aheadTemplate_ = r;
-      aheadNext_ = r.vaddr() + pages * kPageBytes;
-      aheadGaps_.clear();
+      aheadFrom_ = r.vaddr();
     }
   }
   askAhead();
   flush();
-}
-
-uint64_t PageAnswerer::withinLazyRange(uint64_t dstId, uint64_t vaddr, uint64_t pages) const {
-  auto known = lazy_.find(dstId);
-  if (known == lazy_.end()) return pages;
-  const auto& ranges = known->second;
-  auto it = std::upper_bound(ranges.begin(), ranges.end(), vaddr,
-                             [](uint64_t at, const PageRange& range) { return at < range.end(); });
-  if (it == ranges.end() || it->vaddr > vaddr) return pages;
-  return std::min(pages, (it->end() - vaddr) / kPageBytes);
 }
 
 bool PageAnswerer::inFlight(uint64_t dstId, uint64_t vaddr) const {
@@ -151,34 +158,27 @@ bool PageAnswerer::inFlight(uint64_t dstId, uint64_t vaddr) const {
 
 void PageAnswerer::askAhead() {
   if (!aheadTemplate_ || closeSent_) return;
-  auto known = lazy_.find(aheadTemplate_->dstId());
-  if (known == lazy_.end()) return;
-  const auto& ranges = known->second;
+  uint64_t id = aheadTemplate_->dstId();
   while (aheadInFlight_ + kAheadChunkPages <= kAheadInFlightPages) {
-    PageRange next;
-    if (!aheadGaps_.empty()) {
-      next = aheadGaps_.front();  // within a range, at most kReadAheadPages
-      aheadGaps_.pop_front();
-    } else {
-      // The first range that ends after aheadNext_.
-      auto it = std::upper_bound(ranges.begin(), ranges.end(), aheadNext_,
-                                 [](uint64_t at, const PageRange& range) { return at < range.end(); });
-      if (it == ranges.end()) return;
-      uint64_t from = std::max(aheadNext_, it->vaddr);
-      next = {from, std::min(kAheadChunkPages, (it->end() - from) / kPageBytes)};
-      aheadNext_ = next.end();
-    }
-    if (next.pages == 0) continue;
-    send(aheadTemplate_->at(next.vaddr, next.pages), true);
-    aheadInFlight_ += next.pages;
-    pagesAskedAhead_ += next.pages;
+    auto next = lazy_.nextNotAsked(id, aheadFrom_, kAheadChunkPages);
+    if (!next) return;
+    aheadFrom_ = next->end();
+    send(aheadTemplate_->at(next->vaddr, next->pages), PageChannel::Bulk);
+    pagesAskedAhead_ += next->pages;
   }
 }
 
 void PageAnswerer::reconnected() {
   toSource_.clear();
+  if (closeSent_) {
+    // lazy-pages has every page; CRIU must see nothing after its CLOSE.
+    Channel& bulk = channels_[index(PageChannel::Bulk)];
+    bulk.sent.clear();
+    bulk.tracker.pending().clear();
+    aheadInFlight_ = 0;
+  }
   // Each channel's answers come in the order of its requests: the order
-  // between the two does not matter.
+  // between the two does not matter (a CLOSE is alone by then).
   for (Channel& c : channels_) {
     for (auto& s : c.sent) {
       s.answer.clear();
@@ -199,28 +199,19 @@ void PageAnswerer::flush() {
   }
 }
 
-void PageAnswerer::keep(uint64_t dstId, uint64_t vaddr, const char* pages, uint64_t count, bool ahead) {
+void PageAnswerer::keep(uint64_t dstId, uint64_t vaddr, const char* pages, uint64_t count) {
   for (uint64_t i = 0; i < count; ++i, vaddr += kPageBytes) {
     PageKey key{dstId, vaddr};
     auto [it, added] = cache_.try_emplace(key);
-    it->second.bytes.assign(pages + i * kPageBytes, kPageBytes);
+    it->second.assign(pages + i * kPageBytes, kPageBytes);
     if (added) cacheOrder_.push_back(key);
-    if (ahead && !it->second.ahead) ++aheadKept_;
-    if (!ahead && it->second.ahead) --aheadKept_;
-    it->second.ahead = ahead;
   }
-  while (cache_.size() > std::max<uint64_t>(kMaxCachedPages, lazyPages_) && !cacheOrder_.empty()) {
-    auto it = cache_.find(cacheOrder_.front());
-    if (it != cache_.end()) drop(it);
+  while (cache_.size() > std::max<uint64_t>(kMaxCachedPages, lazy_.totalPages()) && !cacheOrder_.empty()) {
+    cache_.erase(cacheOrder_.front());
     cacheOrder_.pop_front();
   }
   // Keys of pages already taken: the order list never outgrows the cache much.
   while (!cacheOrder_.empty() && !cache_.count(cacheOrder_.front())) cacheOrder_.pop_front();
-}
-
-void PageAnswerer::drop(std::map<PageKey, Kept>::iterator it) {
-  if (it->second.ahead) --aheadKept_;
-  cache_.erase(it);
 }
 
 uint64_t PageAnswerer::answerFromCache(const PageRequest& request, std::string* answer) {
@@ -231,8 +222,8 @@ uint64_t PageAnswerer::answerFromCache(const PageRequest& request, std::string* 
   for (; n < request.pages(); ++n) {
     auto it = cache_.find({id, vaddr + n * kPageBytes});
     if (it == cache_.end()) break;
-    pages += it->second.bytes;
-    drop(it);
+    pages += it->second;
+    cache_.erase(it);
   }
   *answer = pageAnswerHeader(answerCommand_, n, vaddr, id) + pages;
   return n;

@@ -13,11 +13,12 @@
 //   answer), all of them are asked for ahead, from where lazy-pages'
 //   background is, in chunks of kAheadChunkPages, kAheadInFlightPages in
 //   flight, on the bulk channel: the source's relay sends those answers
-//   behind every urgent one (PageChannel), so a fault never waits behind
-//   more than a frame. What comes is kept here until lazy-pages asks
-//   (every page is here or in the process, never both: the cache is
-//   bounded by the checkpoint's lazy pages). A chunk answered short (the
-//   source's pipes end an iovec inside it) has its rest asked again;
+//   behind every urgent one (PageChannel). Every page is asked for once
+//   (lazy-page-set.h: whatever lazy-pages' own requests and faults asked
+//   for is skipped), and what comes is kept here until lazy-pages asks: a
+//   page is here or in the process, never both, so the cache is bounded by
+//   the checkpoint's lazy pages. A chunk answered short (CRIU's answer ends
+//   with an iovec of its pipes) has its rest asked again;
 // - without that knowledge, a background request goes enlarged to
 //   kReadAheadPages and the rest of the answer is kept for the next ones;
 // - a single-page request (a fault) goes as it is, unless it follows the
@@ -42,6 +43,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/lazy-page-set.h"
 #include "agent/page-server-protocol.h"
 
 namespace migrate {
@@ -63,29 +65,32 @@ constexpr size_t kMaxCachedPages = 16384;
 
 class PageAnswerer {
  public:
-  // The pages the source holds, by dst_id (the pid), sorted: what may
-  // be asked for ahead of lazy-pages. Without it only lazy-pages' own
-  // requests are enlarged.
-  // Refused (false, nothing asked ahead) past `mostPages`: what is asked
-  // ahead is kept here until taken, as much as the source declared.
-  bool knowLazyPages(std::map<uint64_t, std::vector<PageRange>> pages, uint64_t mostPages);
+  // The pages the source holds (criu-pagemap.h): what may be asked for
+  // ahead of lazy-pages. Refused (false, nothing asked ahead) past
+  // `mostPages`: what is asked ahead is kept here until taken. Without it
+  // only lazy-pages' own requests are enlarged.
+  bool knowLazyPages(const LazyPages& pages, uint64_t mostPages);
 
   // A request from lazy-pages.
   void fromLazyPages(PageRequest request);
   // Bytes of the source's answers on `channel`. Throws Error(InvalidInput)
   // on bytes that are not an answer to what was sent on it.
   void fromSource(PageChannel channel, const char* data, size_t size);
-  // A new connection to the source: every unanswered request goes again.
+  // A new connection to the source: every unanswered request goes again
+  // (none asked ahead once lazy-pages sent CLOSE: CRIU reads nothing after
+  // it, and lazy-pages has every page then).
   void reconnected();
 
-  // What to write next (taken: the caller writes it all).
+  // What to write next (taken: the caller writes it all, after every call
+  // above — answers make requests too).
   std::string takeForLazyPages() { return std::exchange(toLazyPages_, {}); }
   std::string takeForSource() { return std::exchange(toSource_, {}); }
 
   // lazy-pages' requests not yet answered.
   size_t outstanding() const { return asks_.size(); }
   bool closeAnswered() const { return closeAnswered_; }
-  // Pages lazy-pages got from what was kept, and pages asked for ahead of it.
+  // Pages lazy-pages got without a request of its own going to the source,
+  // and pages asked for ahead of it.
   uint64_t pagesFromCache() const { return pagesFromCache_; }
   uint64_t pagesAskedAhead() const { return pagesAskedAhead_; }
 
@@ -97,57 +102,50 @@ class PageAnswerer {
     bool ready = false;      // `answer` is complete
     std::string answer;
   };
-  // A request to the source, in the order sent, and its answer so far.
+  // A request to the source, in the order sent on its channel, and its
+  // answer so far.
   struct Sent {
     PageRequest request;
-    bool ahead = false;  // asked ahead of lazy-pages
     std::string answer;
   };
-  using PageKey = std::pair<uint64_t, uint64_t>;  // (dst_id, vaddr)
-
-  void send(PageRequest request, bool ahead);
-  void answered(Sent sent);
-  // Answers what can be answered, asks the source for the rest, in order.
-  void resolve();
-  void askAhead();
-  bool inFlight(uint64_t dstId, uint64_t vaddr) const;
-  void flush();
-  struct Kept {
-    std::string bytes;
-    bool ahead = false;  // asked for ahead of lazy-pages
-  };
-  void keep(uint64_t dstId, uint64_t vaddr, const char* pages, uint64_t count, bool ahead);
-  void drop(std::map<PageKey, Kept>::iterator it);
-  // The answer to `request` from kept pages, if its first page is kept:
-  // how many pages it has (0: none kept).
-  uint64_t answerFromCache(const PageRequest& request, std::string* answer);
-  // `pages`, or fewer: the source's lazy range at `vaddr` ends sooner.
-  uint64_t withinLazyRange(uint64_t dstId, uint64_t vaddr, uint64_t pages) const;
-
-  std::deque<Ask> asks_;      // lazy-pages' requests not yet answered, in order
   // What went to the source on each channel (urgent: lazy-pages' own; bulk:
   // asked ahead), not yet fully answered, and the answers' framing.
   struct Channel {
     std::deque<Sent> sent;
     PageAnswerTracker tracker;
   };
-  Channel channels_[2];
-  std::map<PageKey, Kept> cache_;
-  uint64_t aheadKept_ = 0;  // pages of cache_ asked for ahead
+  using PageKey = std::pair<uint64_t, uint64_t>;  // (dst_id, vaddr)
+
+  void send(const PageRequest& request, PageChannel channel);
+  // Throws Error(InvalidInput) on an answer that is not `sent`'s.
+  void check(const Sent& sent) const;
+  void answered(const Sent& sent, bool ahead);
+  // Answers what can be answered, asks the source for the rest, in order.
+  void resolve();
+  void askAhead();
+  bool inFlight(uint64_t dstId, uint64_t vaddr) const;
+  void flush();
+  void keep(uint64_t dstId, uint64_t vaddr, const char* pages, uint64_t count);
+  // The answer to `request` from kept pages, if its first page is kept:
+  // how many pages it has (0: none kept).
+  uint64_t answerFromCache(const PageRequest& request, std::string* answer);
+
+  std::deque<Ask> asks_;  // lazy-pages' requests not yet answered, in order
+  Channel channels_[2];   // by PageChannel
+  std::map<PageKey, std::string> cache_;
   std::deque<PageKey> cacheOrder_;
   std::string toLazyPages_;
   std::string toSource_;
   std::string answerCommand_;               // the command word of the source's answers
   std::map<uint64_t, uint64_t> lastFault_;  // dst_id -> vaddr of its last single-page request
 
-  std::map<uint64_t, std::vector<PageRange>> lazy_;
+  LazyPageSet lazy_;
   // Where asking ahead goes on: the process of lazy-pages' last background
-  // request that was not kept, and the next address after what was asked.
+  // request that was not kept (its request, the template), and the address
+  // from which pages not yet asked for are asked.
   std::optional<PageRequest> aheadTemplate_;
-  uint64_t aheadNext_ = 0;
-  std::deque<PageRange> aheadGaps_;  // asked ahead, answered short: ask again
-  uint64_t aheadInFlight_ = 0;       // pages
-  uint64_t lazyPages_ = 0;  // in lazy_
+  uint64_t aheadFrom_ = 0;
+  uint64_t aheadInFlight_ = 0;  // pages
   bool closeSent_ = false;
 
   bool closeAnswered_ = false;

@@ -5,12 +5,12 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <optional>
 #include <thread>
@@ -57,6 +57,10 @@ constexpr milliseconds kWatchEvery{200};
 // much unsent data the source's socket holds at most.
 constexpr size_t kBulkFrameBytes = 64 << 10;
 constexpr int kNotSentLowWater = 128 << 10;
+// Bulk requests at CRIU at once (page-server-protocol.h: PageChannel), and
+// reads of CRIU's answers per turn of the source relay's loop (of 128 KiB).
+constexpr int kBulkAtCriu = 2;
+constexpr size_t kCriuReadsPerTurn = 16;
 // Killed processes leave their cgroup only once the last of them is reaped:
 // lazy-pages, which ends as soon as their userfaultfds close, can be quicker
 // (seen under load). How long an ended lazy-pages waits for that before it
@@ -222,12 +226,16 @@ class SourceRelay : Relay {
     try {
       Fd sock = connectTcp(spec_.targetAddress, spec_.targetPort, kConnectTimeout);
       tunePeerSocket(sock.get());
-      ::setsockopt(sock.get(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &kNotSentLowWater, sizeof kNotSentLowWater);
+      if (::setsockopt(sock.get(), IPPROTO_TCP, TCP_NOTSENT_LOWAT, &kNotSentLowWater, sizeof kNotSentLowWater) != 0) {
+        logWarn("page relay " + spec_.migrationId + ": TCP_NOTSENT_LOWAT: " + strerror(errno));
+      }
       peer_.emplace(TlsStream::connect(std::move(sock), spec_.migrationId, spec_.psk, peerOptions()));
       if (generation_++ > 0) ++status_.reconnects;
       requests_ = PageRequestSplitter();
       out_[0].clear();
       out_[1].clear();
+      bulkHeld_.clear();
+      closeWanted_ = false;
       setState(RelayState::Flowing);
     } catch (const std::exception& e) {
       if (status_.state != RelayState::Cut) setState(RelayState::Cut, std::string("connecting: ") + e.what());
@@ -267,11 +275,15 @@ class SourceRelay : Relay {
     try {
       for (auto& request : requests_.feed(buffer_.data(), n)) {
         if (request.command() == PageCommand::GaveUp) return targetGaveUp();
-        uint64_t tag = generation_ << 1 | (request.channel() == PageChannel::Bulk ? 1 : 0);
-        PageRequest forCriu = request.onChannel(PageChannel::Urgent);
-        writeAll(criu_.get(), forCriu.raw.data(), forCriu.raw.size(), "CRIU's page server");
-        answers_.expect(std::move(forCriu), tag);
+        if (request.command() == PageCommand::Close) {
+          closeAsked(request);
+        } else if (request.channel() == PageChannel::Bulk) {
+          bulkHeld_.push_back(std::move(request));
+        } else {
+          toCriu(request);
+        }
       }
+      bulkToCriu();
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::InvalidInput) {
         dropPeer(std::string("the target sent what lazy-pages does not: ") + e.what());
@@ -283,27 +295,83 @@ class SourceRelay : Relay {
     return std::nullopt;
   }
 
+  // CRIU serves one request at a time, in order: an urgent one goes at
+  // once, ahead of bulk ones held here, kBulkAtCriu of which are at CRIU at
+  // most, so that a fault's answer waits behind little there too.
+  void toCriu(const PageRequest& request) {
+    if (closeForwarded_) {
+      // CRIU reads nothing after its CLOSE (it would fail the dump), and
+      // lazy-pages asks for nothing after it: a stray request goes unanswered.
+      logWarn("page relay " + spec_.migrationId + ": a request after CLOSE, not passed to CRIU");
+      return;
+    }
+    uint64_t tag = generation_ << 1 | (request.channel() == PageChannel::Bulk ? 1 : 0);
+    PageRequest forCriu = request.onChannel(PageChannel::Urgent);
+    writeAll(criu_.get(), forCriu.raw.data(), forCriu.raw.size(), "CRIU's page server");
+    answers_.expect(std::move(forCriu), tag);
+    if (request.channel() == PageChannel::Bulk) ++bulkAtCriu_;
+  }
+
+  void bulkToCriu() {
+    while (bulkAtCriu_ < kBulkAtCriu && !bulkHeld_.empty()) {
+      toCriu(bulkHeld_.front());
+      bulkHeld_.pop_front();
+    }
+  }
+
+  // lazy-pages' CLOSE: what is held is not needed any more (lazy-pages has
+  // every page) and must not follow it. Asked again on a new connection, it
+  // is answered here: CRIU saw it once.
+  void closeAsked(const PageRequest& request) {
+    bulkHeld_.clear();
+    if (!closeForwarded_) {
+      toCriu(request);
+      closeForwarded_ = true;
+    } else if (closeAnswered_) {
+      out_[0] += closeAnswer_;  // its answer went to a connection that broke
+    } else {
+      closeWanted_ = true;  // its answer is on its way, to the old connection
+    }
+  }
+
   // CRIU's answers: to the target if asked on the current connection, else
-  // read and dropped (the target asks again).
+  // read and dropped (the target asks again). Read until nothing is left:
+  // an urgent answer may be behind bulk ones.
   std::optional<int> fromCriu() {
-    ssize_t n = ::read(criu_.get(), buffer_.data(), buffer_.size());
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return std::nullopt;
-    if (n <= 0) {
-      setState(RelayState::Failed, n == 0 ? "CRIU's page server closed the connection (its pages are gone)"
-                                          : std::string("reading CRIU's page server: ") + strerror(errno));
-      return 2;
+    for (size_t turn = 0; turn < kCriuReadsPerTurn; ++turn) {
+      ssize_t n = ::recv(criu_.get(), buffer_.data(), buffer_.size(), MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (n <= 0) {
+        setState(RelayState::Failed, n == 0 ? "CRIU's page server closed the connection (its pages are gone)"
+                                            : std::string("reading CRIU's page server: ") + strerror(errno));
+        return 2;
+      }
+      try {
+        answers_.feed(buffer_.data(), static_cast<size_t>(n), [&](const PageAnswerTracker::Pending& p,
+                                                                 const char* data, size_t size) {
+          bool complete = p.total != 0 && p.received == p.total;
+          if (p.request.command() == PageCommand::Close) {
+            closeAnswer_.append(data, size);
+            if (complete) closeAnswered_ = true;
+          }
+          if (complete && (p.tag & 1)) --bulkAtCriu_;
+          if (!peer_ || p.tag >> 1 != generation_) {
+            // A CLOSE asked again on this connection gets the answer here.
+            if (complete && closeWanted_ && p.request.command() == PageCommand::Close) {
+              out_[0] += closeAnswer_;
+              closeWanted_ = false;
+            }
+            return;
+          }
+          out_[p.tag & 1].append(data, size);
+        });
+      } catch (const Error& e) {
+        setState(RelayState::Failed, std::string("CRIU's page server answered out of protocol: ") + e.what());
+        return 2;
+      }
     }
-    try {
-      answers_.feed(buffer_.data(), static_cast<size_t>(n), [&](const PageAnswerTracker::Pending& p, const char* data,
-                                                               size_t size) {
-        if (p.request.command() == PageCommand::Close && p.received == p.total) closeAnswered_ = true;
-        if (!peer_ || p.tag >> 1 != generation_) return;
-        out_[p.tag & 1].append(data, size);
-      });
-    } catch (const Error& e) {
-      setState(RelayState::Failed, std::string("CRIU's page server answered out of protocol: ") + e.what());
-      return 2;
-    }
+    bulkToCriu();
     return std::nullopt;
   }
 
@@ -371,6 +439,11 @@ class SourceRelay : Relay {
 
   Fd criu_;
   std::string out_[2];  // answers for the peer, by channel (PageChannel)
+  std::deque<PageRequest> bulkHeld_;
+  int bulkAtCriu_ = 0;
+  bool closeForwarded_ = false;
+  bool closeWanted_ = false;  // asked again on this connection, answered to an old one
+  std::string closeAnswer_;
   bool closeAnswered_ = false;
   uint64_t generation_ = 0;
   PageRequestSplitter requests_;
@@ -444,13 +517,6 @@ class TargetRelay : Relay {
     options.stderrFd = out.get();
     lazyPages_.emplace(options);
     status_.lazyPagesPid = lazyPages_->pid();
-    // Once the restore is done lazy-pages polls without sleeping, one whole
-    // CPU, while it waits for answers (uffd.c: handle_requests, timeout 0):
-    // at the lowest priority it takes what the restored program, its
-    // clients and this relay leave, which is what it waits on anyway.
-    if (::setpriority(PRIO_PROCESS, static_cast<id_t>(lazyPages_->pid()), 19) != 0) {
-      logWarn("page relay " + spec_.migrationId + ": setpriority of lazy-pages: " + strerror(errno));
-    }
     publish(true);
   }
 
@@ -571,6 +637,7 @@ class TargetRelay : Relay {
         pages_.fromSource(channel, data, size);
       });
       sendToLazyPages();
+      sendToSource();  // answers make requests: asking ahead, a short answer's rest
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::InvalidInput) {
         dropPeer(std::string("the source answered out of protocol: ") + e.what());
@@ -601,10 +668,10 @@ class TargetRelay : Relay {
       setState(RelayState::Done);
       return 0;
     }
-    // Its processes going is a common reason for lazy-pages to end: wait for
-    // them to be gone. Meanwhile a fault on a page that never came stays
-    // blocked on the userfaultfds held here.
-    if (restored_ && dyingWithin(kDyingGrace)) return processesGone();
+    // Its processes going makes lazy-pages end well (status 0) before they
+    // are all reaped: wait for them to be gone. Meanwhile a fault on a page
+    // that never came stays blocked on the userfaultfds held here.
+    if (restored_ && (code == 0 ? dyingWithin(kDyingGrace) : !containerPopulated())) return processesGone();
     // The restored processes may still fault on a page that never came:
     // freeze them before anything else. The faults stay blocked meanwhile
     // on the userfaultfds held here.

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,10 @@ struct PageRange {
   uint64_t pages = 0;
   uint64_t end() const { return vaddr + pages * kPageBytes; }
 };
+
+// The source's lazy pages: pid (dst_id) -> its ranges, sorted, not
+// overlapping (criu-pagemap.h).
+using LazyPages = std::map<uint64_t, std::vector<PageRange>>;
 
 // Between the two relays (not CRIU's): a request says which of two
 // channels its answer comes back on, and the source's relay sends the
