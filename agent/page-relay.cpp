@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,6 +61,7 @@ constexpr int kNotSentLowWater = 128 << 10;
 // Bulk requests at CRIU at once (page-server-protocol.h: PageChannel), and
 // reads of CRIU's answers per turn of the source relay's loop (of 128 KiB).
 constexpr int kBulkAtCriu = 2;
+constexpr int kLazyPagesNice = 19;
 constexpr size_t kCriuReadsPerTurn = 16;
 // Killed processes leave their cgroup only once the last of them is reaped:
 // lazy-pages, which ends as soon as their userfaultfds close, can be quicker
@@ -517,6 +519,14 @@ class TargetRelay : Relay {
     options.stderrFd = out.get();
     lazyPages_.emplace(options);
     status_.lazyPagesPid = lazyPages_->pid();
+    // Once the restore is done lazy-pages polls without sleeping, a whole
+    // CPU, while it waits for answers (uffd.c: handle_requests, timeout 0).
+    // Niced, it takes what the restored program, its clients and the relays
+    // leave, which is mostly what it waits on (measured: docs/benchmarks.md);
+    // under load from others on the host it gets less than its fair share.
+    if (::setpriority(PRIO_PROCESS, static_cast<id_t>(lazyPages_->pid()), kLazyPagesNice) != 0) {
+      logWarn("page relay " + spec_.migrationId + ": setpriority of lazy-pages: " + strerror(errno));
+    }
     publish(true);
   }
 
