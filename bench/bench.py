@@ -1355,7 +1355,62 @@ def report(args):
                 f.write("\n\n")
     with open(os.path.join(args.out, "plot.methods"), "w") as f:
         f.write(" ".join(methods) + "\n")
+    write_timeline(args.out, runs)
     return 0
+
+
+# The lab migrations' phases on one time line per run (issue 13): the
+# coordinator's phases one after the other, under them the target's restore
+# taken apart, and the downtime (frozen until running again) marked.
+TIMELINE_PHASES = ["precheck", "prepare", "checkpoint", "stream", "restore", "pages", "commit"]
+TIMELINE_TARGET = ["storage", "network", "image-check", "criu-restore"]
+
+
+def write_timeline(out, runs):
+    rows = [r for r in runs if r.get("ok") and r["method"] in ("migration", "migration-postcopy") and r.get("phases")]
+    names = TIMELINE_PHASES + ["target:" + p for p in TIMELINE_TARGET]
+    with open(os.path.join(out, "timeline.dat"), "w") as f, \
+            open(os.path.join(out, "timeline-downtime.dat"), "w") as d:
+        f.write("# y start end phase-index label\n")
+        for y, r in enumerate(rows):
+            label = f"{r['workload']}:{r['method'].replace('migration', 'mig')}#{r['run']}"
+            at, starts = 0.0, {}
+            for i, p in enumerate(TIMELINE_PHASES):
+                length = r["phases"].get(p)
+                if not length:
+                    continue
+                starts[p] = at
+                f.write(f"{y} {at:.4f} {at + length:.4f} {i + 1} {label}\n")
+                at += length
+            target = (r.get("agentPhases") or {}).get("target") or {}
+            sub = starts.get("restore")
+            for i, p in enumerate(TIMELINE_TARGET):
+                if sub is None or not target.get(p):
+                    continue
+                length = target[p] / 1000.0
+                f.write(f"{y - 0.3} {sub:.4f} {sub + length:.4f} {len(TIMELINE_PHASES) + i + 1} {label}\n")
+                sub += length
+            if "checkpoint" in starts:
+                frozen = starts["checkpoint"]
+                d.write(f"{y + 0.3} {frozen:.4f} {r['downtime']:.4f}\n")
+    with open(os.path.join(out, "timeline.phases"), "w") as f:
+        f.write(" ".join(names) + "\n")
+    if rows:
+        print()
+        print("Where the downtime goes, lab migrations (medians, s; the target's restore taken apart):")
+        for key in sorted({(r["workload"], r["method"]) for r in rows}):
+            mine = [r for r in rows if (r["workload"], r["method"]) == key]
+            parts = []
+            for p in ("checkpoint", "stream", "restore"):
+                m = summarize([r["phases"].get(p) for r in mine])
+                if m:
+                    parts.append(f"{p} {m['median']:.2f}")
+            for p in TIMELINE_TARGET:
+                m = summarize([((r.get("agentPhases") or {}).get("target") or {}).get(p) for r in mine])
+                if m:
+                    parts.append(f"target {p} {m['median'] / 1000:.2f}")
+            down = summarize([r["downtime"] for r in mine])
+            print(f"{key[0]:14} {key[1]:19} downtime {down['median']:.2f}: " + "  ".join(parts))
 
 
 def timed(args):

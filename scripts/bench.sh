@@ -69,7 +69,7 @@ done
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-rm -f "$out/runs.jsonl" "$out/results.json" "$out/notes.json" "$out/downtime.png"
+rm -f "$out/runs.jsonl" "$out/results.json" "$out/notes.json" "$out/downtime.png" "$out"/timeline*
 
 python3 "$here/bench/bench.py" measure --build "$build" --out "$out" --sizes "$sizes" \
   --modes "$modes" --files "$files" --runs "$runs" --methods "$methods" --workloads "$workloads"
@@ -82,5 +82,10 @@ elif command -v gnuplot >/dev/null; then
     "$here/bench/downtime.gp" && echo "plot: $out/downtime.png"
 else
   echo "bench.sh: gnuplot not installed, no plot (apt-get install gnuplot-nox)" >&2
+fi
+rows=$(awk '!/^#/ && $1 ~ /^[0-9]+$/ {print $1}' "$out/timeline.dat" 2>/dev/null | sort -u | wc -l)
+if [ "${rows:-0}" -gt 0 ] && command -v gnuplot >/dev/null; then
+  gnuplot -e "datafile='$out/timeline.dat'; downfile='$out/timeline-downtime.dat'; outfile='$out/timeline.png'; phases='$(cat "$out/timeline.phases")'; rows=$rows" \
+    "$here/bench/timeline.gp" && echo "timeline: $out/timeline.png"
 fi
 echo "results: $out/results.json"
