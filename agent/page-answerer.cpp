@@ -6,12 +6,6 @@
 
 namespace migrate {
 
-namespace {
-
-size_t index(PageChannel channel) { return channel == PageChannel::Bulk ? 1 : 0; }
-
-}  // namespace
-
 bool PageAnswerer::knowLazyPages(const LazyPages& pages, uint64_t mostPages) {
   LazyPageSet known(pages);
   if (known.totalPages() > mostPages) return false;
@@ -44,7 +38,7 @@ void PageAnswerer::fromLazyPages(PageRequest request) {
 }
 
 void PageAnswerer::send(const PageRequest& request, PageChannel channel) {
-  Channel& c = channels_[index(channel)];
+  Channel& c = channels_[channelIndex(channel)];
   PageRequest sent = request.onChannel(channel);
   if (sent.command() == PageCommand::Get) lazy_.mark(sent.dstId(), sent.vaddr(), sent.pages(), true);
   if (channel == PageChannel::Bulk) aheadInFlight_ += sent.pages();
@@ -54,7 +48,7 @@ void PageAnswerer::send(const PageRequest& request, PageChannel channel) {
 }
 
 void PageAnswerer::fromSource(PageChannel channel, const char* data, size_t size) {
-  Channel& c = channels_[index(channel)];
+  Channel& c = channels_[channelIndex(channel)];
   c.tracker.feed(data, size, [&](const PageAnswerTracker::Pending& p, const char* bytes, size_t n) {
     if (c.sent.empty()) fail(ErrorKind::InvalidInput, "page answer from the source with nothing asked");
     Sent& front = c.sent.front();
@@ -65,11 +59,11 @@ void PageAnswerer::fromSource(PageChannel channel, const char* data, size_t size
     check(front);
     Sent done = std::move(front);
     c.sent.pop_front();
-    answered(done, channel == PageChannel::Bulk);
+    answered(done);
   });
 }
 
-void PageAnswerer::check(const Sent& sent) const {
+void PageAnswerer::check(const Sent& sent) {
   const PageRequest& asked = sent.request;
   if (asked.command() == PageCommand::Get) {
     PageRequest header{sent.answer.substr(0, kPageRequestBytes)};
@@ -78,20 +72,22 @@ void PageAnswerer::check(const Sent& sent) const {
     }
     return;
   }
-  bool waited = std::any_of(asks_.begin(), asks_.end(), [&](const Ask& a) {
-    return a.sent && !a.ready && a.request.command() == asked.command();
-  });
-  if (!waited) fail(ErrorKind::InvalidInput, "page answer to a request lazy-pages did not send");
+  if (waitingFor(asked.command()) == asks_.end()) {
+    fail(ErrorKind::InvalidInput, "page answer to a request lazy-pages did not send");
+  }
 }
 
-void PageAnswerer::answered(const Sent& sent, bool ahead) {
+std::deque<PageAnswerer::Ask>::iterator PageAnswerer::waitingFor(PageCommand command) {
+  return std::find_if(asks_.begin(), asks_.end(),
+                      [&](const Ask& a) { return a.sent && !a.ready && a.request.command() == command; });
+}
+
+void PageAnswerer::answered(const Sent& sent) {
   const PageRequest& asked = sent.request;
-  if (ahead) aheadInFlight_ -= asked.pages();
+  if (asked.channel() == PageChannel::Bulk) aheadInFlight_ -= asked.pages();
   if (asked.command() != PageCommand::Get) {
     // CLOSE's status goes through to the request it answers.
-    auto it = std::find_if(asks_.begin(), asks_.end(), [&](const Ask& a) {
-      return a.sent && !a.ready && a.request.command() == asked.command();
-    });
+    auto it = waitingFor(asked.command());
     it->answer = sent.answer;
     it->ready = true;
     if (asked.command() == PageCommand::Close) closeAnswered_ = true;
@@ -172,7 +168,7 @@ void PageAnswerer::reconnected() {
   toSource_.clear();
   if (closeSent_) {
     // lazy-pages has every page; CRIU must see nothing after its CLOSE.
-    Channel& bulk = channels_[index(PageChannel::Bulk)];
+    Channel& bulk = channels_[channelIndex(PageChannel::Bulk)];
     bulk.sent.clear();
     bulk.tracker.pending().clear();
     aheadInFlight_ = 0;

@@ -118,8 +118,11 @@ class PageAnswerer {
 
   void send(const PageRequest& request, PageChannel channel);
   // Throws Error(InvalidInput) on an answer that is not `sent`'s.
-  void check(const Sent& sent) const;
-  void answered(const Sent& sent, bool ahead);
+  void check(const Sent& sent);
+  void answered(const Sent& sent);
+  // lazy-pages' request of `command` the source has been asked for and has
+  // not answered yet (end() if none).
+  std::deque<Ask>::iterator waitingFor(PageCommand command);
   // Answers what can be answered, asks the source for the rest, in order.
   void resolve();
   void askAhead();
@@ -131,7 +134,7 @@ class PageAnswerer {
   uint64_t answerFromCache(const PageRequest& request, std::string* answer);
 
   std::deque<Ask> asks_;  // lazy-pages' requests not yet answered, in order
-  Channel channels_[2];   // by PageChannel
+  Channel channels_[kPageChannels];  // by channelIndex
   std::map<PageKey, std::string> cache_;
   std::deque<PageKey> cacheOrder_;
   std::string toLazyPages_;

@@ -61,8 +61,9 @@ constexpr int kNotSentLowWater = 128 << 10;
 // Bulk requests at CRIU at once (page-server-protocol.h: PageChannel), and
 // reads of CRIU's answers per turn of the source relay's loop (of 128 KiB).
 constexpr int kBulkAtCriu = 2;
-constexpr int kLazyPagesNice = 19;
 constexpr size_t kCriuReadsPerTurn = 16;
+// lazy-pages' priority (TargetRelay::startLazyPages says why).
+constexpr int kLazyPagesNice = 19;
 // Killed processes leave their cgroup only once the last of them is reaped:
 // lazy-pages, which ends as soon as their userfaultfds close, can be quicker
 // (seen under load). How long an ended lazy-pages waits for that before it
@@ -201,7 +202,7 @@ class SourceRelay : Relay {
         connectPeer();
       }
       bool peerPending = peer_ && peer_->pending() > 0;
-      bool bulkPending = peer_ && !out_[1].empty();
+      bool bulkPending = peer_ && !out_[channelIndex(PageChannel::Bulk)].empty();
       pollfd fds[2] = {{criu_.get(), POLLIN, 0}, {peer_ ? peer_->fd() : -1, POLLIN, 0}};
       if (!peerPending) {
         // With answers to send, only a look: they go out between reads.
@@ -234,8 +235,7 @@ class SourceRelay : Relay {
       peer_.emplace(TlsStream::connect(std::move(sock), spec_.migrationId, spec_.psk, peerOptions()));
       if (generation_++ > 0) ++status_.reconnects;
       requests_ = PageRequestSplitter();
-      out_[0].clear();
-      out_[1].clear();
+      for (auto& out : out_) out.clear();
       bulkHeld_.clear();
       closeWanted_ = false;
       setState(RelayState::Flowing);
@@ -307,7 +307,7 @@ class SourceRelay : Relay {
       logWarn("page relay " + spec_.migrationId + ": a request after CLOSE, not passed to CRIU");
       return;
     }
-    uint64_t tag = generation_ << 1 | (request.channel() == PageChannel::Bulk ? 1 : 0);
+    uint64_t tag = generation_ << 1 | channelIndex(request.channel());
     PageRequest forCriu = request.onChannel(PageChannel::Urgent);
     writeAll(criu_.get(), forCriu.raw.data(), forCriu.raw.size(), "CRIU's page server");
     answers_.expect(std::move(forCriu), tag);
@@ -330,7 +330,7 @@ class SourceRelay : Relay {
       toCriu(request);
       closeForwarded_ = true;
     } else if (closeAnswered_) {
-      out_[0] += closeAnswer_;  // its answer went to a connection that broke
+      out_[channelIndex(PageChannel::Urgent)] += closeAnswer_;  // its answer went to a connection that broke
     } else {
       closeWanted_ = true;  // its answer is on its way, to the old connection
     }
@@ -357,16 +357,17 @@ class SourceRelay : Relay {
             closeAnswer_.append(data, size);
             if (complete) closeAnswered_ = true;
           }
-          if (complete && (p.tag & 1)) --bulkAtCriu_;
+          size_t channel = p.tag & 1;  // the tag: generation, then channelIndex
+          if (complete && channel == channelIndex(PageChannel::Bulk)) --bulkAtCriu_;
           if (!peer_ || p.tag >> 1 != generation_) {
             // A CLOSE asked again on this connection gets the answer here.
             if (complete && closeWanted_ && p.request.command() == PageCommand::Close) {
-              out_[0] += closeAnswer_;
+              out_[channelIndex(PageChannel::Urgent)] += closeAnswer_;
               closeWanted_ = false;
             }
             return;
           }
-          out_[p.tag & 1].append(data, size);
+          out_[channel].append(data, size);
         });
       } catch (const Error& e) {
         setState(RelayState::Failed, std::string("CRIU's page server answered out of protocol: ") + e.what());
@@ -401,7 +402,7 @@ class SourceRelay : Relay {
   }
 
   void sendFrames(PageChannel channel, size_t most) {
-    std::string& out = out_[channel == PageChannel::Bulk ? 1 : 0];
+    std::string& out = out_[channelIndex(channel)];
     size_t sent = 0;
     while (sent < out.size() && sent < most) {
       size_t n = std::min({out.size() - sent, kBulkFrameBytes, most - sent});
@@ -440,7 +441,7 @@ class SourceRelay : Relay {
   }
 
   Fd criu_;
-  std::string out_[2];  // answers for the peer, by channel (PageChannel)
+  std::string out_[kPageChannels];  // answers for the peer, by channelIndex
   std::deque<PageRequest> bulkHeld_;
   int bulkAtCriu_ = 0;
   bool closeForwarded_ = false;

@@ -54,6 +54,9 @@ using LazyPages = std::map<uint64_t, std::vector<PageRange>>;
 // connection). The channel rides in the request's padding (the 4 bytes
 // after cmd), cleared before CRIU sees it.
 enum class PageChannel : uint8_t { Urgent = 0, Bulk = 1 };
+constexpr size_t kPageChannels = 2;
+// Where a channel's queue is in an array of kPageChannels.
+constexpr size_t channelIndex(PageChannel channel) { return static_cast<size_t>(channel); }
 
 // A frame: u8 channel, u32 length (little endian), `length` bytes of answers.
 constexpr size_t kPageFrameHeaderBytes = 5;
